@@ -1,0 +1,30 @@
+"""Shared pytest fixtures: fixture folders from ../shared and the golden weight recipe."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fixture_dir(env_var: str, default: Path, marker_file: str) -> Path:
+    """Folder from ``env_var`` (else ``default``); skip when absent, fail when ``CI`` is set."""
+    folder = Path(os.environ.get(env_var, default)).expanduser()
+    if not (folder / marker_file).is_file():
+        message = f"fixture folder {folder} not found (set {env_var})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return _fixture_dir("THREEDPE_GOLDEN_DIR", ROOT.parent / "shared" / "golden", "manifest.json")
+
+
+@pytest.fixture(scope="session")
+def alignment_dir() -> Path:
+    return _fixture_dir("THREEDPE_ALIGNMENT_DIR", ROOT.parent / "shared" / "alignment", "mtcnn_golden.json")
