@@ -1,0 +1,130 @@
+"""EG3D's tri-plane generator (``TriPlaneGenerator``), inference only.
+
+z (B, z_dim) + camera c (B, 25) --mapping--> ws (B, num_ws, w_dim) --StyleGAN2 synthesis--> tri-planes
+(B, 96, 256, 256) --volume rendering + super-resolution--> images (see :mod:`threedpe.rendering`).
+State-dict keys are EG3D's (``backbone.*``, ``decoder.net.*``, ``superresolution.*``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from threedpe.rendering import OSGDecoder, RenderingConfig, SuperresolutionHybrid8XDC, render_planes
+from threedpe.stylegan2 import MappingNetwork, SynthesisNetwork
+
+SR_MODULE = "training.superresolution.SuperresolutionHybrid8XDC"
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of the generator; defaults are EG3D ``ffhqrebalanced512-128``."""
+
+    z_dim: int = 512
+    w_dim: int = 512
+    c_dim: int = 25
+    plane_resolution: int = 256
+    plane_channels: int = 32
+    channel_base: int = 32768
+    channel_max: int = 512
+    mapping_layers: int = 2
+    mapping_lr_multiplier: float = 0.01
+    sr_widths: tuple[int, int] = (256, 128)
+    sr_conv_clamp: float | None = 256.0
+    c_scale: float = 1.0
+    c_gen_conditioning_zero: bool = False
+    decoder_lr_multiplier: float = 1.0
+    rendering: RenderingConfig = field(default_factory=RenderingConfig)
+
+    @classmethod
+    def from_official(cls, init_kwargs: dict, rendering_kwargs: dict, neural_rendering_resolution: int
+                      ) -> GeneratorConfig:
+        """From EG3D's ``G_init_kwargs``, ``rendering_kwargs`` and neural rendering resolution."""
+        module = rendering_kwargs.get("superresolution_module", SR_MODULE)
+        if module != SR_MODULE:
+            raise ValueError(f"super-resolution module {module!r} is not supported (only {SR_MODULE})")
+        if int(init_kwargs.get("img_resolution", 512)) != 4 * int(neural_rendering_resolution):
+            raise ValueError("only generators whose image resolution is 4x the neural rendering resolution "
+                             f"are supported (got {init_kwargs.get('img_resolution')} and {neural_rendering_resolution})")
+        mapping = init_kwargs.get("mapping_kwargs", {}) or {}
+        return cls(z_dim=int(init_kwargs["z_dim"]), w_dim=int(init_kwargs["w_dim"]), c_dim=int(init_kwargs["c_dim"]),
+                   channel_base=int(init_kwargs.get("channel_base", 32768)),
+                   channel_max=int(init_kwargs.get("channel_max", 512)),
+                   mapping_layers=int(mapping.get("num_layers", 8)),
+                   sr_conv_clamp=256.0 if int(init_kwargs.get("sr_num_fp16_res", 0)) > 0 else None,
+                   c_scale=float(rendering_kwargs.get("c_scale", 1.0)),
+                   c_gen_conditioning_zero=bool(rendering_kwargs.get("c_gen_conditioning_zero", False)),
+                   decoder_lr_multiplier=float(rendering_kwargs.get("decoder_lr_mul", 1.0)),
+                   rendering=RenderingConfig.from_official(rendering_kwargs, neural_rendering_resolution))
+
+    @classmethod
+    def tiny(cls) -> GeneratorConfig:
+        """A small random-weight configuration for tests and demos (32^2 planes, 128^2 images)."""
+        return cls(z_dim=64, w_dim=64, plane_resolution=32, channel_base=1024, channel_max=64, sr_widths=(16, 8),
+                   rendering=RenderingConfig(depth_resolution=12, depth_resolution_importance=12,
+                                             neural_rendering_resolution=32))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GeneratorConfig:
+        data = dict(data)
+        data["rendering"] = RenderingConfig(**data.get("rendering", {}))
+        if "sr_widths" in data:
+            data["sr_widths"] = tuple(data["sr_widths"])
+        return cls(**data)
+
+
+class StyleGAN2Backbone(nn.Module):
+    """Mapping + synthesis producing the tri-planes (B, 3 * plane_channels, P, P)."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.synthesis = SynthesisNetwork(cfg.w_dim, cfg.plane_resolution, 3 * cfg.plane_channels,
+                                          cfg.channel_base, cfg.channel_max)
+        self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, self.synthesis.num_ws,
+                                      num_layers=cfg.mapping_layers, lr_multiplier=cfg.mapping_lr_multiplier)
+
+
+class TriPlaneGenerator(nn.Module):
+    """EG3D generator. ``forward(z, c)`` renders from the conditioning camera c; ``mapping``,
+    ``synthesize_planes`` and ``render`` expose the stages."""
+
+    def __init__(self, cfg: GeneratorConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or GeneratorConfig()
+        self.backbone = StyleGAN2Backbone(self.cfg)
+        self.superresolution = SuperresolutionHybrid8XDC(
+            self.cfg.plane_channels, self.cfg.w_dim, conv_clamp=self.cfg.sr_conv_clamp,
+            input_resolution=self.cfg.rendering.neural_rendering_resolution,
+            antialias=self.cfg.rendering.sr_antialias, widths=self.cfg.sr_widths)
+        self.decoder = OSGDecoder(self.cfg.plane_channels, lr_multiplier=self.cfg.decoder_lr_multiplier)
+
+    def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None) -> torch.Tensor:
+        """z (B, z_dim), c (B, 25) -> ws (B, num_ws, w_dim). psi < 1 pulls ws towards the average w."""
+        if self.cfg.c_gen_conditioning_zero:
+            c = torch.zeros_like(c)
+        return self.backbone.mapping(z, c * self.cfg.c_scale, truncation_psi, truncation_cutoff)
+
+    def synthesize_planes(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        """ws -> tri-planes (B, 96, P, P)."""
+        return self.backbone.synthesis(ws, noise_mode=noise_mode)
+
+    def render(self, planes: torch.Tensor, ws: torch.Tensor, cams: torch.Tensor,
+               deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """Tri-planes + ws + cameras (B, 25) -> dict of images (see :func:`threedpe.rendering.render_planes`)."""
+        return render_planes(planes, cams, self.decoder, self.superresolution, ws, self.cfg.rendering, deterministic)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None, noise_mode: str = "const",
+                deterministic: bool = False) -> dict[str, torch.Tensor]:
+        ws = self.mapping(z, c, truncation_psi, truncation_cutoff)
+        planes = self.synthesize_planes(ws, noise_mode)
+        out = self.render(planes, ws, c, deterministic)
+        out["planes"] = planes
+        out["ws"] = ws
+        return out

@@ -1,0 +1,249 @@
+"""StyleGAN2 building blocks in the form EG3D uses them (equalised learning rate, weight
+modulation/demodulation, FIR up-sampling), written in plain PyTorch so they run on any device.
+
+Parameter and buffer names follow EG3D's ``networks_stylegan2`` so that the official state dicts
+load unchanged. Only the inference path is kept; there are no custom CUDA kernels. Every layer runs
+in float32 (EG3D's fp16 layers run in float32 off CUDA too, and the golden tolerances assume it).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_GAIN = math.sqrt(2.0)
+
+
+def fir_filter(taps: tuple[float, ...] = (1, 3, 3, 1)) -> torch.Tensor:
+    """Normalised 2-D FIR filter (outer product of ``taps``), shape (k, k), sum 1."""
+    f = torch.tensor(taps, dtype=torch.float32)
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+              gain: float = 1.0) -> torch.Tensor:
+    """Zero-insertion up-sampling by ``up``, padding (x0, x1, y0, y1; negative crops), FIR filtering.
+
+    x: (B, C, H, W); f: (k, k) symmetric filter, scaled by ``gain`` (the filter is applied as a
+    convolution, i.e. flipped, which is the identity for the symmetric filters used here).
+    """
+    b, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(b, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(b, c, h * up, w * up)
+    x0, x1, y0, y1 = pad
+    x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
+    x = x[:, :, max(-y0, 0): x.shape[2] - max(-y1, 0), max(-x0, 0): x.shape[3] - max(-x1, 0)]
+    kernel = (f * gain).flip([0, 1]).to(x.dtype)
+    kernel = kernel[None, None].repeat(c, 1, 1, 1)
+    return F.conv2d(x, kernel, groups=c)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """2x FIR up-sampling: (B, C, H, W) -> (B, C, 2H, 2W)."""
+    k = f.shape[-1]
+    return upfirdn2d(x, f, up=2, pad=((k + 1) // 2, (k - 2) // 2, (k + 1) // 2, (k - 2) // 2), gain=4.0)
+
+
+def bias_act(x: torch.Tensor, bias: torch.Tensor | None, act: str = "linear", gain: float | None = None,
+             clamp: float | None = None) -> torch.Tensor:
+    """Add a per-channel bias (dim 1), apply ``act`` ('linear' or 'lrelu', slope 0.2), scale, clamp."""
+    if bias is not None:
+        x = x + bias.reshape([1, -1] + [1] * (x.ndim - 2))
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+        gain = LRELU_GAIN if gain is None else gain
+    elif act != "linear":
+        raise ValueError(f"unknown activation {act!r}")
+    if gain is not None and gain != 1:
+        x = x * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+class FullyConnectedLayer(nn.Module):
+    """Linear layer with equalised learning rate: y = act(x @ (W * lr/sqrt(in)).T + b * lr)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
+                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        b = self.bias
+        if b is not None and self.bias_gain != 1:
+            b = b * self.bias_gain
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act(x.matmul(w.t()), b, act=self.activation)
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+class MappingNetwork(nn.Module):
+    """z (B, z_dim) and camera c (B, c_dim) -> ws (B, num_ws, w_dim)."""
+
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 2,
+                 lr_multiplier: float = 0.01):
+        super().__init__()
+        self.num_ws = num_ws
+        self.embed = FullyConnectedLayer(c_dim, w_dim)
+        features = [z_dim + w_dim] + [w_dim] * num_layers
+        for i in range(num_layers):
+            setattr(self, f"fc{i}", FullyConnectedLayer(features[i], features[i + 1], activation="lrelu",
+                                                        lr_multiplier=lr_multiplier))
+        self.num_layers = num_layers
+        self.register_buffer("w_avg", torch.zeros([w_dim]))
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None) -> torch.Tensor:
+        x = torch.cat([normalize_2nd_moment(z), normalize_2nd_moment(self.embed(c))], dim=1)
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)
+        ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi != 1:
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], truncation_psi)
+        return ws
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, up: int = 1,
+                     padding: int = 0, resample_filter: torch.Tensor | None = None,
+                     demodulate: bool = True) -> torch.Tensor:
+    """Per-sample modulated convolution as one grouped conv.
+
+    x: (B, I, H, W); weight: (O, I, k, k); styles: (B, I). With ``up=2`` the convolution is a
+    stride-2 transposed convolution followed by the FIR filter (output (B, O, 2H, 2W)).
+    """
+    b = x.shape[0]
+    out_ch, in_ch, kh, kw = weight.shape
+    w = weight.unsqueeze(0) * styles.reshape(b, 1, -1, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(b, -1, 1, 1, 1)
+    x = x.reshape(1, -1, *x.shape[2:])
+    if up == 1:
+        x = F.conv2d(x, w.reshape(-1, in_ch, kh, kw), padding=padding, groups=b)
+    else:
+        w = w.reshape(b, out_ch, in_ch, kh, kw).transpose(1, 2).reshape(b * in_ch, out_ch, kh, kw)
+        x = F.conv_transpose2d(x, w, stride=up, groups=b)
+        k = resample_filter.shape[-1]
+        p0 = padding + (k + up - 1) // 2 - (kw - 1)
+        p1 = padding + (k - up) // 2 - (kw - up)
+        x = upfirdn2d(x, resample_filter, pad=(p0, p1, p0, p1), gain=up * up)
+    return x.reshape(b, -1, *x.shape[2:])
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (+ optional 2x up-sampling), noise, bias, lrelu, optional clamp."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: int = 1,
+                 conv_clamp: float | None = None):
+        super().__init__()
+        self.up = up
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 3, 3]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.register_buffer("resample_filter", fir_filter())
+        self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        """noise_mode: 'const' (stored noise), 'random' (fresh Gaussian noise) or 'none'."""
+        styles = self.affine(w)
+        x = modulated_conv2d(x, self.weight, styles, up=self.up, padding=1, resample_filter=self.resample_filter)
+        if noise_mode == "const":
+            x = x + self.noise_const * self.noise_strength
+        elif noise_mode == "random":
+            x = x + torch.randn_like(x[:, :1]) * self.noise_strength
+        elif noise_mode != "none":
+            raise ValueError(f"unknown noise_mode {noise_mode!r}")
+        return bias_act(x, self.bias, act="lrelu", clamp=self.conv_clamp)
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 conv without demodulation: features -> output channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 1, 1]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the skip-architecture synthesis network.
+
+    (x (B, in, R/2, R/2), img (B, img_ch, R/2, R/2) or None, ws (B, num_conv + num_torgb, w_dim))
+    -> (x (B, out, R, R), img (B, img_ch, R, R)). ``in_channels == 0`` starts from a learned constant.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 conv_clamp: float | None = None):
+        super().__init__()
+        self.in_channels = in_channels
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+        self.register_buffer("resample_filter", fir_filter())
+        self.num_conv = 1 if in_channels == 0 else 2
+        self.num_torgb = 1
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
+                noise_mode: str = "const") -> tuple[torch.Tensor, torch.Tensor]:
+        w_iter = iter(ws.unbind(dim=1))
+        if self.in_channels == 0:
+            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+        else:
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
+        x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
+        y = self.torgb(x, next(w_iter))
+        img = y if img is None else upsample2d(img, self.resample_filter) + y
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """ws (B, num_ws, w_dim) -> image (B, img_channels, R, R), blocks b4 ... bR."""
+
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
+                 channel_max: int = 512):
+        super().__init__()
+        self.resolutions = [2 ** i for i in range(2, int(math.log2(img_resolution)) + 1)]
+        channels = {r: min(channel_base // r, channel_max) for r in self.resolutions}
+        self.num_ws = 0
+        for r in self.resolutions:
+            block = SynthesisBlock(channels[r // 2] if r > 4 else 0, channels[r], w_dim, r, img_channels)
+            setattr(self, f"b{r}", block)
+            self.num_ws += block.num_conv
+        self.num_ws += 1  # the last block's ToRGB
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        x = img = None
+        w_idx = 0
+        for r in self.resolutions:
+            block = getattr(self, f"b{r}")
+            x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), noise_mode=noise_mode)
+            w_idx += block.num_conv
+        return img
