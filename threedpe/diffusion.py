@@ -191,7 +191,7 @@ class InstructPix2PixEditor:
         cancel: CancelSignal | None = None,
     ) -> list[Image.Image]:
         """Edit square RGB images; each image gets its own CPU generator seeded with `seed`, so a result does not
-        depend on what else is in the batch. Returns RGB images of side `settings.resolution`.
+        depend on what else is in the batch (up to float rounding). Returns RGB images of side `settings.resolution`.
         Progress shows as a tqdm bar; `cancel` is checked after every step and raises `EditCancelled`."""
         text = self.check_instruction(instruction)
         if not images:
