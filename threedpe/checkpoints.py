@@ -61,6 +61,7 @@ class ThreeDPECheckpoint:
 
     encoder_state_dict: dict[str, torch.Tensor]
     renderer_state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] | None = None  # architecture (EditorConfig.to_dict()); None = the released model
 
 
 Checkpoint = EG3DCheckpoint | ThreeDPECheckpoint
@@ -428,7 +429,7 @@ def _read_own(path: Path) -> Checkpoint:
         if part not in parts or not key:
             raise CheckpointError(f"{weights_path}: tensor '{name}' is neither 'encoder.*' nor 'renderer.*'")
         parts[part][key] = tensor
-    return ThreeDPECheckpoint(parts["encoder"], parts["renderer"])
+    return ThreeDPECheckpoint(parts["encoder"], parts["renderer"], config.get("config") or None)
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, source: str | None = None) -> Path:
@@ -445,7 +446,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, source: str
     else:
         tensors = {**{f"encoder.{k}": v for k, v in checkpoint.encoder_state_dict.items()},
                    **{f"renderer.{k}": v for k, v in checkpoint.renderer_state_dict.items()}}
-        settings = {}
+        settings = checkpoint.config or {}
     config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": _KINDS[type(checkpoint)], "source": source, "config": settings}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     staged_weights, staged_config = weights_path.with_name(weights_path.name + ".tmp"), config_path.with_name(config_path.name + ".tmp")

@@ -64,7 +64,10 @@ class EditorModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: ThreeDPECheckpoint, config: EditorConfig | None = None) -> EditorModel:
-        """Build and strictly load; ``config`` defaults to the released architecture."""
+        """Build and strictly load; ``config`` defaults to the one stored with the weights, else the released
+        architecture."""
+        if config is None and checkpoint.config:
+            config = EditorConfig.from_dict(checkpoint.config)
         model = cls(config)
         load_into(model.encoder, checkpoint.encoder_state_dict, what="3DPE encoder (encoder_state_dict)")
         load_into(model.renderer, checkpoint.renderer_state_dict, what="3DPE renderer (renderer_state_dict)")

@@ -7,11 +7,13 @@ State-dict keys are EG3D's (``backbone.*``, ``decoder.net.*``, ``superresolution
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from threedpe.checkpoints import EG3DCheckpoint, load_eg3d, load_into
 from threedpe.rendering import OSGDecoder, RenderingConfig, SuperresolutionHybrid8XDC, render_planes
 from threedpe.stylegan2 import MappingNetwork, SynthesisNetwork
 
@@ -102,6 +104,20 @@ class TriPlaneGenerator(nn.Module):
             input_resolution=self.cfg.rendering.neural_rendering_resolution,
             antialias=self.cfg.rendering.sr_antialias, widths=self.cfg.sr_widths)
         self.decoder = OSGDecoder(self.cfg.plane_channels, lr_multiplier=self.cfg.decoder_lr_multiplier)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: EG3DCheckpoint) -> TriPlaneGenerator:
+        """Build from the checkpoint's official settings and strictly load its weights (eval mode)."""
+        cfg = GeneratorConfig.from_official(checkpoint.init_kwargs, checkpoint.rendering_kwargs,
+                                            checkpoint.neural_rendering_resolution)
+        generator = cls(cfg)
+        load_into(generator, checkpoint.state_dict, what="EG3D generator")
+        return generator.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> TriPlaneGenerator:
+        """From NVIDIA's ``.pkl``, 3DPE's ``.pth`` or the project's converted ``.safetensors``."""
+        return cls.from_checkpoint(load_eg3d(path))
 
     def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None) -> torch.Tensor:
