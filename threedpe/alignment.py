@@ -253,8 +253,9 @@ def _crop_and_resize(image: torch.Tensor, boxes: np.ndarray, size: int) -> torch
         return image[rows[:, :, None], cols[:, None, :]]  # (N, S, S, 3)
 
     fx = fx[:, None, :, None]
-    top = pixels(y0, x0) + (pixels(y0, x1) - pixels(y0, x0)) * fx
-    bottom = pixels(y1, x0) + (pixels(y1, x1) - pixels(y1, x0)) * fx
+    top_left, bottom_left = pixels(y0, x0), pixels(y1, x0)
+    top = top_left + (pixels(y0, x1) - top_left) * fx
+    bottom = bottom_left + (pixels(y1, x1) - bottom_left) * fx
     patches = top + (bottom - top) * fy[:, :, None, None]
     patches = patches * (in_y[:, :, None] & in_x[:, None, :])[..., None]
     return patches.permute(0, 3, 1, 2).contiguous()
@@ -516,7 +517,8 @@ def crop_aligned(image: Image.Image, params: AlignParams, *, max_full_resize_pix
 class AlignedFace:
     """Result of :func:`align_face`: ``image`` the 512² RGB crop; ``landmarks`` (5, 2) the source-pixel
     keypoints the crop was computed from; ``face`` the chosen detection (float landmarks, box,
-    confidence); ``num_faces`` detections found; ``warnings`` human-readable quality notes."""
+    confidence); ``num_faces`` faces found above the confidence threshold; ``warnings``
+    human-readable quality notes."""
 
     image: Image.Image
     landmarks: np.ndarray
@@ -572,9 +574,10 @@ def align_face(
         raise NoFaceError("No face found in the image. " + NO_FACE_ADVICE)
     landmarks = face.keypoints.astype(np.float64) if round_keypoints else face.landmarks.copy()
     params = align_params(landmarks, rgb.size, config)
+    num_faces = sum(f.confidence > min_confidence for f in faces)
     notes = []
-    if len(faces) > 1:
-        notes.append(f"{len(faces)} faces found; the largest one was used.")
+    if num_faces > 1:
+        notes.append(f"{num_faces} faces found; the largest one was used.")
     if face.eye_distance < min_eye_distance:
         notes.append(
             f"The face is small (eyes {face.eye_distance:.0f} px apart, the crop enlarges it "
@@ -588,7 +591,7 @@ def align_face(
     if x0 < 0 or y0 < 0 or x0 + side > w or y0 + side > h:
         notes.append("The face is close to the image border; the missing part of the crop is filled with black.")
     return AlignedFace(image=crop_aligned(rgb, params), landmarks=landmarks, params=params, face=face,
-                       num_faces=len(faces), warnings=notes)
+                       num_faces=num_faces, warnings=notes)
 
 
 def prepare_reference(image: ImageInput, *, min_confidence: float = 0.9) -> Image.Image:
