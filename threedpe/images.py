@@ -102,7 +102,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image.copy()
     if image.mode in _SIXTEEN_BIT_MODES:
-        return _from_array(np.asarray(image).astype(np.uint16, copy=False), max_pixels=None)
+        return _from_array(np.clip(np.asarray(image), 0, 65535).astype(np.uint16), max_pixels=None)
     if image.mode == "F":
         return _from_array(np.asarray(image), max_pixels=None)
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
