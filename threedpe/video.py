@@ -1,0 +1,120 @@
+"""Orbit videos of a tri-plane portrait: render frames along the official camera path, encode H.264.
+
+Frames are produced batch by batch and streamed into ffmpeg (the binary bundled with imageio-ffmpeg,
+no system ffmpeg), so a 288-frame 512x512 orbit never sits in memory as a whole. The official 3DPE
+video is 288 frames at 60 fps, libx264, on :func:`threedpe.cameras.orbit_path`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from threedpe import cameras
+from threedpe.rendering import TriplaneRenderer
+
+ORBIT_FRAMES = 288
+ORBIT_FPS = 60
+
+
+class RenderCancelled(RuntimeError):
+    """Raised by :func:`render_orbit` when its ``cancel`` check returns True."""
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """Images (3, H, W) or (B, 3, H, W) in [-1, 1] -> (H, W, 3) or (B, H, W, 3) uint8.
+
+    Each value becomes round((clamp(x, -1, 1) + 1) / 2 * 255), to the nearest integer (halves to even).
+    """
+    if image.dim() not in (3, 4) or image.shape[-3] != 3:
+        raise ValueError(f"expected an image (3, H, W) or (B, 3, H, W), got shape {tuple(image.shape)}")
+    pixels = ((image.detach().float().clamp(-1, 1) + 1) * (255 / 2)).round().to(torch.uint8)
+    return pixels.movedim(-3, -1).cpu().numpy()
+
+
+def triplane_view(renderer: TriplaneRenderer, planes: torch.Tensor, deterministic: bool = False
+                  ) -> Callable[[torch.Tensor], np.ndarray]:
+    """A ``render_view`` for :func:`render_orbit`: cameras (N, 25) -> frames (N, H, W, 3) uint8 of ``planes``.
+
+    planes (1, 96, P, P) on the renderer's device; each call renders N views of them (``renderer(...)['image']``).
+    """
+    if planes.dim() != 4 or planes.shape[0] != 1:
+        raise ValueError(f"expected one tri-plane (1, 96, P, P), got shape {tuple(planes.shape)}")
+
+    def render_view(cams: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            cams = cams.to(planes.device)
+            image = renderer(planes.expand(cams.shape[0], -1, -1, -1), cams, deterministic=deterministic)["image"]
+        return to_uint8(image)
+
+    return render_view
+
+
+def render_orbit(render_view: Callable[[torch.Tensor], np.ndarray], num_frames: int = ORBIT_FRAMES,
+                 batch: int = 4, cancel: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
+    """Yield the frames (H, W, 3) uint8 of an orbit along :func:`cameras.orbit_path`, one at a time.
+
+    ``render_view`` gets the cameras (N, 25) of up to ``batch`` consecutive frames and returns their frames
+    (N, H, W, 3) uint8. A tqdm bar counts frames; ``cancel`` is checked before each batch and raises
+    :class:`RenderCancelled` when it returns True.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    path = cameras.orbit_path(num_frames)
+    with tqdm(total=num_frames, desc="orbit video", unit="frame") as progress:
+        for start in range(0, num_frames, batch):
+            if cancel is not None and cancel():
+                raise RenderCancelled(f"orbit rendering cancelled after {start} of {num_frames} frames")
+            yaw, pitch = zip(*path[start:start + batch])
+            cams = cameras.camera(torch.tensor(yaw), torch.tensor(pitch))
+            frames = render_view(cams)
+            if len(frames) != cams.shape[0]:
+                raise ValueError(f"render_view returned {len(frames)} frames for {cams.shape[0]} cameras")
+            for frame in frames:
+                yield frame
+            progress.update(cams.shape[0])
+
+
+def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        kind = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"frames must be (H, W, 3) uint8 arrays, got a {kind}")
+    if size is not None and frame.shape[:2] != size:
+        raise ValueError(f"all frames must have the same size: {frame.shape[:2]} after {size}")
+
+
+def write_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: float = ORBIT_FPS) -> Path:
+    """Encode frames (H, W, 3) uint8 to an H.264 (libx264, yuv420p) mp4 at ``path``; returns the path.
+
+    Frames are streamed to ffmpeg as they come. yuv420p needs an even width and height: other sizes
+    raise instead of being resized. On any error the partial file is removed.
+    """
+    path = Path(path)
+    iterator = iter(frames)
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError("cannot write a video without frames")
+    _check_frame(first, None)
+    height, width = first.shape[:2]
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 yuv420p needs an even frame size, got {height}x{width} (pad or crop the frames)")
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
+                                         pix_fmt_out="yuv420p", macro_block_size=1,
+                                         output_params=["-movflags", "+faststart"])
+    complete = False
+    try:
+        writer.send(None)
+        writer.send(np.ascontiguousarray(first))
+        for frame in iterator:
+            _check_frame(frame, (height, width))
+            writer.send(np.ascontiguousarray(frame))
+        complete = True
+    finally:
+        writer.close()
+        if not complete:
+            path.unlink(missing_ok=True)
+    return path
