@@ -1,0 +1,261 @@
+"""``PortraitEditor``: the whole product in one call, in the style of a diffusers pipeline.
+
+photo --alignment--> 512^2 EG3D crop --editor (+ reference image, or a text instruction turned into a
+reference by InstructPix2Pix)--> tri-planes --renderer--> any view, the 3-view strip, an orbit video,
+a depth image, a mesh.
+
+    editor = PortraitEditor.from_pretrained("checkpoints").to("cuda")
+    result = editor("me.jpg", prompt="Make him resemble a young child")
+    result.strip().save("strip.png"); result.video("orbit.mp4"); result.mesh("head.glb")
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from threedpe import cameras
+from threedpe.alignment import AlignedFace, align_face, prepare_reference
+from threedpe.checkpoints import MissingWeightsError, ThreeDPECheckpoint, load_3dpe, resolve_weight, save_checkpoint
+from threedpe.diffusion import (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, CancelSignal, EditSettings,
+                                InstructPix2PixEditor, PromptError, TextReference, build_tiny_instruct_pix2pix,
+                                default_anchors)
+from threedpe.editor import EditorConfig, EditorModel
+from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.images import ImageInput, load_image
+from threedpe.mesh import export_mesh, extract_mesh
+from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, write_mp4
+
+EDITOR_WEIGHTS = ("3dpe.safetensors", "3dpe.pt")  # converted first, then the released file
+TEXT_MODEL_FOLDER = "instruct-pix2pix"
+UNTRAINED_NOTE = "UNTRAINED random weights: outputs are noise, for trying the app and the API only."
+
+
+@dataclass
+class EditResult:
+    """An edited 3D portrait: tri-planes that render on demand, plus what produced them.
+
+    ``planes`` (1, 96, P, P) float32 on the editor's device; ``image`` the 512^2 (aligned) input;
+    ``reference`` the reference image the editor saw; ``edited_2d`` the InstructPix2Pix output of a text
+    edit (else None); ``timings`` seconds per stage ('align', 'reference', 'encode').
+    """
+
+    planes: torch.Tensor
+    image: Image.Image
+    reference: Image.Image
+    editor: PortraitEditor
+    alignment: AlignedFace | None = None
+    edited_2d: Image.Image | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def _render(self, views: list[tuple[float, float]]) -> dict[str, torch.Tensor]:
+        cams = cameras.camera(torch.tensor([v[0] for v in views]), torch.tensor([v[1] for v in views]))
+        model = self.editor.model
+        cams = cams.to(self.planes.device)
+        with torch.inference_mode():
+            return model.render(self.planes.expand(len(views), -1, -1, -1), cams, deterministic=True)
+
+    def view(self, yaw: float = math.pi / 2, pitch: float = math.pi / 2) -> Image.Image:
+        """The portrait from (yaw, pitch) in radians (frontal = pi/2, pi/2), as an RGB image."""
+        return Image.fromarray(to_uint8(self._render([(yaw, pitch)])["image"][0]))
+
+    def views(self, views: list[tuple[float, float]]) -> list[Image.Image]:
+        """Several (yaw, pitch) views, rendered one at a time to bound memory."""
+        return [self.view(yaw, pitch) for yaw, pitch in views]
+
+    def strip(self, spread: float = math.pi / 6) -> Image.Image:
+        """The official 3-view strip (yaw pi/2 - spread, pi/2, pi/2 + spread) side by side."""
+        images = self.views(cameras.three_views(spread))
+        w, h = images[0].size
+        strip = Image.new("RGB", (w * len(images), h))
+        for i, image in enumerate(images):
+            strip.paste(image, (i * w, 0))
+        return strip
+
+    def depth(self, yaw: float = math.pi / 2, pitch: float = math.pi / 2) -> Image.Image:
+        """Depth from (yaw, pitch) as a grayscale image at the output size: near = bright, empty space = black."""
+        out = self._render([(yaw, pitch)])
+        depth, opacity = out["image_depth"][0, 0], out["weight_total"][0, 0]
+        solid = opacity > 0.5
+        if solid.any():
+            near, far = depth[solid].min(), depth[solid].max()
+            shade = ((far - depth) / (far - near).clamp_min(1e-6)).clamp(0, 1) * 0.85 + 0.15
+            shade = torch.where(solid, shade, torch.zeros_like(shade))
+        else:
+            shade = torch.zeros_like(depth)
+        size = out["image"].shape[-1]
+        shade = F.interpolate(shade[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        return Image.fromarray((shade * 255).round().byte().cpu().numpy(), mode="L")
+
+    def video(self, path: str | os.PathLike, num_frames: int = 120, fps: float = ORBIT_FPS / 2, batch: int = 1,
+              cancel: Callable[[], bool] | None = None) -> Path:
+        """Orbit video (H.264 mp4) along the official camera path; deterministic frames (no flicker)."""
+        render_view = triplane_view(self.editor.model.renderer, self.planes, deterministic=True)
+        return write_mp4(render_orbit(render_view, num_frames, batch=batch, cancel=cancel), path, fps=fps)
+
+    def mesh(self, path: str | os.PathLike, resolution: int = 256, level: float = 10.0) -> Path:
+        """Coloured mesh (.glb, .ply or .obj by suffix) of the density surface sigma = ``level``."""
+        model = self.editor.model
+        mesh = extract_mesh(self.planes, model.renderer.decoder, resolution=resolution, level=level,
+                            box_warp=model.config.rendering.box_warp)
+        return export_mesh(mesh, path)
+
+
+class PortraitEditor:
+    """Real-time 3D-aware portrait editing (3DPE): ``editor(photo, reference=...)`` or ``editor(photo, prompt=...)``."""
+
+    def __init__(self, model: EditorModel, text_model: str | os.PathLike | None = None,
+                 text_revision: str | None = INSTRUCT_PIX2PIX_REVISION, cache_dir: str | os.PathLike | None = None):
+        self.model = model.eval()
+        self.text_model = text_model or INSTRUCT_PIX2PIX_REPO
+        self.text_revision = text_revision
+        self.cache_dir = cache_dir
+        self._text: TextReference | None = None
+
+    @property
+    def untrained(self) -> bool:
+        return self.model.config.untrained
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.renderer.const.device
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike | None = None, *, repo_id: str | None = None,
+                        revision: str | None = None, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None) -> PortraitEditor:
+        """Load from a weight folder (default ``$THREEDPE_WEIGHTS`` or ``checkpoints/``), else the Hub.
+
+        The folder holds ``3dpe.safetensors`` + ``3dpe.json`` (converted) or the released ``3dpe.pt``,
+        and optionally ``instruct-pix2pix/`` (diffusers layout; otherwise ``timbrooks/instruct-pix2pix``
+        is loaded from the Hub on the first text edit). Raises ``MissingWeightsError`` naming what is missing.
+        """
+        folder = Path(source if source is not None else os.environ.get("THREEDPE_WEIGHTS", "checkpoints")).expanduser()
+        weights, missing = None, None
+        for name in EDITOR_WEIGHTS:
+            try:
+                weights = resolve_weight(name, local_dir=folder, repo_id=repo_id, revision=revision)
+                break
+            except MissingWeightsError as error:
+                missing = error
+        if weights is None:
+            raise MissingWeightsError(f"no 3DPE editor weights (3dpe.pt, or its converted 3dpe.safetensors + "
+                                      f"3dpe.json) in {folder.resolve()}: {missing}")
+        if weights.suffix == ".safetensors":
+            resolve_weight(weights.with_suffix(".json").name, local_dir=weights.parent)
+        model = EditorModel.from_checkpoint(load_3dpe(weights))
+        local_text = folder / TEXT_MODEL_FOLDER
+        text_model = local_text if (local_text / "model_index.json").is_file() else None
+        editor = cls(model, text_model=text_model, text_revision=None if text_model else INSTRUCT_PIX2PIX_REVISION,
+                     cache_dir=cache_dir)
+        return editor.to(device, dtype)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PortraitEditor:
+        """Move to ``device``; ``dtype`` applies to the encoder (the renderer stays float32 for accuracy)."""
+        if device is not None:
+            self.model.to(device)
+        if dtype is not None:
+            self.model.encoder.to(dtype)
+        if self._text is not None and device is not None:
+            self._text.editor.to(device)
+        return self
+
+    @property
+    def text_reference(self) -> TextReference:
+        """The InstructPix2Pix text route (loaded on first use: the model is large)."""
+        if self._text is None:
+            editor = InstructPix2PixEditor.from_pretrained(self.text_model, revision=self.text_revision,
+                                                           device=self.device)
+            self._text = TextReference(editor, default_anchors(), cache_dir=self.cache_dir)
+        return self._text
+
+    def align(self, image: ImageInput, aligned: bool = False) -> tuple[Image.Image, AlignedFace | None]:
+        """The editor's input crop: detected + EG3D-aligned, or (``aligned=True``) the photo resized as it is."""
+        if aligned:
+            size = self.model.config.encoder.image_size
+            return load_image(image).resize((size, size), Image.BICUBIC), None
+        face = align_face(image)
+        return face.image, face
+
+    def __call__(self, image: ImageInput, reference: ImageInput | None = None, prompt: str | None = None, *,
+                 aligned: bool = False, align_reference: bool = True, use_own_photo: bool = False,
+                 settings: EditSettings | None = None, seed: int = 0, anchor: int = 0,
+                 cancel: CancelSignal | None = None) -> EditResult:
+        """Edit a portrait with a reference image or a text instruction (exactly one of them).
+
+        image: a photo (path, bytes, array or PIL); it is aligned unless ``aligned=True``.
+        reference: an image whose style is applied; aligned like the photo when it shows a face.
+        prompt: an InstructPix2Pix instruction, applied to an anchor portrait (cached; ``anchor`` picks it)
+        or, with ``use_own_photo=True``, to the aligned photo itself (slower, not cached).
+        """
+        if (reference is None) == (prompt is None):
+            raise ValueError("give either a reference image or a text instruction (exactly one)")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        crop, face = self.align(image, aligned)
+        timings["align"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        edited_2d = None
+        if prompt is not None:
+            settings = settings or EditSettings()
+            if use_own_photo:
+                edited_2d = self.text_reference.edit_photo(crop, prompt, settings, seed=seed, cancel=cancel)
+            else:
+                if not 0 <= anchor < len(self.text_reference.anchors):
+                    raise PromptError(f"anchor {anchor} does not exist (there are {len(self.text_reference.anchors)})")
+                edited_2d = self.text_reference.reference(prompt, settings, anchor, seed, cancel=cancel).image
+            ref_image = edited_2d
+        else:
+            ref_image = prepare_reference(reference) if align_reference else load_image(reference)
+        timings["reference"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        x = preprocess_input(crop, self.model.config.encoder.image_size).to(self.device)
+        ref = preprocess_reference(ref_image).to(self.device)
+        with torch.inference_mode():
+            planes = self.model.encode(x, ref)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        timings["encode"] = time.perf_counter() - start
+        warnings = list(face.warnings) if face is not None else []
+        if self.untrained:
+            warnings.append(UNTRAINED_NOTE)
+        return EditResult(planes=planes, image=crop, reference=ref_image, editor=self, alignment=face,
+                          edited_2d=edited_2d, timings=timings, warnings=warnings)
+
+
+def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a small, randomly initialised, clearly labelled weight set in the product's own format:
+    ``3dpe.safetensors`` + ``3dpe.json`` (the editor at reduced widths), ``ffhqrebalanced512-128.safetensors``
+    + ``.json`` (a small EG3D generator) and ``instruct-pix2pix/`` (a tiny InstructPix2Pix)."""
+    from threedpe.checkpoints import EG3DCheckpoint
+    from threedpe.generator import TINY_EG3D, GeneratorConfig, TriPlaneGenerator
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = EditorConfig.tiny()
+    model = EditorModel(config)
+    with torch.no_grad():  # density around the surface level so that meshes and depth have structure
+        model.renderer.decoder.net[2].bias[0] = 10.0
+    save_checkpoint(ThreeDPECheckpoint(model.encoder.state_dict(), model.renderer.state_dict(), config.to_dict()),
+                    folder / "3dpe", source="threedpe tiny-weights (untrained)")
+    generator = TriPlaneGenerator(GeneratorConfig.tiny())
+    save_checkpoint(EG3DCheckpoint(TINY_EG3D["init_kwargs"], generator.state_dict(),
+                                   TINY_EG3D["neural_rendering_resolution"], TINY_EG3D["rendering_kwargs"]),
+                    folder / "ffhqrebalanced512-128", source="threedpe tiny-weights (untrained)")
+    build_tiny_instruct_pix2pix(folder / TEXT_MODEL_FOLDER)
+    (folder / "README.txt").write_text(
+        f"{UNTRAINED_NOTE}\nWritten by `python -m threedpe tiny-weights` (seed {seed}). The files have the layout "
+        "of a real weight folder (see checkpoints/README.md) at reduced widths.\n")
+    return folder
+
