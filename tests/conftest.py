@@ -28,3 +28,22 @@ def golden_dir() -> Path:
 @pytest.fixture(scope="session")
 def alignment_dir() -> Path:
     return _fixture_dir("THREEDPE_ALIGNMENT_DIR", ROOT.parent / "shared" / "alignment", "mtcnn_golden.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A folder written by ``python -m threedpe tiny-weights`` (untrained editor, small EG3D, tiny IP2P)."""
+    from threedpe.pipeline import save_tiny_weights
+
+    return save_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture(scope="session")
+def astronaut_photo(tmp_path_factory) -> Path:
+    """The public-domain astronaut portrait (scikit-image), as a raw (unaligned) PNG."""
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path

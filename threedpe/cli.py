@@ -79,13 +79,14 @@ def _render(args: argparse.Namespace) -> None:
             ws = generator.mapping(z.to(args.device), c, truncation_psi=args.truncation)
             planes = generator.synthesize_planes(ws)
 
-            def render_view(cams: torch.Tensor) -> np.ndarray:
-                n = cams.shape[0]
+        def render_view(cams: torch.Tensor) -> np.ndarray:
+            n = cams.shape[0]
+            with torch.inference_mode():
                 image = generator.render(planes.expand(n, -1, -1, -1), ws.expand(n, -1, -1),
                                          cams.to(args.device), deterministic=True)["image"]
-                return to_uint8(image)
+            return to_uint8(image)
 
-            views = [render_view(cameras.camera(yaw, pitch))[0] for yaw, pitch in cameras.three_views()]
+        views = [render_view(cameras.camera(yaw, pitch))[0] for yaw, pitch in cameras.three_views()]
         Image.fromarray(np.concatenate(views, axis=1)).save(out / f"seed{seed:04d}_views.png")
         written = f"{out / f'seed{seed:04d}_views.png'}"
         if args.video:

@@ -1,0 +1,85 @@
+"""``python -m threedpe`` commands, run in-process."""
+from __future__ import annotations
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from threedpe.cli import main
+from threedpe.generator import TINY_EG3D, GeneratorConfig, TriPlaneGenerator
+
+
+@pytest.fixture(scope="module")
+def small_eg3d_pth(tmp_path_factory):
+    """A small EG3D generator saved the way 3DPE ships ffhqrebalanced512-128.pth."""
+    torch.manual_seed(1)
+    generator = TriPlaneGenerator(GeneratorConfig.tiny())
+    path = tmp_path_factory.mktemp("eg3d") / "small-eg3d.pth"
+    torch.save({"G_init_args": [], "G_init_kwargs": TINY_EG3D["init_kwargs"], "G": generator.state_dict(),
+                "G_neural_rendering_resolution": TINY_EG3D["neural_rendering_resolution"],
+                "G_renderinig_kwargs": TINY_EG3D["rendering_kwargs"], "D_init_args": [], "D_init_kwargs": {}, "D": {}},
+               path)
+    return path
+
+
+def frame_count(path) -> tuple[dict, int]:
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    return meta, sum(1 for _ in reader)
+
+
+def test_render_views_and_orbit_video(small_eg3d_pth, tmp_path, capsys):
+    assert main(["render", "--weights", str(small_eg3d_pth), "--out", str(tmp_path), "--seeds", "0", "3",
+                 "--video", "--frames", "5", "--fps", "10"]) == 0
+    for seed in (0, 3):
+        views = Image.open(tmp_path / f"seed{seed:04d}_views.png")
+        assert views.size == (3 * 128, 128)
+        meta, frames = frame_count(tmp_path / f"seed{seed:04d}_orbit.mp4")
+        assert frames == 5 and meta["size"] == (128, 128)
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "seed0000_views.png")),
+                              np.asarray(Image.open(tmp_path / "seed0003_views.png")))
+
+
+def test_convert_then_render_gives_the_same_images(small_eg3d_pth, tmp_path):
+    assert main(["convert", str(small_eg3d_pth), str(tmp_path / "converted")]) == 0
+    assert (tmp_path / "converted.safetensors").is_file() and (tmp_path / "converted.json").is_file()
+    for name, weights in (("pth", small_eg3d_pth), ("safetensors", tmp_path / "converted.safetensors")):
+        assert main(["render", "--weights", str(weights), "--out", str(tmp_path / name), "--seeds", "7"]) == 0
+    first, second = (np.asarray(Image.open(tmp_path / n / "seed0007_views.png")) for n in ("pth", "safetensors"))
+    assert np.array_equal(first, second)
+
+
+def test_edit_writes_every_output(tiny_weights, astronaut_photo, tmp_path):
+    out = tmp_path / "out"
+    assert main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--reference",
+                 str(astronaut_photo), "--out", str(out), "--video", "--frames", "4", "--mesh",
+                 "--mesh-resolution", "32"]) == 0
+    for name in ("input_aligned.png", "reference.png", "views.png", "depth.png", "orbit.mp4", "mesh.glb", "mesh.ply"):
+        assert (out / name).stat().st_size > 0, name
+    assert frame_count(out / "orbit.mp4")[1] == 4
+
+
+def test_edit_with_a_prompt(tiny_weights, astronaut_photo, tmp_path):
+    assert main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--prompt",
+                 "make it a bronze statue", "--steps", "2", "--resolution", "64", "--out", str(tmp_path)]) == 0
+    assert Image.open(tmp_path / "edited_2d.png").size == (64, 64)
+
+
+def test_user_errors_are_one_line_messages(tiny_weights, tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(blank)
+    cases = [
+        (["edit", "--weights", str(tmp_path / "none"), "--input", str(blank), "--reference", str(blank),
+          "--out", str(tmp_path)], "3dpe.pt"),
+        (["edit", "--weights", str(tiny_weights), "--input", str(blank), "--reference", str(blank),
+          "--out", str(tmp_path)], "No face"),
+        (["edit", "--weights", str(tiny_weights), "--input", str(tmp_path / "missing.jpg"), "--reference",
+          str(blank), "--out", str(tmp_path)], "missing.jpg"),
+        (["render", "--weights", str(tiny_weights / "3dpe.safetensors"), "--out", str(tmp_path)], "EG3D"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and "Traceback" not in err

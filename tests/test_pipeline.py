@@ -1,0 +1,120 @@
+"""PortraitEditor end to end on the tiny random weights: every output kind, the text route's cache, errors."""
+from __future__ import annotations
+
+import math
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from threedpe.alignment import NoFaceError
+from threedpe.checkpoints import CheckpointError, MissingWeightsError
+from threedpe.diffusion import EditSettings, PromptError
+from threedpe.pipeline import PortraitEditor
+
+FAST_TEXT = EditSettings(steps=2, resolution=64)
+
+
+@pytest.fixture(scope="module")
+def editor(tiny_weights) -> PortraitEditor:
+    return PortraitEditor.from_pretrained(tiny_weights)
+
+
+@pytest.fixture(scope="module")
+def result(editor, astronaut_photo, tmp_path_factory):
+    reference = tmp_path_factory.mktemp("ref") / "stripes.png"
+    Image.fromarray((np.indices((96, 96)).sum(0) % 16 * 16).astype(np.uint8)).convert("RGB").save(reference)
+    return editor(astronaut_photo, reference=reference)
+
+
+def test_reference_edit_aligns_and_encodes(editor, result):
+    assert editor.untrained and any("UNTRAINED" in w for w in result.warnings)
+    assert result.alignment is not None and result.alignment.num_faces == 1
+    assert result.image.size == (512, 512)
+    assert result.reference.size == (96, 96)  # no face in it: used as it is
+    assert result.planes.shape == (1, 96, 256, 256) and result.planes.dtype == torch.float32
+    assert set(result.timings) == {"align", "reference", "encode"}
+    assert result.edited_2d is None
+
+
+def test_views_strip_and_depth(result):
+    front = result.view()
+    assert front.size == (128, 128) and front.mode == "RGB"
+    assert np.array_equal(np.asarray(front), np.asarray(result.view(math.pi / 2, math.pi / 2)))  # deterministic
+    assert not np.array_equal(np.asarray(front), np.asarray(result.view(math.pi / 2 + 0.5, math.pi / 2)))
+    strip = result.strip()
+    assert strip.size == (3 * 128, 128)
+    assert np.array_equal(np.asarray(strip)[:, 128:256], np.asarray(front))
+    depth = result.depth()
+    assert depth.mode == "L" and depth.size == (128, 128) and np.asarray(depth).max() > 0
+
+
+def test_video_and_mesh(result, tmp_path):
+    video = result.video(tmp_path / "orbit.mp4", num_frames=6, fps=12)
+    reader = imageio_ffmpeg.read_frames(str(video))
+    meta = next(reader)
+    frames = list(reader)
+    assert meta["codec"].startswith("h264") and meta["size"] == (128, 128) and len(frames) == 6
+    for suffix in (".glb", ".ply"):
+        path = result.mesh(tmp_path / f"head{suffix}", resolution=32)
+        mesh = trimesh.load(path, force="mesh", process=False)
+        assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+
+
+def test_aligned_input_skips_detection(editor, tmp_path):
+    crop = tmp_path / "crop.png"
+    Image.fromarray(np.full((300, 300, 3), 120, np.uint8)).save(crop)  # no face: detection would fail
+    result = editor(crop, reference=crop, aligned=True, align_reference=False)
+    assert result.alignment is None and result.image.size == (512, 512)
+
+
+def test_a_reference_with_a_face_is_aligned(editor, astronaut_photo):
+    result = editor(astronaut_photo, reference=astronaut_photo)
+    assert result.reference.size == (512, 512)
+    assert np.array_equal(np.asarray(result.reference), np.asarray(result.image))
+
+
+def test_text_edit_runs_instruct_pix2pix_once_per_instruction(editor, astronaut_photo, monkeypatch):
+    text = editor.text_reference
+    calls = []
+    original = text.editor.edit
+    monkeypatch.setattr(text.editor, "edit", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
+    first = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, seed=3)
+    second = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, seed=3)
+    assert calls == ["make it a bronze statue"]
+    assert first.edited_2d.size == (64, 64)
+    assert torch.equal(first.planes, second.planes)
+    own = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, use_own_photo=True)
+    assert len(calls) == 2 and own.edited_2d is not None
+
+
+def test_bad_requests_have_clear_errors(editor, astronaut_photo, tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        editor(astronaut_photo)
+    with pytest.raises(ValueError, match="exactly one"):
+        editor(astronaut_photo, reference=astronaut_photo, prompt="x")
+    with pytest.raises(PromptError):
+        editor(astronaut_photo, prompt="   ", settings=FAST_TEXT)
+    with pytest.raises(PromptError, match="anchor"):
+        editor(astronaut_photo, prompt="make it snowy", settings=FAST_TEXT, anchor=99)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(blank)
+    with pytest.raises(NoFaceError, match="frontal"):
+        editor(blank, reference=astronaut_photo)
+
+
+def test_missing_and_mismatched_weights(tmp_path, tiny_weights):
+    with pytest.raises(MissingWeightsError, match="3dpe.pt") as missing:
+        PortraitEditor.from_pretrained(tmp_path)
+    assert "Google Drive" in str(missing.value)
+    # A released-style 3dpe.pt of another architecture: a concise strict-loading error.
+    from threedpe.checkpoints import load_3dpe
+
+    tiny = load_3dpe(tiny_weights / "3dpe.safetensors")
+    torch.save({"encoder_state_dict": tiny.encoder_state_dict, "renderer_state_dict": tiny.renderer_state_dict},
+               tmp_path / "3dpe.pt")
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        PortraitEditor.from_pretrained(tmp_path)
