@@ -78,7 +78,7 @@ def test_tiny_generator_is_deterministic_and_shaped():
         r = G(z, c, deterministic=False)
     assert a["image"].shape == (2, 3, 128, 128)
     assert a["image_raw"].shape == (2, 3, 32, 32) and a["image_depth"].shape == (2, 1, 32, 32)
-    assert a["planes"].shape == (2, 96, 32, 32)
+    assert a["planes"].shape == (2, 96, 256, 256)
     assert torch.equal(a["image"], b["image"])
     assert not torch.equal(a["image_depth"], r["image_depth"])
     depth = a["image_depth"]

@@ -6,7 +6,6 @@ State-dict keys are EG3D's (``backbone.*``, ``decoder.net.*``, ``superresolution
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -18,6 +17,23 @@ from threedpe.rendering import OSGDecoder, RenderingConfig, SuperresolutionHybri
 from threedpe.stylegan2 import MappingNetwork, SynthesisNetwork
 
 SR_MODULE = "training.superresolution.SuperresolutionHybrid8XDC"
+PLANE_RESOLUTION = 256  # EG3D's backbone always synthesises 3 planes x 32 channels at 256^2
+PLANE_CHANNELS = 32
+
+
+# A small generator in EG3D's settings format (narrow backbone, 32^2 rendering, 128^2 images), so that
+# its random-weight checkpoints go through exactly the loading path of the released files.
+TINY_EG3D = {
+    "init_kwargs": {"z_dim": 64, "w_dim": 64, "c_dim": 25, "img_resolution": 128, "img_channels": 3,
+                    "mapping_kwargs": {"num_layers": 2}, "channel_base": 2048, "channel_max": 32,
+                    "num_fp16_res": 0, "sr_num_fp16_res": 4, "conv_clamp": None},
+    "rendering_kwargs": {"depth_resolution": 12, "depth_resolution_importance": 12, "ray_start": 2.25,
+                         "ray_end": 3.3, "box_warp": 1, "clamp_mode": "softplus", "disparity_space_sampling": False,
+                         "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
+                         "c_gen_conditioning_zero": False, "c_scale": 1.0, "superresolution_noise_mode": "none",
+                         "sr_antialias": True, "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2]},
+    "neural_rendering_resolution": 32,
+}
 
 
 @dataclass(frozen=True)
@@ -27,13 +43,10 @@ class GeneratorConfig:
     z_dim: int = 512
     w_dim: int = 512
     c_dim: int = 25
-    plane_resolution: int = 256
-    plane_channels: int = 32
     channel_base: int = 32768
     channel_max: int = 512
     mapping_layers: int = 2
     mapping_lr_multiplier: float = 0.01
-    sr_widths: tuple[int, int] = (256, 128)
     sr_conv_clamp: float | None = 256.0
     c_scale: float = 1.0
     c_gen_conditioning_zero: bool = False
@@ -63,29 +76,16 @@ class GeneratorConfig:
 
     @classmethod
     def tiny(cls) -> GeneratorConfig:
-        """A small random-weight configuration for tests and demos (32^2 planes, 128^2 images)."""
-        return cls(z_dim=64, w_dim=64, plane_resolution=32, channel_base=1024, channel_max=64, sr_widths=(16, 8),
-                   rendering=RenderingConfig(depth_resolution=12, depth_resolution_importance=12,
-                                             neural_rendering_resolution=32))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GeneratorConfig:
-        data = dict(data)
-        data["rendering"] = RenderingConfig(**data.get("rendering", {}))
-        if "sr_widths" in data:
-            data["sr_widths"] = tuple(data["sr_widths"])
-        return cls(**data)
+        """A small configuration expressible in EG3D's own settings (see :data:`TINY_EG3D`)."""
+        return cls.from_official(**TINY_EG3D)
 
 
 class StyleGAN2Backbone(nn.Module):
-    """Mapping + synthesis producing the tri-planes (B, 3 * plane_channels, P, P)."""
+    """Mapping + synthesis producing the tri-planes (B, 96, 256, 256)."""
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
-        self.synthesis = SynthesisNetwork(cfg.w_dim, cfg.plane_resolution, 3 * cfg.plane_channels,
+        self.synthesis = SynthesisNetwork(cfg.w_dim, PLANE_RESOLUTION, 3 * PLANE_CHANNELS,
                                           cfg.channel_base, cfg.channel_max)
         self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, self.synthesis.num_ws,
                                       num_layers=cfg.mapping_layers, lr_multiplier=cfg.mapping_lr_multiplier)
@@ -100,10 +100,10 @@ class TriPlaneGenerator(nn.Module):
         self.cfg = cfg or GeneratorConfig()
         self.backbone = StyleGAN2Backbone(self.cfg)
         self.superresolution = SuperresolutionHybrid8XDC(
-            self.cfg.plane_channels, self.cfg.w_dim, conv_clamp=self.cfg.sr_conv_clamp,
+            PLANE_CHANNELS, self.cfg.w_dim, conv_clamp=self.cfg.sr_conv_clamp,
             input_resolution=self.cfg.rendering.neural_rendering_resolution,
-            antialias=self.cfg.rendering.sr_antialias, widths=self.cfg.sr_widths)
-        self.decoder = OSGDecoder(self.cfg.plane_channels, lr_multiplier=self.cfg.decoder_lr_multiplier)
+            antialias=self.cfg.rendering.sr_antialias)
+        self.decoder = OSGDecoder(PLANE_CHANNELS, lr_multiplier=self.cfg.decoder_lr_multiplier)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: EG3DCheckpoint) -> TriPlaneGenerator:
