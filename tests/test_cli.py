@@ -61,10 +61,12 @@ def test_edit_writes_every_output(tiny_weights, astronaut_photo, tmp_path):
     assert frame_count(out / "orbit.mp4")[1] == 4
 
 
-def test_edit_with_a_prompt(tiny_weights, astronaut_photo, tmp_path):
+def test_edit_with_a_prompt(tiny_weights, astronaut_photo, tmp_path, monkeypatch):
+    monkeypatch.setenv("THREEDPE_CACHE", str(tmp_path / "cache"))
     assert main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--prompt",
                  "make it a bronze statue", "--steps", "2", "--resolution", "64", "--out", str(tmp_path)]) == 0
     assert Image.open(tmp_path / "edited_2d.png").size == (64, 64)
+    assert len(list((tmp_path / "cache").glob("*.png"))) == 1
 
 
 def test_user_errors_are_one_line_messages(tiny_weights, tmp_path, capsys):

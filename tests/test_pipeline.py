@@ -19,8 +19,8 @@ FAST_TEXT = EditSettings(steps=2, resolution=64)
 
 
 @pytest.fixture(scope="module")
-def editor(tiny_weights) -> PortraitEditor:
-    return PortraitEditor.from_pretrained(tiny_weights)
+def editor(tiny_weights, tmp_path_factory) -> PortraitEditor:
+    return PortraitEditor.from_pretrained(tiny_weights, cache_dir=tmp_path_factory.mktemp("reference-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,7 @@ def test_text_edit_runs_instruct_pix2pix_once_per_instruction(editor, astronaut_
     first = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, seed=3)
     second = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, seed=3)
     assert calls == ["make it a bronze statue"]
+    assert len(list(editor.cache_dir.glob("*.png"))) == 1  # persisted for the next process
     assert first.edited_2d.size == (64, 64)
     assert torch.equal(first.planes, second.planes)
     own = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, use_own_photo=True)

@@ -109,6 +109,11 @@ class EditResult:
         return export_mesh(mesh, path)
 
 
+def default_cache_dir() -> Path:
+    """Where text references are cached on disk: ``$THREEDPE_CACHE`` or ``~/.cache/threedpe/references``."""
+    return Path(os.environ.get("THREEDPE_CACHE", Path.home() / ".cache" / "threedpe" / "references")).expanduser()
+
+
 class PortraitEditor:
     """Real-time 3D-aware portrait editing (3DPE): ``editor(photo, reference=...)`` or ``editor(photo, prompt=...)``."""
 
@@ -117,7 +122,7 @@ class PortraitEditor:
         self.model = model.eval()
         self.text_model = text_model or INSTRUCT_PIX2PIX_REPO
         self.text_revision = text_revision
-        self.cache_dir = cache_dir
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._text: TextReference | None = None
 
     @property
@@ -136,7 +141,8 @@ class PortraitEditor:
 
         The folder holds ``3dpe.safetensors`` + ``3dpe.json`` (converted) or the released ``3dpe.pt``,
         and optionally ``instruct-pix2pix/`` (diffusers layout; otherwise ``timbrooks/instruct-pix2pix``
-        is loaded from the Hub on the first text edit). Raises ``MissingWeightsError`` naming what is missing.
+        is loaded from the Hub on the first text edit). Text references are cached in memory and in
+        ``cache_dir`` (default :func:`default_cache_dir`). Raises ``MissingWeightsError`` naming what is missing.
         """
         folder = Path(source if source is not None else os.environ.get("THREEDPE_WEIGHTS", "checkpoints")).expanduser()
         weights, missing = None, None
