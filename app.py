@@ -8,6 +8,8 @@ elsewhere). ``build_demo`` makes the Blocks without launching, so tests can serv
 """
 from __future__ import annotations
 
+import spaces  # noqa: I001 -- first: on ZeroGPU it must be imported before anything initialises CUDA
+
 import argparse
 import functools
 import os
@@ -16,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import gradio as gr
-import spaces
 
 from threedpe.checkpoints import CheckpointError
 from threedpe.demo import (MAX_PITCH_DEGREES, MAX_YAW_DEGREES, USER_ERRORS, DemoRunner, OutputSettings,
@@ -228,7 +229,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         photo = photo_input("text")
                         instruction = gr.Textbox(label="Instruction", placeholder="e.g. Turn her into a bronze statue",
                                                  max_lines=2, elem_id="text-instruction")
-                        button = gr.Button("Edit in 3D", variant="primary")
+                        button = gr.Button("Edit in 3D", variant="primary", elem_id="text-run")
                         with gr.Accordion("Settings", open=False):
                             steps = gr.Slider(1, 100, value=20, step=1, label="InstructPix2Pix steps",
                                               elem_id="text-steps")
@@ -256,7 +257,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         reference = gr.Image(label="Reference image (the style to apply)", type="filepath",
                                              sources=["upload", "clipboard"], height=220,
                                              elem_id="reference-reference")
-                        button = gr.Button("Edit in 3D", variant="primary")
+                        button = gr.Button("Edit in 3D", variant="primary", elem_id="reference-run")
                         with gr.Accordion("Settings", open=False):
                             frames, mesh_resolution = output_settings("reference", defaults)
                         gr.Examples([[EXAMPLE_PHOTO, EXAMPLE_REFERENCE]], [photo, reference], cache_examples=False)

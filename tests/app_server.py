@@ -24,7 +24,7 @@ from threedpe.pipeline import save_tiny_weights
 class AppServer:
     url: str
     demo: gr.Blocks
-    folder: Path  # weights/, sessions/ and the test images below
+    folder: Path  # weights/, sessions/, reference-cache/ and the test images below
     photo: Path  # a portrait (the public-domain astronaut photo)
     reference: Path  # a reference portrait
     no_face: Path  # a photo without a face (skimage's coffee cup)
@@ -48,7 +48,7 @@ def serve(demo: gr.Blocks) -> str:
 def app_server() -> AppServer:
     folder = Path(tempfile.mkdtemp(prefix="threedpe-app-test-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    editor = load_editor(save_tiny_weights(folder / "weights"))
+    editor = load_editor(save_tiny_weights(folder / "weights"), cache_dir=folder / "reference-cache")
     assert not isinstance(editor, Exception), editor
     sessions = SessionFiles(folder / "sessions")
     demo = app.build_demo(editor, load_text_model(editor), sessions)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from PIL import Image
 
 import app
 from tests.app_server import AppServer, app_server, serve
-from threedpe.demo import SessionFiles, load_editor
+from threedpe.demo import DemoRunner, SessionFiles, load_editor
+from threedpe.diffusion import EditSettings
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
              for tab in ("text", "reference")}
@@ -166,3 +168,22 @@ def test_missing_weights_page_starts_and_explains(tmp_path, server):
             client.predict(handle_file(server.photo), handle_file(server.reference), api_name="/edit_reference")
     finally:
         demo.close()
+
+
+def test_zero_gpu_durations_grow_with_the_work():
+    edit = DemoRunner.edit_duration
+    assert edit("p.png", reference="r.png") < edit("p.png", prompt="x", settings=EditSettings(steps=20))
+    assert edit("p.png", prompt="x", settings=EditSettings(steps=20)) < edit("p.png", prompt="x",
+                                                                          settings=EditSettings(steps=50))
+    assert DemoRunner.video_duration(None, Path("."), 48) < DemoRunner.video_duration(None, Path("."), 240)
+    assert DemoRunner.mesh_duration(None, Path("."), 128) < DemoRunner.mesh_duration(None, Path("."), 384)
+
+
+def test_session_files_prune_and_refuse_odd_ids(tmp_path):
+    sessions = SessionFiles(tmp_path)
+    old, new = sessions.folder("old_session"), sessions.folder("new-session")
+    os.utime(old, (0, 0))
+    sessions.prune(max_age_s=3600)
+    assert not old.exists() and new.is_dir()
+    with pytest.raises(ValueError, match="session id"):
+        sessions.folder("../escape")

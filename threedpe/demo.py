@@ -47,14 +47,16 @@ class OutputSettings:
         return cls() if device.type == "cuda" else cls(video_frames=48, mesh_resolution=128)
 
 
-def load_editor(folder: str | os.PathLike) -> PortraitEditor | CheckpointError:
+def load_editor(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+                ) -> PortraitEditor | CheckpointError:
     """The editor from ``folder``, on CUDA when present (ZeroGPU wants models there at import), else CPU.
+    ``cache_dir``: where text references are cached (default ``$THREEDPE_CACHE`` or ``~/.cache/threedpe``).
 
     Returns (not raises) the ``CheckpointError`` of missing or broken weights, so that the app can still start
     and show the message.
     """
     try:
-        editor = PortraitEditor.from_pretrained(folder)
+        editor = PortraitEditor.from_pretrained(folder, cache_dir=cache_dir)
     except CheckpointError as error:
         return error
     return editor.to("cuda" if torch.cuda.is_available() else "cpu")
