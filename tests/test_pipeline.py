@@ -59,7 +59,7 @@ def test_video_and_mesh(result, tmp_path):
     frames = list(reader)
     assert meta["codec"].startswith("h264") and meta["size"] == (128, 128) and len(frames) == 6
     for suffix in (".glb", ".ply"):
-        path = result.mesh(tmp_path / f"head{suffix}", resolution=32)
+        [path] = result.mesh(tmp_path / f"head{suffix}", resolution=32)
         mesh = trimesh.load(path, force="mesh", process=False)
         assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
 

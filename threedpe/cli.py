@@ -6,7 +6,6 @@ message and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -37,8 +36,7 @@ def _edit(args: argparse.Namespace) -> None:
     if args.video:
         written.append(result.video(out / "orbit.mp4", num_frames=args.frames, fps=args.fps))
     if args.mesh:
-        written.append(result.mesh(out / "mesh.glb", resolution=args.mesh_resolution))
-        written.append(result.mesh(out / "mesh.ply", resolution=args.mesh_resolution))
+        written += result.mesh(out / "mesh.glb", out / "mesh.ply", resolution=args.mesh_resolution)
     for note in result.warnings:
         print(f"note: {note}", file=sys.stderr)
     timings = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())

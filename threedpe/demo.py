@@ -24,7 +24,6 @@ from threedpe.alignment import NoFaceError
 from threedpe.checkpoints import CheckpointError
 from threedpe.diffusion import EditCancelled, EditSettings, PromptError
 from threedpe.images import ImageError, ImageInput
-from threedpe.mesh import export_mesh, extract_mesh
 from threedpe.pipeline import EditResult, PortraitEditor
 from threedpe.video import RenderCancelled
 
@@ -199,11 +198,9 @@ class DemoRunner:
     def mesh(self, edit: StoredEdit, folder: Path, resolution: int) -> tuple[Path, Path, StoredEdit]:
         """The coloured mesh of the stored edit as GLB and PLY in ``folder``; the edit with its timing."""
         start = time.perf_counter()
-        model, stem = self.editor.model, folder / f"mesh-{uuid.uuid4().hex[:8]}"
-        planes = torch.from_numpy(edit.planes).to(self.editor.device)
-        mesh = extract_mesh(planes, model.renderer.decoder, resolution=resolution,
-                            box_warp=model.config.rendering.box_warp)  # extracted once, written twice
-        glb, ply = export_mesh(mesh, stem.with_suffix(".glb")), export_mesh(mesh, stem.with_suffix(".ply"))
+        stem = folder / f"mesh-{uuid.uuid4().hex[:8]}"
+        glb, ply = edit.result(self.editor).mesh(stem.with_suffix(".glb"), stem.with_suffix(".ply"),
+                                                 resolution=resolution)
         return glb, ply, edit.timed(mesh=time.perf_counter() - start)
 
     # ZeroGPU durations (seconds of GPU time to reserve), from the same arguments as the methods above.

@@ -101,12 +101,13 @@ class EditResult:
         render_view = triplane_view(self.editor.model.renderer, self.planes, deterministic=True)
         return write_mp4(render_orbit(render_view, num_frames, batch=batch, cancel=cancel), path, fps=fps)
 
-    def mesh(self, path: str | os.PathLike, resolution: int = 256, level: float = 10.0) -> Path:
-        """Coloured mesh (.glb, .ply or .obj by suffix) of the density surface sigma = ``level``."""
+    def mesh(self, *paths: str | os.PathLike, resolution: int = 256, level: float = 10.0) -> list[Path]:
+        """Coloured mesh of the density surface sigma = ``level`` on a ``resolution``^3 grid, extracted once
+        and written to every path (.glb, .ply or .obj by suffix)."""
         model = self.editor.model
         mesh = extract_mesh(self.planes, model.renderer.decoder, resolution=resolution, level=level,
                             box_warp=model.config.rendering.box_warp)
-        return export_mesh(mesh, path)
+        return [export_mesh(mesh, path) for path in paths]
 
 
 def default_cache_dir() -> Path:
