@@ -1,6 +1,8 @@
 """EG3D generator: golden comparison with the official code, full-size key layout, tiny configs."""
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -31,14 +33,14 @@ def eg3d_run(golden_dir, tmp_path_factory):
     case = dict(np.load(golden_dir / "eg3d_G.npz"))
     with torch.inference_mode():
         out = G(torch.from_numpy(case["z"]), torch.from_numpy(case["c"]), deterministic=True)
-    return out, case, manifest
+    return out, case, manifest, G
 
 
 @pytest.mark.golden
 def test_eg3d_golden_outputs(eg3d_run, golden_dir):
     import json
 
-    out, case, _ = eg3d_run
+    out, case, _, _ = eg3d_run
     assert_close("ws", out["ws"], case["ws"])
     assert_close("planes_sub4", out["planes"][:, :, ::4, ::4], case["planes_sub4"])
     for key in ("image_raw", "image_depth", "image"):
@@ -46,6 +48,46 @@ def test_eg3d_golden_outputs(eg3d_run, golden_dir):
     stats = json.loads((golden_dir / "summary.json").read_text())["eg3d_G"]["stats"]
     for key in ("planes", "image", "image_raw", "image_depth", "feature_image"):
         assert_stats(key, out[key], stats[key])
+
+
+def write_official_pickle(path, G: TriPlaneGenerator, manifest: dict, monkeypatch) -> None:
+    """``G`` pickled the way NVIDIA's network pickles are: every module reduced to EG3D's persistence
+    reconstructor with its ``__dict__`` (and the source code that a safe loader must ignore)."""
+    from tests.test_checkpoints import EasyDict, _fake_eg3d_modules, _reconstruct_persistent_obj
+
+    _fake_eg3d_modules(monkeypatch)
+
+    class PersistencePickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            if not isinstance(obj, torch.nn.Module):
+                return NotImplemented
+            state = {"training": False, "_parameters": obj._parameters, "_buffers": obj._buffers,
+                     "_non_persistent_buffers_set": obj._non_persistent_buffers_set, "_modules": obj._modules}
+            if obj is G:
+                state.update(_init_args=(), _init_kwargs=EasyDict(manifest["G_init_kwargs"]),
+                             rendering_kwargs=EasyDict(manifest["rendering_kwargs"]),
+                             neural_rendering_resolution=manifest["G_neural_rendering_resolution"])
+            meta = {"type": "class", "version": 6, "module_src": "raise SystemExit('never run')\n",
+                    "class_name": type(obj).__name__, "state": state}
+            return _reconstruct_persistent_obj, (meta,)
+
+    with open(path, "wb") as file:
+        PersistencePickler(file, protocol=4).dump({"G": G, "D": None, "G_ema": G, "augment_pipe": None,
+                                                   "training_set_kwargs": EasyDict(resolution=512)})
+
+
+@pytest.mark.golden
+def test_eg3d_official_pickle_loads_the_same_generator(eg3d_run, tmp_path, monkeypatch):
+    _, _, manifest, G = eg3d_run
+    path = tmp_path / "ffhqrebalanced512-128.pkl"
+    write_official_pickle(path, G, manifest, monkeypatch)
+    monkeypatch.undo()  # the loader must not need EG3D's modules
+    loaded = TriPlaneGenerator.from_pretrained(path)
+    assert loaded.cfg == G.cfg
+    expected = G.state_dict()
+    got = loaded.state_dict()
+    assert list(got) == list(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 @pytest.mark.golden
