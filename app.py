@@ -117,9 +117,11 @@ def result_panel(name: str, reference_label: str) -> ResultPanel:
     with gr.Row(equal_height=True):
         with gr.Column():
             view = gr.Image(label="Free view", height=280, elem_id=f"{name}-view", **png)
-            yaw = gr.Slider(-MAX_YAW_DEGREES, MAX_YAW_DEGREES, value=0, step=1, label="Yaw (°, left / right)",
+            yaw = gr.Slider(-MAX_YAW_DEGREES, MAX_YAW_DEGREES, value=0, step=1,
+                            label="Yaw (°; + moves the camera to the right)",
                             interactive=False, elem_id=f"{name}-yaw")
-            pitch = gr.Slider(-MAX_PITCH_DEGREES, MAX_PITCH_DEGREES, value=0, step=1, label="Pitch (°, up / down)",
+            pitch = gr.Slider(-MAX_PITCH_DEGREES, MAX_PITCH_DEGREES, value=0, step=1,
+                              label="Pitch (°; + moves the camera down)",
                               interactive=False, elem_id=f"{name}-pitch")
         depth = gr.Image(label="Depth (near = bright)", height=280, elem_id=f"{name}-depth", **png)
     with gr.Row(equal_height=True):

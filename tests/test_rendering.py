@@ -80,3 +80,13 @@ def test_renderer_deterministic_mode():
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["image_depth"], b["image_depth"])
     assert not torch.equal(a["image_depth"], c["image_depth"])
     assert torch.all((a["weight_total"] >= 0) & (a["weight_total"] <= 1 + 1e-5))
+
+
+def test_positive_yaw_moves_right_and_positive_pitch_moves_down():
+    """The app's slider labels rely on this: yaw > pi/2 puts the camera at +x (its own right at the frontal view),
+    pitch > pi/2 puts it below the head."""
+    right = cameras.camera(math.pi / 2 + 0.3, math.pi / 2)[0, :16].reshape(4, 4)[:3, 3]
+    below = cameras.camera(math.pi / 2, math.pi / 2 + 0.3)[0, :16].reshape(4, 4)[:3, 3]
+    frontal_right_axis = cameras.frontal_camera()[0, :16].reshape(4, 4)[:3, 0]
+    assert torch.dot(right, frontal_right_axis) > 0.5 and abs(right[1]) < 1e-5
+    assert below[1] < -0.5 and abs(below[0]) < 1e-5
