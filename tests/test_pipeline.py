@@ -119,3 +119,26 @@ def test_missing_and_mismatched_weights(tmp_path, tiny_weights):
                tmp_path / "3dpe.pt")
     with pytest.raises(CheckpointError, match="do not fit the model"):
         PortraitEditor.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_with_a_hub_repo_id(tiny_weights, tmp_path, monkeypatch):
+    """``from_pretrained("owner/name")`` fetches the converted editor files at the pinned revision."""
+    import huggingface_hub
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    calls = []
+
+    def fake_download(repo_id, filename, subfolder=None, revision=None, **kwargs):
+        calls.append((repo_id, filename, revision))
+        target = snapshot / filename
+        target.write_bytes((tiny_weights / filename).read_bytes())
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.chdir(tmp_path)  # no local checkpoints/ folder here
+    editor = PortraitEditor.from_pretrained("someone/threedpe-weights", revision=revision, cache_dir=tmp_path)
+    assert editor.untrained
+    assert calls == [("someone/threedpe-weights", "3dpe.safetensors", revision),
+                     ("someone/threedpe-weights", "3dpe.json", revision)]

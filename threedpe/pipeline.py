@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, wri
 
 EDITOR_WEIGHTS = ("3dpe.safetensors", "3dpe.pt")  # converted first, then the released file
 TEXT_MODEL_FOLDER = "instruct-pix2pix"
+HUB_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 UNTRAINED_NOTE = "UNTRAINED random weights: outputs are noise, for trying the app and the API only."
 
 
@@ -140,11 +142,14 @@ class PortraitEditor:
                         dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None) -> PortraitEditor:
         """Load from a weight folder (default ``$THREEDPE_WEIGHTS`` or ``checkpoints/``), else the Hub.
 
-        The folder holds ``3dpe.safetensors`` + ``3dpe.json`` (converted) or the released ``3dpe.pt``,
+        ``source`` is a folder or a Hub repository id (``owner/name``; the same as ``repo_id=``), read at
+        ``revision`` (a commit sha, or ``$THREEDPE_HUB_REVISION``). The folder holds ``3dpe.safetensors`` + ``3dpe.json`` (converted) or the released ``3dpe.pt``,
         and optionally ``instruct-pix2pix/`` (diffusers layout; otherwise ``timbrooks/instruct-pix2pix``
         is loaded from the Hub on the first text edit). Text references are cached in memory and in
         ``cache_dir`` (default :func:`default_cache_dir`). Raises ``MissingWeightsError`` naming what is missing.
         """
+        if source is not None and not Path(source).expanduser().exists() and HUB_REPO_ID.fullmatch(str(source)):
+            source, repo_id = None, str(source)
         folder = Path(source if source is not None else os.environ.get("THREEDPE_WEIGHTS", "checkpoints")).expanduser()
         weights, missing = None, None
         for name in EDITOR_WEIGHTS:
@@ -156,8 +161,8 @@ class PortraitEditor:
         if weights is None:
             raise MissingWeightsError(f"no 3DPE editor weights (3dpe.pt, or its converted 3dpe.safetensors + "
                                       f"3dpe.json) in {folder.resolve()}: {missing}")
-        if weights.suffix == ".safetensors":
-            resolve_weight(weights.with_suffix(".json").name, local_dir=weights.parent)
+        if weights.suffix == ".safetensors":  # its config must sit beside it (the Hub keeps a snapshot together)
+            resolve_weight(weights.with_suffix(".json").name, local_dir=folder, repo_id=repo_id, revision=revision)
         model = EditorModel.from_checkpoint(load_3dpe(weights))
         local_text = folder / TEXT_MODEL_FOLDER
         text_model = local_text if (local_text / "model_index.json").is_file() else None
