@@ -204,15 +204,17 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         glb, ply, edit = gpu_mesh(require_edit(edit), sessions.folder(request.session_hash), int(resolution))
         return str(glb), [str(glb), str(ply)], timings_markdown(edit), edit
 
-    def wire_outputs(run: list, edit_fn: Callable, inputs: list, panel: ResultPanel, frames: gr.Slider,
-                     mesh_resolution: gr.Slider, name: str) -> None:
-        """The events of one edit tab: edit -> video -> mesh, and the free-view sliders."""
-        event = gr.on(run, edit_fn, inputs, panel.edit_outputs, api_name=f"edit_{name}", concurrency_id="gpu",
-                      preprocess=False)
-        event = event.success(orbit_video, [panel.state, frames], [panel.video, panel.timings, panel.state],
-                              api_name=f"orbit_video_{name}", concurrency_id="gpu")
-        event.success(mesh, [panel.state, mesh_resolution], [panel.model, panel.files, panel.timings, panel.state],
-                      api_name=f"mesh_{name}", concurrency_id="gpu")
+    def wire_outputs(run: list, stop: gr.Button, edit_fn: Callable, inputs: list, panel: ResultPanel,
+                     frames: gr.Slider, mesh_resolution: gr.Slider, name: str) -> None:
+        """The events of one edit tab: edit -> video -> mesh (``stop`` cancels them), and the free-view sliders."""
+        edit = gr.on(run, edit_fn, inputs, panel.edit_outputs, api_name=f"edit_{name}", concurrency_id="gpu",
+                     preprocess=False)
+        video = edit.success(orbit_video, [panel.state, frames], [panel.video, panel.timings, panel.state],
+                             api_name=f"orbit_video_{name}", concurrency_id="gpu")
+        meshing = video.success(mesh, [panel.state, mesh_resolution],
+                                [panel.model, panel.files, panel.timings, panel.state],
+                                api_name=f"mesh_{name}", concurrency_id="gpu")
+        stop.click(None, cancels=[edit, video, meshing], api_visibility="private")
         gr.on([panel.yaw.release, panel.pitch.release], render_view, [panel.state, panel.yaw, panel.pitch],
               panel.view, api_name=f"render_view_{name}", concurrency_id="view", trigger_mode="always_last")
 
@@ -231,7 +233,9 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         photo = photo_input("text")
                         instruction = gr.Textbox(label="Instruction", placeholder="e.g. Turn her into a bronze statue",
                                                  max_lines=2, elem_id="text-instruction")
-                        button = gr.Button("Edit in 3D", variant="primary", elem_id="text-run")
+                        with gr.Row():
+                            button = gr.Button("Edit in 3D", variant="primary", scale=3, elem_id="text-run")
+                            stop = gr.Button("Stop", variant="stop", scale=1, elem_id="text-stop")
                         with gr.Accordion("Settings", open=False):
                             steps = gr.Slider(1, 100, value=20, step=1, label="InstructPix2Pix steps",
                                               elem_id="text-steps")
@@ -249,7 +253,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                                     cache_examples=False)
                     with gr.Column(scale=3):
                         panel = result_panel("text", "Reference (InstructPix2Pix edit)")
-                wire_outputs([button.click, instruction.submit], edit_text,
+                wire_outputs([button.click, instruction.submit], stop, edit_text,
                              [photo, instruction, steps, text_guidance, image_guidance, resolution, seed, anchor,
                               own_photo], panel, frames, mesh_resolution, "text")
             with gr.Tab("Reference edit", id="reference"):
@@ -259,14 +263,16 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         reference = gr.Image(label="Reference image (the style to apply)", type="filepath",
                                              sources=["upload", "clipboard"], height=220,
                                              elem_id="reference-reference")
-                        button = gr.Button("Edit in 3D", variant="primary", elem_id="reference-run")
+                        with gr.Row():
+                            button = gr.Button("Edit in 3D", variant="primary", scale=3, elem_id="reference-run")
+                            stop = gr.Button("Stop", variant="stop", scale=1, elem_id="reference-stop")
                         with gr.Accordion("Settings", open=False):
                             frames, mesh_resolution = output_settings("reference", defaults)
                         gr.Examples([[EXAMPLE_PHOTO, EXAMPLE_REFERENCE]], [photo, reference], cache_examples=False)
                     with gr.Column(scale=3):
                         panel = result_panel("reference", "Reference as the editor sees it")
-                wire_outputs([button.click], edit_reference, [photo, reference], panel, frames, mesh_resolution,
-                             "reference")
+                wire_outputs([button.click], stop, edit_reference, [photo, reference], panel, frames,
+                             mesh_resolution, "reference")
         gr.Markdown(CREDITS)
 
         def start_session(request: gr.Request) -> None:

@@ -75,6 +75,17 @@ def test_api_lists_every_endpoint_with_the_photo_first(server, client):
         assert endpoints[name]["parameters"][0]["parameter_name"] == "photo"
 
 
+def test_stop_buttons_cancel_the_edit_video_and_mesh_of_their_tab(server):
+    config = server.demo.get_config_file()
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    names = {d["id"]: d.get("api_name") for d in config["dependencies"]}
+    for tab in ("text", "reference"):
+        [stop] = [d for d in config["dependencies"] if d.get("cancels")
+                  and any(ids.get(t[0]) == f"{tab}-stop" for t in d["targets"])]
+        cancelled = {names[i] for i in stop["cancels"]}
+        assert cancelled == {f"edit_{tab}", f"orbit_video_{tab}", f"mesh_{tab}"}
+
+
 def test_page_says_the_weights_are_untrained(server):
     config = page_config(server.url)
     assert "Untrained weights" in config and "Text edit" in config and "Reference edit" in config
