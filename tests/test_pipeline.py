@@ -142,3 +142,15 @@ def test_from_pretrained_with_a_hub_repo_id(tiny_weights, tmp_path, monkeypatch)
     assert editor.untrained
     assert calls == [("someone/threedpe-weights", "3dpe.safetensors", revision),
                      ("someone/threedpe-weights", "3dpe.json", revision)]
+
+
+def test_strip_view_and_depth_share_their_renders(editor, astronaut_photo, monkeypatch):
+    result = editor(astronaut_photo, reference=astronaut_photo)
+    calls = []
+    render = editor.model.render
+    monkeypatch.setattr(editor.model, "render", lambda *a, **k: calls.append(1) or render(*a, **k))
+    strip, front, depth = result.strip(), result.view(), result.depth()
+    assert len(calls) == 3  # the frontal view of the strip serves the view and the depth image
+    assert np.array_equal(np.asarray(strip)[:, 128:256], np.asarray(front))
+    result.view(math.pi / 2 + 0.2, math.pi / 2)
+    assert len(calls) == 4

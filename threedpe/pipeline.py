@@ -14,6 +14,7 @@ import math
 import os
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,6 +38,7 @@ from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, wri
 EDITOR_WEIGHTS = ("3dpe.safetensors", "3dpe.pt")  # converted first, then the released file
 TEXT_MODEL_FOLDER = "instruct-pix2pix"
 HUB_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+RENDER_CACHE_SIZE = 4  # rendered views an EditResult keeps
 UNTRAINED_NOTE = "UNTRAINED random weights: outputs are noise, for trying the app and the API only."
 
 
@@ -58,16 +60,25 @@ class EditResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def _render(self, views: list[tuple[float, float]]) -> dict[str, torch.Tensor]:
-        cams = cameras.camera(torch.tensor([v[0] for v in views]), torch.tensor([v[1] for v in views]))
-        model = self.editor.model
-        cams = cams.to(self.planes.device)
-        with torch.inference_mode():
-            return model.render(self.planes.expand(len(views), -1, -1, -1), cams, deterministic=True)
+    _renders: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (yaw, pitch) -> outputs
+
+    def _render(self, yaw: float, pitch: float) -> dict[str, torch.Tensor]:
+        """Renderer outputs (batch of 1) from (yaw, pitch). Rendering is deterministic, so the last few views
+        are kept: the strip, the frontal view and the depth image of an edit share their renders."""
+        key = (float(yaw), float(pitch))
+        if key not in self._renders:
+            cams = cameras.camera(*key).to(self.planes.device)
+            with torch.inference_mode():
+                out = self.editor.model.render(self.planes, cams, deterministic=True)
+            self._renders[key] = {k: out[k] for k in ("image", "image_depth", "weight_total")}
+            if len(self._renders) > RENDER_CACHE_SIZE:
+                self._renders.popitem(last=False)
+        self._renders.move_to_end(key)
+        return self._renders[key]
 
     def view(self, yaw: float = math.pi / 2, pitch: float = math.pi / 2) -> Image.Image:
         """The portrait from (yaw, pitch) in radians (frontal = pi/2, pi/2), as an RGB image."""
-        return Image.fromarray(to_uint8(self._render([(yaw, pitch)])["image"][0]))
+        return Image.fromarray(to_uint8(self._render(yaw, pitch)["image"][0]))
 
     def views(self, views: list[tuple[float, float]]) -> list[Image.Image]:
         """Several (yaw, pitch) views, rendered one at a time to bound memory."""
@@ -84,7 +95,7 @@ class EditResult:
 
     def depth(self, yaw: float = math.pi / 2, pitch: float = math.pi / 2) -> Image.Image:
         """Depth from (yaw, pitch) as a grayscale image at the output size: near = bright, empty space = black."""
-        out = self._render([(yaw, pitch)])
+        out = self._render(yaw, pitch)
         depth, opacity = out["image_depth"][0, 0], out["weight_total"][0, 0]
         solid = opacity > 0.5
         if solid.any():
