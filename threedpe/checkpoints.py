@@ -613,3 +613,16 @@ def resolve_weight(filename: str, local_dir: str | os.PathLike | None = None, re
         except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
             hub_problem = f"{repo}@{revision[:12]}: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     raise _missing_error(filename, folder, hub_problem)
+
+
+def resolve_first(filenames: tuple[str, ...], local_dir: str | os.PathLike | None = None, repo_id: str | None = None,
+                  revision: str | None = None) -> Path:
+    """The first of ``filenames`` that :func:`resolve_weight` finds (e.g. a converted file before the released
+    one); when none is found, the ``MissingWeightsError`` of the last (the released file and its source)."""
+    missing: MissingWeightsError | None = None
+    for filename in filenames:
+        try:
+            return resolve_weight(filename, local_dir=local_dir, repo_id=repo_id, revision=revision)
+        except MissingWeightsError as error:
+            missing = error
+    raise missing if missing is not None else ValueError("no file names given")

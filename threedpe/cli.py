@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_WEIGHTS = os.environ.get("THREEDPE_WEIGHTS", "checkpoints")
-EG3D_NAMES = ("ffhqrebalanced512-128.safetensors", "ffhqrebalanced512-128.pkl", "ffhqrebalanced512-128.pth")
+EG3D_NAMES = ("ffhqrebalanced512-128.safetensors", "ffhqrebalanced512-128.pth", "ffhqrebalanced512-128.pkl")
 
 
 def _edit(args: argparse.Namespace) -> None:
@@ -44,18 +44,10 @@ def _edit(args: argparse.Namespace) -> None:
 
 
 def _eg3d_weights(path: str) -> Path:
-    from threedpe.checkpoints import MissingWeightsError, resolve_weight
+    from threedpe.checkpoints import resolve_first
 
     candidate = Path(path).expanduser()
-    if candidate.is_file():
-        return candidate
-    error = None
-    for name in EG3D_NAMES:
-        try:
-            return resolve_weight(name, local_dir=candidate)
-        except MissingWeightsError as missing:
-            error = error or missing
-    raise error
+    return candidate if candidate.is_file() else resolve_first(EG3D_NAMES, local_dir=candidate)
 
 
 def _render(args: argparse.Namespace) -> None:

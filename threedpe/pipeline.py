@@ -25,12 +25,14 @@ from PIL import Image
 
 from threedpe import cameras
 from threedpe.alignment import AlignedFace, align_face, prepare_reference
-from threedpe.checkpoints import MissingWeightsError, ThreeDPECheckpoint, load_3dpe, resolve_weight, save_checkpoint
+from threedpe.checkpoints import (EG3DCheckpoint, MissingWeightsError, ThreeDPECheckpoint, load_3dpe, resolve_first,
+                                  resolve_weight, save_checkpoint)
 from threedpe.diffusion import (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, CancelSignal, EditSettings,
                                 InstructPix2PixEditor, PromptError, TextReference, build_tiny_instruct_pix2pix,
                                 default_anchors)
 from threedpe.editor import EditorConfig, EditorModel
 from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.generator import TINY_EG3D, GeneratorConfig, TriPlaneGenerator
 from threedpe.images import ImageInput, load_image
 from threedpe.mesh import export_mesh, extract_mesh
 from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, write_mp4
@@ -162,16 +164,11 @@ class PortraitEditor:
         if source is not None and not Path(source).expanduser().exists() and HUB_REPO_ID.fullmatch(str(source)):
             source, repo_id = None, str(source)
         folder = Path(source if source is not None else os.environ.get("THREEDPE_WEIGHTS", "checkpoints")).expanduser()
-        weights, missing = None, None
-        for name in EDITOR_WEIGHTS:
-            try:
-                weights = resolve_weight(name, local_dir=folder, repo_id=repo_id, revision=revision)
-                break
-            except MissingWeightsError as error:
-                missing = error
-        if weights is None:
+        try:
+            weights = resolve_first(EDITOR_WEIGHTS, local_dir=folder, repo_id=repo_id, revision=revision)
+        except MissingWeightsError as missing:
             raise MissingWeightsError(f"no 3DPE editor weights (3dpe.pt, or its converted 3dpe.safetensors + "
-                                      f"3dpe.json) in {folder.resolve()}: {missing}")
+                                      f"3dpe.json) in {folder.resolve()}: {missing}") from None
         if weights.suffix == ".safetensors":  # its config must sit beside it (the Hub keeps a snapshot together)
             resolve_weight(weights.with_suffix(".json").name, local_dir=folder, repo_id=repo_id, revision=revision)
         model = EditorModel.from_checkpoint(load_3dpe(weights))
@@ -260,9 +257,6 @@ def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
     """Write a small, randomly initialised, clearly labelled weight set in the product's own format:
     ``3dpe.safetensors`` + ``3dpe.json`` (the editor at reduced widths), ``ffhqrebalanced512-128.safetensors``
     + ``.json`` (a small EG3D generator) and ``instruct-pix2pix/`` (a tiny InstructPix2Pix)."""
-    from threedpe.checkpoints import EG3DCheckpoint
-    from threedpe.generator import TINY_EG3D, GeneratorConfig, TriPlaneGenerator
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
