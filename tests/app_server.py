@@ -17,7 +17,7 @@ from PIL import Image
 
 import app
 from threedpe.demo import SessionFiles, load_editor, load_text_model
-from threedpe.pipeline import save_tiny_weights
+from threedpe.testing import save_tiny_weights
 
 
 @dataclass(frozen=True)

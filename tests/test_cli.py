@@ -8,14 +8,15 @@ import torch
 from PIL import Image
 
 from threedpe.cli import main
-from threedpe.generator import TINY_EG3D, GeneratorConfig, TriPlaneGenerator
+from threedpe.generator import TriPlaneGenerator
+from threedpe.testing import TINY_EG3D, tiny_generator_config
 
 
 @pytest.fixture(scope="module")
 def small_eg3d_pth(tmp_path_factory):
     """A small EG3D generator saved the way 3DPE ships ffhqrebalanced512-128.pth."""
     torch.manual_seed(1)
-    generator = TriPlaneGenerator(GeneratorConfig.tiny())
+    generator = TriPlaneGenerator(tiny_generator_config())
     path = tmp_path_factory.mktemp("eg3d") / "small-eg3d.pth"
     torch.save({"G_init_args": [], "G_init_kwargs": TINY_EG3D["init_kwargs"], "G": generator.state_dict(),
                 "G_neural_rendering_resolution": TINY_EG3D["neural_rendering_resolution"],

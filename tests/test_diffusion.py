@@ -19,9 +19,9 @@ from threedpe.diffusion import (
     PromptError,
     ReferenceCache,
     TextReference,
-    build_tiny_instruct_pix2pix,
     default_anchors,
 )
+from threedpe.testing import build_tiny_instruct_pix2pix
 
 FAST = EditSettings(steps=2, resolution=64)
 

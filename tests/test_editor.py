@@ -15,6 +15,7 @@ from threedpe.cameras import camera
 from threedpe.checkpoints import load_3dpe
 from threedpe.editor import EditorConfig, EditorModel
 from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.testing import tiny_editor_config
 
 
 def editor_cases(golden_dir: Path) -> list[Path]:
@@ -82,8 +83,8 @@ def test_editor_renderer_keys_match_manifest(golden_dir):
 def test_editor_rejects_a_checkpoint_for_another_architecture():
     from threedpe.checkpoints import CheckpointError, ThreeDPECheckpoint
 
-    tiny = EditorModel(EditorConfig.tiny())
+    tiny = EditorModel(tiny_editor_config())
     ckpt = ThreeDPECheckpoint(tiny.encoder.state_dict(), tiny.renderer.state_dict())
     with pytest.raises(CheckpointError, match="shape mismatches|missing keys"):
         EditorModel.from_checkpoint(ckpt)  # the released architecture
-    EditorModel.from_checkpoint(ckpt, EditorConfig.tiny())
+    EditorModel.from_checkpoint(ckpt, tiny_editor_config())

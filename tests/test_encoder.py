@@ -18,6 +18,7 @@ from threedpe.encoder import (
     preprocess_input,
     preprocess_reference,
 )
+from threedpe.testing import tiny_encoder_config
 
 RTOL = ATOL = 1e-4
 
@@ -158,7 +159,7 @@ def test_editor_preprocessing_matches_golden(golden_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_model() -> Live3DEditingEncoder:
     torch.manual_seed(0)
-    return Live3DEditingEncoder(EncoderConfig.tiny()).eval()
+    return Live3DEditingEncoder(tiny_encoder_config()).eval()
 
 
 def _tiny_inputs(batch: int, size: int = 512, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +180,7 @@ def test_tiny_output_shape_and_determinism(tiny_model: Live3DEditingEncoder) -> 
 
 def test_tiny_batch_and_coordinate_channels() -> None:
     torch.manual_seed(0)
-    model = Live3DEditingEncoder(dataclasses.replace(EncoderConfig.tiny(), image_size=128)).eval()
+    model = Live3DEditingEncoder(dataclasses.replace(tiny_encoder_config(), image_size=128)).eval()
     x, ref = _tiny_inputs(2, size=128)
     with torch.no_grad():
         batched = model(x, ref)
@@ -205,10 +206,10 @@ def test_tiny_rejects_wrong_input_shapes(tiny_model: Live3DEditingEncoder) -> No
 
 
 def test_config_round_trip_and_validation() -> None:
-    for config in (EncoderConfig(), EncoderConfig.tiny()):
+    for config in (EncoderConfig(), tiny_encoder_config()):
         data = json.loads(json.dumps(config.to_dict()))
         assert EncoderConfig.from_dict(data) == config
-    assert EncoderConfig().image_size == 512 and EncoderConfig.tiny().triplane_channels == 96
+    assert EncoderConfig().image_size == 512 and tiny_encoder_config().triplane_channels == 96
     with pytest.raises(ValueError, match="unknown EncoderConfig fields"):
         EncoderConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="image_size"):

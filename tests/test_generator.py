@@ -10,6 +10,7 @@ import torch
 from tests.golden_compare import assert_close, assert_stats
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
 from threedpe.generator import GeneratorConfig, TriPlaneGenerator
+from threedpe.testing import tiny_generator_config
 
 
 def official_config(manifest: dict) -> GeneratorConfig:
@@ -109,7 +110,7 @@ def test_eg3d_official_config_matches_manifest(golden_dir):
 
 def test_tiny_generator_is_deterministic_and_shaped():
     torch.manual_seed(0)
-    G = TriPlaneGenerator(GeneratorConfig.tiny()).eval()
+    G = TriPlaneGenerator(tiny_generator_config()).eval()
     from threedpe.cameras import frontal_camera
 
     z = torch.randn(2, G.cfg.z_dim)
@@ -129,7 +130,7 @@ def test_tiny_generator_is_deterministic_and_shaped():
 
 def test_truncation_pulls_towards_average():
     torch.manual_seed(0)
-    G = TriPlaneGenerator(GeneratorConfig.tiny()).eval()
+    G = TriPlaneGenerator(tiny_generator_config()).eval()
     G.backbone.mapping.w_avg.normal_()
     from threedpe.cameras import frontal_camera
 

@@ -92,7 +92,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _tiny(args: argparse.Namespace) -> None:
-    from threedpe.pipeline import UNTRAINED_NOTE, save_tiny_weights
+    from threedpe.testing import UNTRAINED_NOTE, save_tiny_weights
 
     folder = save_tiny_weights(args.folder, seed=args.seed)
     print(f"wrote a tiny weight set to {folder}. {UNTRAINED_NOTE}")

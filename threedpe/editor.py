@@ -28,14 +28,6 @@ class EditorConfig:
     sr_widths: tuple[int, int] = (256, 128)
     untrained: bool = False
 
-    @classmethod
-    def tiny(cls) -> EditorConfig:
-        """Reduced widths with the same structure, for tests and demos without downloads."""
-        return cls(encoder=EncoderConfig.tiny(),
-                   rendering=RenderingConfig(depth_resolution=12, depth_resolution_importance=12,
-                                             neural_rendering_resolution=32),
-                   w_dim=32, sr_widths=(16, 8), untrained=True)
-
     def to_dict(self) -> dict:
         return {"encoder": self.encoder.to_dict(), "rendering": self.rendering.to_dict(), "w_dim": self.w_dim,
                 "sr_widths": list(self.sr_widths), "untrained": self.untrained}

@@ -74,25 +74,6 @@ class EncoderConfig:
         if failed:
             raise ValueError("invalid EncoderConfig: " + "; ".join(failed))
 
-    @classmethod
-    def tiny(cls) -> "EncoderConfig":
-        """Same module structure and key names with small widths, for fast CPU tests with random weights."""
-        return cls(
-            resnet_widths=(8, 16, 16, 16),
-            resnet_blocks=(1, 1, 1, 1),
-            aspp_channels=16,
-            low_embed_dim=32,
-            low_num_heads=2,
-            feature_channels=16,
-            high_stem_channels=8,
-            query_channels=16,
-            final_channels=16,
-            final_embed_dim=32,
-            mae_embed_dim=32,
-            mae_depth=1,
-            mae_num_heads=2,
-        )
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (tuples become lists)."""
         return {name: list(value) if isinstance(value, tuple) else value

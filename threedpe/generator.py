@@ -21,21 +21,6 @@ PLANE_RESOLUTION = 256  # EG3D's backbone always synthesises 3 planes x 32 chann
 PLANE_CHANNELS = 32
 
 
-# A small generator in EG3D's settings format (narrow backbone, 32^2 rendering, 128^2 images), so that
-# its random-weight checkpoints go through exactly the loading path of the released files.
-TINY_EG3D = {
-    "init_kwargs": {"z_dim": 64, "w_dim": 64, "c_dim": 25, "img_resolution": 128, "img_channels": 3,
-                    "mapping_kwargs": {"num_layers": 2}, "channel_base": 2048, "channel_max": 32,
-                    "num_fp16_res": 0, "sr_num_fp16_res": 4, "conv_clamp": None},
-    "rendering_kwargs": {"depth_resolution": 12, "depth_resolution_importance": 12, "ray_start": 2.25,
-                         "ray_end": 3.3, "box_warp": 1, "clamp_mode": "softplus", "disparity_space_sampling": False,
-                         "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
-                         "c_gen_conditioning_zero": False, "c_scale": 1.0, "superresolution_noise_mode": "none",
-                         "sr_antialias": True, "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2]},
-    "neural_rendering_resolution": 32,
-}
-
-
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Architecture of the generator; defaults are EG3D ``ffhqrebalanced512-128``."""
@@ -73,11 +58,6 @@ class GeneratorConfig:
                    c_gen_conditioning_zero=bool(rendering_kwargs.get("c_gen_conditioning_zero", False)),
                    decoder_lr_multiplier=float(rendering_kwargs.get("decoder_lr_mul", 1.0)),
                    rendering=RenderingConfig.from_official(rendering_kwargs, neural_rendering_resolution))
-
-    @classmethod
-    def tiny(cls) -> GeneratorConfig:
-        """A small configuration expressible in EG3D's own settings (see :data:`TINY_EG3D`)."""
-        return cls.from_official(**TINY_EG3D)
 
 
 class StyleGAN2Backbone(nn.Module):

@@ -25,14 +25,11 @@ from PIL import Image
 
 from threedpe import cameras
 from threedpe.alignment import AlignedFace, align_face, prepare_reference
-from threedpe.checkpoints import (EG3DCheckpoint, MissingWeightsError, ThreeDPECheckpoint, load_3dpe, resolve_first,
-                                  resolve_weight, save_checkpoint)
+from threedpe.checkpoints import MissingWeightsError, load_3dpe, resolve_first, resolve_weight
 from threedpe.diffusion import (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, CancelSignal, EditSettings,
-                                InstructPix2PixEditor, PromptError, TextReference, build_tiny_instruct_pix2pix,
-                                default_anchors)
-from threedpe.editor import EditorConfig, EditorModel
+                                InstructPix2PixEditor, PromptError, TextReference, default_anchors)
+from threedpe.editor import EditorModel
 from threedpe.encoder import preprocess_input, preprocess_reference
-from threedpe.generator import TINY_EG3D, GeneratorConfig, TriPlaneGenerator
 from threedpe.images import ImageInput, load_image
 from threedpe.mesh import export_mesh, extract_mesh
 from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, write_mp4
@@ -251,28 +248,3 @@ class PortraitEditor:
             warnings.append(UNTRAINED_NOTE)
         return EditResult(planes=planes, image=crop, reference=ref_image, editor=self, alignment=face,
                           edited_2d=edited_2d, timings=timings, warnings=warnings)
-
-
-def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a small, randomly initialised, clearly labelled weight set in the product's own format:
-    ``3dpe.safetensors`` + ``3dpe.json`` (the editor at reduced widths), ``ffhqrebalanced512-128.safetensors``
-    + ``.json`` (a small EG3D generator) and ``instruct-pix2pix/`` (a tiny InstructPix2Pix)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    config = EditorConfig.tiny()
-    model = EditorModel(config)
-    with torch.no_grad():  # density around the surface level so that meshes and depth have structure
-        model.renderer.decoder.net[2].bias[0] = 10.0
-    save_checkpoint(ThreeDPECheckpoint(model.encoder.state_dict(), model.renderer.state_dict(), config.to_dict()),
-                    folder / "3dpe", source="threedpe tiny-weights (untrained)")
-    generator = TriPlaneGenerator(GeneratorConfig.tiny())
-    save_checkpoint(EG3DCheckpoint(TINY_EG3D["init_kwargs"], generator.state_dict(),
-                                   TINY_EG3D["neural_rendering_resolution"], TINY_EG3D["rendering_kwargs"]),
-                    folder / "ffhqrebalanced512-128", source="threedpe tiny-weights (untrained)")
-    build_tiny_instruct_pix2pix(folder / TEXT_MODEL_FOLDER)
-    (folder / "README.txt").write_text(
-        f"{UNTRAINED_NOTE}\nWritten by `python -m threedpe tiny-weights` (seed {seed}). The files have the layout "
-        "of a real weight folder (see checkpoints/README.md) at reduced widths.\n")
-    return folder
-
