@@ -17,6 +17,7 @@ from PIL import Image
 
 import app
 from threedpe.demo import SessionFiles, load_editor, load_text_model
+from threedpe.pipeline import PortraitEditor
 from threedpe.testing import save_tiny_weights
 
 
@@ -29,6 +30,7 @@ class AppServer:
     reference: Path  # a reference portrait
     no_face: Path  # a photo without a face (skimage's coffee cup)
     sessions: SessionFiles
+    editor: PortraitEditor
 
 
 def free_port() -> int:
@@ -56,4 +58,5 @@ def app_server() -> AppServer:
     atexit.register(demo.close)
     no_face = folder / "coffee.png"
     Image.fromarray(np.asarray(skimage.data.coffee())).save(no_face)
-    return AppServer(url, demo, folder, Path(app.EXAMPLE_PHOTO), Path(app.EXAMPLE_REFERENCE), no_face, sessions)
+    return AppServer(url, demo, folder, Path(app.EXAMPLE_PHOTO), Path(app.EXAMPLE_REFERENCE), no_face, sessions,
+                     editor)

@@ -21,7 +21,7 @@ from threedpe.alignment import (
     detect_faces,
     get_detector,
     pick_face,
-    prepare_reference,
+    align_reference,
 )
 from threedpe.images import load_image
 
@@ -149,17 +149,26 @@ def test_align_no_face_gives_advice(alignment_dir, mtcnn_golden):
             align_face(alignment_dir / file)
     # a reference without a face is passed through unchanged
     original = load_image(alignment_dir / empty[0])
-    kept = prepare_reference(alignment_dir / empty[0])
-    assert kept.size == original.size
+    kept, note = align_reference(alignment_dir / empty[0])
+    assert kept.size == original.size and "No face" in note
     np.testing.assert_array_equal(np.asarray(kept), np.asarray(original))
 
 
 @pytest.mark.golden
 def test_align_reference_with_face_is_aligned(face_case):
     image, _ = face_case
-    reference = prepare_reference(image)
-    assert reference.size == (512, 512)
+    reference, note = align_reference(image)
+    assert reference.size == (512, 512) and "aligned like the input" in note
     np.testing.assert_array_equal(np.asarray(reference), np.asarray(align_face(image).image))
+
+
+@pytest.mark.golden
+def test_an_aligned_reference_is_used_as_given(face_case):
+    """Aligning an aligned crop again would resample it (and pad black strips); it is kept pixel for pixel."""
+    crop = align_face(face_case[0]).image
+    kept, note = align_reference(crop)
+    assert "already an aligned portrait" in note
+    np.testing.assert_array_equal(np.asarray(kept), np.asarray(crop))
 
 
 @pytest.mark.golden

@@ -1,8 +1,12 @@
-"""The Gradio app served in-process on tiny weights, driven through gradio_client: every api_name, real inputs."""
+"""The Gradio app served in-process on tiny weights, driven through gradio_client at the app's default settings:
+every api_name, real inputs, named output files, stop, limits, missing weights."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -16,13 +20,12 @@ from PIL import Image
 
 import app
 from tests.app_server import AppServer, app_server, serve
-from threedpe.demo import DemoRunner, SessionFiles, load_editor
+from threedpe.cancel import Cancelled
+from threedpe.demo import DemoRunner, RateLimiter, RateLimitError, SessionFiles, load_editor, public_message
 from threedpe.diffusion import EditSettings
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
              for tab in ("text", "reference")}
-TINY_TEXT = {"steps": 2, "text_guidance": 7.5, "image_guidance": 1.5, "resolution": 64, "seed": 0, "anchor": 0,
-             "use_own_photo": False}
 
 
 @pytest.fixture(scope="module")
@@ -48,31 +51,40 @@ def png(path: str) -> Image.Image:
 
 
 def edit_reference(client: Client, server: AppServer, photo: Path | None = None) -> tuple:
-    return client.predict(handle_file(photo or server.photo), handle_file(server.reference),
+    return client.predict(handle_file(photo or server.photo), handle_file(server.reference), False,
                           api_name="/edit_reference")
 
 
+def edit_text(client: Client, server: AppServer, instruction: str = "make it a bronze statue") -> tuple:
+    """A text edit with every setting at the app's default."""
+    return client.predict(handle_file(server.photo), instruction, api_name="/edit_text")
+
+
 def check_edit_outputs(outputs: tuple) -> Image.Image:
-    """The 8 visible outputs of an edit; returns the frontal free view."""
-    aligned, reference, strip, view, depth, yaw, pitch, timings = outputs
+    """The 6 outputs of an edit, named for what they hold; returns the frontal free view."""
+    aligned, reference, strip, view, depth, status = outputs
+    names = [Path(path).name for path in (aligned, reference, strip, view, depth)]
+    assert names == ["aligned.png", "reference.png", "views.png", "view_yaw0_pitch0.png", "depth.png"]
     assert png(aligned).size == (512, 512)
     assert png(reference).width == png(reference).height
     view_image = png(view)
     size = view_image.width
     assert png(strip).size == (3 * size, size)
     assert png(depth).size == (size, size)
-    assert yaw["value"] == 0 and pitch["value"] == 0 and yaw["interactive"]
     for stage in ("align", "reference", "encode", "render"):
-        assert stage in timings
-    assert "UNTRAINED" in timings
+        assert stage in status
+    assert "UNTRAINED" in status
     return view_image
 
 
-def test_api_lists_every_endpoint_with_the_photo_first(server, client):
+def test_api_lists_every_endpoint_with_the_photo_first_and_labelled_outputs(server, client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert set(endpoints) == ENDPOINTS
     for name in ("/edit_text", "/edit_reference"):
         assert endpoints[name]["parameters"][0]["parameter_name"] == "photo"
+    for name, endpoint in endpoints.items():
+        for output in endpoint["returns"]:
+            assert output["label"] and not re.fullmatch(r"value_\d+", output["label"]), (name, output)
 
 
 def test_stop_buttons_cancel_the_edit_video_and_mesh_of_their_tab(server):
@@ -82,55 +94,79 @@ def test_stop_buttons_cancel_the_edit_video_and_mesh_of_their_tab(server):
     for tab in ("text", "reference"):
         [stop] = [d for d in config["dependencies"] if d.get("cancels")
                   and any(ids.get(t[0]) == f"{tab}-stop" for t in d["targets"])]
-        cancelled = {names[i] for i in stop["cancels"]}
-        assert cancelled == {f"edit_{tab}", f"orbit_video_{tab}", f"mesh_{tab}"}
+        assert {names[i] for i in stop["cancels"]} == {f"edit_{tab}", f"orbit_video_{tab}", f"mesh_{tab}"}
 
 
-def test_page_says_the_weights_are_untrained(server):
+def test_progress_shows_once_per_action_on_the_status_line(server):
+    config = server.demo.get_config_file()
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    for dependency in config["dependencies"]:
+        if (dependency.get("api_name") or "").startswith(("edit_", "orbit_video_", "mesh_")):
+            targets = dependency["show_progress_on"]
+            assert [ids[t] for t in targets] == [f"{dependency['api_name'].split('_')[-1]}-status"], dependency
+
+
+def test_page_says_the_weights_are_untrained_and_how_the_text_tab_works(server):
     config = page_config(server.url)
     assert "Untrained weights" in config and "Text edit" in config and "Reference edit" in config
+    assert "anchor portrait" in config and "EG3D sample, seed 0" in config  # tiny weights hold an EG3D generator
 
 
-def test_reference_edit_then_views_video_and_mesh(server, client):
+def test_reference_edit_then_views_video_and_mesh_at_default_settings(server, client):
     frontal = check_edit_outputs(edit_reference(client, server))
 
-    turned = png(client.predict(30, -10, api_name="/render_view_reference"))
-    assert turned.size == frontal.size and not np.array_equal(np.asarray(turned), np.asarray(frontal))
+    turned = client.predict(30, -10, api_name="/render_view_reference")
+    assert Path(turned).name == "view_yaw30_pitch-10.png"
+    assert png(turned).size == frontal.size and not np.array_equal(np.asarray(png(turned)), np.asarray(frontal))
     again = png(client.predict(0, 0, api_name="/render_view_reference"))
     assert np.array_equal(np.asarray(again), np.asarray(frontal))  # re-rendered from the cached tri-planes
 
-    video, timings = client.predict(8, api_name="/orbit_video_reference")
+    video, status = client.predict(api_name="/orbit_video_reference")  # the app's default frame count
+    assert Path(video).name == "orbit.mp4"
     reader = imageio_ffmpeg.read_frames(video)
     meta = next(reader)
-    assert meta["size"] == frontal.size and sum(1 for _ in reader) == 8
-    assert "orbit video" in timings
+    assert meta["size"] == frontal.size and sum(1 for _ in reader) == app.OutputSettings.for_device(
+        server.editor.device).video_frames
+    assert "orbit video" in status
 
-    glb, files, timings = client.predict(32, api_name="/mesh_reference")
-    assert sorted(Path(f).suffix for f in files) == [".glb", ".ply"]
+    glb, files, status = client.predict(api_name="/mesh_reference")
+    assert sorted(Path(f).name for f in files) == ["mesh.glb", "mesh.ply"]
     for path in (glb, *files):
         mesh = trimesh.load(path, force="mesh", process=False)
         assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
-    assert "mesh" in timings and "orbit video" in timings
+    assert "mesh" in status and "orbit video" in status
 
 
-def test_text_edit_then_view(server, client):
-    outputs = client.predict(handle_file(server.photo), "make it a bronze statue", *TINY_TEXT.values(),
-                             api_name="/edit_text")
+def test_text_edit_at_default_settings_then_view_video_mesh(server, client):
+    start = time.perf_counter()
+    outputs = edit_text(client, server)
+    seconds = time.perf_counter() - start
     frontal = check_edit_outputs(outputs)
-    assert png(outputs[1]).size == (64, 64)  # the InstructPix2Pix reference, at the 2D edit resolution
+    assert png(outputs[1]).size == (512, 512)  # the InstructPix2Pix reference, at the default 2D edit resolution
+    assert "anchor portrait" in outputs[5] and "EG3D sample, seed 0" in outputs[5]
+    print(f"text edit at default settings (20 steps, 512^2) on tiny weights: {seconds:.1f} s")
+    assert seconds < 60
     turned = png(client.predict(-40, 20, api_name="/render_view_text"))
     assert turned.size == frontal.size
-    video, _ = client.predict(8, api_name="/orbit_video_text")
+    video, _ = client.predict(api_name="/orbit_video_text")
     assert Path(video).stat().st_size > 0
-    glb, files, _ = client.predict(32, api_name="/mesh_text")
+    glb, files, _ = client.predict(api_name="/mesh_text")
     assert len(trimesh.load(glb, force="mesh").faces) > 0 and len(files) == 2
 
 
-def test_session_folder_holds_the_outputs(server, client):
+def test_text_edit_on_a_shipped_anchor_and_on_the_own_photo(server, client):
+    outputs = client.predict(handle_file(server.photo), "make it golden", False, "astronaut", api_name="/edit_text")
+    assert "Astronaut photo" in outputs[5]
+    own = client.predict(handle_file(server.photo), "make it golden", True, api_name="/edit_text")
+    assert "anchor portrait" not in own[5]
+
+
+def test_session_folder_holds_named_outputs_and_is_removed_at_the_end(server, client):
     edit_reference(client, server)
     client.predict(8, api_name="/orbit_video_reference")
-    made = list(server.sessions.root.glob(f"{client.session_hash}/orbit-*.mp4"))
-    assert len(made) == 1
+    [video] = list(server.sessions.root.glob(f"{client.session_hash}/*/orbit.mp4"))
+    assert {p.name for p in video.parent.iterdir()} >= {"aligned.png", "reference.png", "views.png", "depth.png",
+                                                       "view_yaw0_pitch0.png", "orbit.mp4"}
     server.sessions.close(client.session_hash)
     assert not (server.sessions.root / client.session_hash).exists()
 
@@ -140,7 +176,9 @@ def test_session_folder_holds_the_outputs(server, client):
     ("unreadable", "not an image"),
     ("empty_prompt", "instruction is empty"),
     ("bad_guidance", "text_guidance must be > 1"),
+    ("no_photo_no_reference", "Upload a portrait photo first"),
     ("no_reference", "Upload a reference image"),
+    ("unknown_anchor", "unknown anchor"),
     ("view_before_edit", "Run an edit first"),
     ("video_before_edit", "Run an edit first"),
     ("yaw_out_of_range", "greater than maximum"),
@@ -149,14 +187,15 @@ def test_user_errors_are_messages(server, client, tmp_path, call, message):
     unreadable = tmp_path / "photo.png"
     unreadable.write_bytes(b"this is not an image")
     photo = handle_file(server.photo)
-    text = dict(TINY_TEXT)
     calls = {
         "no_face": lambda: edit_reference(client, server, server.no_face),
         "unreadable": lambda: edit_reference(client, server, unreadable),
-        "empty_prompt": lambda: client.predict(photo, "   ", *text.values(), api_name="/edit_text"),
-        "bad_guidance": lambda: client.predict(photo, "make it bronze", *{**text, "text_guidance": 1.0}.values(),
+        "empty_prompt": lambda: client.predict(photo, "   ", api_name="/edit_text"),
+        "bad_guidance": lambda: client.predict(photo, "make it bronze", False, "astronaut", 20, 1.0,
                                                api_name="/edit_text"),
+        "no_photo_no_reference": lambda: client.predict(None, None, api_name="/edit_reference"),
         "no_reference": lambda: client.predict(photo, None, api_name="/edit_reference"),
+        "unknown_anchor": lambda: client.predict(photo, "make it bronze", False, "nobody", api_name="/edit_text"),
         "view_before_edit": lambda: client.predict(10, 0, api_name="/render_view_text"),
         "video_before_edit": lambda: client.predict(8, api_name="/orbit_video_reference"),
         "yaw_out_of_range": lambda: (edit_reference(client, server),
@@ -164,30 +203,93 @@ def test_user_errors_are_messages(server, client, tmp_path, call, message):
     }
     with pytest.raises(AppError, match=message) as error:
         calls[call]()
-    assert "Traceback" not in str(error.value)
+    assert "Traceback" not in str(error.value) and str(server.folder) not in str(error.value)
 
 
-def test_missing_weights_page_starts_and_explains(tmp_path, server):
+def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, server):
     editor = load_editor(tmp_path / "empty")
     demo = app.build_demo(editor, sessions=SessionFiles(tmp_path / "sessions"))
     url = serve(demo)
     try:
         config = page_config(url)
-        assert "Model weights are missing" in config and "3dpe.pt" in config and "tiny-weights" in config
+        assert "Editing is disabled" in config and "3dpe.pt" in config and "tiny-weights" in config
+        assert str(tmp_path) not in config and "/empty" not in config
+        buttons = [c["props"] for c in demo.get_config_file()["components"]
+                   if c.get("props", {}).get("elem_id", "").endswith(("-run", "-stop"))]
+        assert len(buttons) == 4 and not any(b["interactive"] for b in buttons)
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
-        with pytest.raises(AppError, match="no 3DPE editor weights"):
-            client.predict(handle_file(server.photo), handle_file(server.reference), api_name="/edit_reference")
+        with pytest.raises(AppError, match="Editing is disabled") as error:
+            client.predict(handle_file(server.photo), handle_file(server.reference), False,
+                           api_name="/edit_reference")
+        assert str(tmp_path) not in str(error.value)
     finally:
         demo.close()
 
 
+def test_public_messages_keep_file_names_but_not_server_paths():
+    text = "missing weight file '3dpe.pt': it is not in /srv/app/checkpoints. C:\\data\\x.png failed; see README.md"
+    assert public_message(text) == "missing weight file '3dpe.pt': it is not in checkpoints. x.png failed; see README.md"
+
+
+def test_rate_limit_per_session():
+    limiter = RateLimiter(limit=2, window_s=60)
+    limiter.take("a"), limiter.take("a"), limiter.take("b")
+    with pytest.raises(RateLimitError, match="2 in 1 minutes; please try again in 1 min 0 s|please try again in"):
+        limiter.take("a")
+
+
+def test_the_app_refuses_an_edit_beyond_the_rate_limit(tmp_path, server):
+    demo = app.build_demo(server.editor, sessions=SessionFiles(tmp_path / "sessions"),
+                          limiter=RateLimiter(limit=1, window_s=3600))
+    url = serve(demo)
+    try:
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        edit_reference(client, server)
+        with pytest.raises(AppError, match="Too many edits from this session"):
+            edit_reference(client, server)
+    finally:
+        demo.close()
+
+
+def test_stop_flag_stops_the_running_video_within_a_frame(server, tmp_path):
+    """The Stop button sets the session's flag; the work checks it between frames (and denoising steps, views,
+    mesh chunks), so the worker is idle again at once and serves the next request."""
+    runner = DemoRunner(server.editor)
+    sessions = SessionFiles(tmp_path)
+    stop = sessions.stop_flag("s1")
+    files = runner.edit(server.photo, sessions.folder("s1"), stop, reference=server.reference)
+    outcome = {}
+
+    def long_video():
+        start = time.perf_counter()
+        try:
+            runner.video(files.edit, sessions.folder("s1"), 2000, stop)
+        except Cancelled as error:
+            outcome["error"] = str(error)
+        outcome["seconds"] = time.perf_counter() - start
+
+    worker = threading.Thread(target=long_video)
+    worker.start()
+    time.sleep(1.0)
+    stop.set()
+    asked = time.perf_counter()
+    worker.join(timeout=30)
+    idle_after = time.perf_counter() - asked
+    print(f"worker idle {idle_after:.2f} s after Stop (video of 2000 frames stopped after {outcome['seconds']:.1f} s)")
+    assert "stopped the orbit video" in outcome["error"] and idle_after < 3
+    stop.clear()
+    assert runner.view(files.edit, sessions.folder("s1"), 10, 0).is_file()  # serves the next request
+
+
 def test_zero_gpu_durations_grow_with_the_work():
     edit = DemoRunner.edit_duration
-    assert edit("p.png", reference="r.png") < edit("p.png", prompt="x", settings=EditSettings(steps=20))
-    assert edit("p.png", prompt="x", settings=EditSettings(steps=20)) < edit("p.png", prompt="x",
-                                                                          settings=EditSettings(steps=50))
-    assert DemoRunner.video_duration(None, Path("."), 48) < DemoRunner.video_duration(None, Path("."), 240)
-    assert DemoRunner.mesh_duration(None, Path("."), 128) < DemoRunner.mesh_duration(None, Path("."), 384)
+    session = Path(".")
+    assert edit("p.png", session, reference="r.png") < edit("p.png", session, prompt="x",
+                                                            settings=EditSettings(steps=20))
+    assert edit("p.png", session, prompt="x", settings=EditSettings(steps=20)) < edit(
+        "p.png", session, prompt="x", settings=EditSettings(steps=50))
+    assert DemoRunner.video_duration(None, session, 48) < DemoRunner.video_duration(None, session, 240)
+    assert DemoRunner.mesh_duration(None, session, 128) < DemoRunner.mesh_duration(None, session, 384)
 
 
 def test_session_files_prune_and_refuse_odd_ids(tmp_path):

@@ -1,21 +1,26 @@
 """The app in a real browser: Playwright driving Debian's Chromium (never a downloaded browser) against the
-in-process server of tests/app_server.py. A full-page screenshot is kept in test-artifacts/."""
+in-process server of tests/app_server.py, at the app's default settings. Full-page screenshots are kept in
+test-artifacts/."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+from gradio_client import Client, handle_file
 
-from tests.app_server import AppServer, app_server
+import app
+from tests.app_server import AppServer, app_server, serve
+from threedpe.demo import SessionFiles, load_editor
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 90_000
+TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +29,7 @@ def server() -> AppServer:
 
 
 @pytest.fixture(scope="module")
-def page(server: AppServer):
+def browser():
     chromium = shutil.which("chromium")
     if chromium is None:
         message = "Debian's chromium is not installed (apt-get install chromium); .ci/run installs it"
@@ -35,12 +40,23 @@ def page(server: AppServer):
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server.url)
-        page.wait_for_selector("#text-photo")
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#text-photo")
+    return page
+
+
+@pytest.fixture()
+def page(browser, server):
+    page = open_page(browser, server.url)
+    yield page
+    page.close()
 
 
 def open_tab(page, name: str) -> None:
@@ -58,50 +74,122 @@ def image_src(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id} img").first.get_attribute("src") or ""
 
 
+def upload(page, elem_id: str, path: Path) -> None:
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+
+
 def edit(page, tab: str, photo: Path) -> None:
-    page.locator(f"#{tab}-photo input[type=file]").set_input_files(str(photo))
+    upload(page, f"{tab}-photo", photo)
     page.locator(f"#{tab}-photo img[src*='{photo.name}']").wait_for()  # uploaded before the click
     page.locator(f"#{tab}-run").click()
 
 
-def test_reference_edit_views_video_mesh_and_free_view(page, server):
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_reference_edit_views_video_mesh_and_named_downloads(page, server):
     open_tab(page, "Reference edit")
-    page.get_by_text("Settings").nth(1).click()  # the accordion of this tab (the first is the text tab's)
-    set_slider(page, "reference-frames", 8)
-    set_slider(page, "reference-mesh-resolution", 32)
-    page.locator("#reference-reference input[type=file]").set_input_files(str(server.reference))
+    upload(page, "reference-reference", server.reference)
     edit(page, "reference", server.photo)
 
     page.locator("#reference-strip img").wait_for()
     page.locator("#reference-video video").wait_for()
     page.locator("#reference-model canvas").wait_for()
     page.locator("#reference-files").get_by_text(re.compile(r"\.ply")).wait_for()
-    page.locator("#reference-timings").get_by_text("mesh").wait_for()
+    page.locator("#reference-status").get_by_text("mesh").wait_for()
+    for elem_id, name in [("reference-aligned", "aligned.png"), ("reference-ref", "reference.png"),
+                          ("reference-strip", "views.png"), ("reference-view", "view_yaw0_pitch0.png"),
+                          ("reference-depth", "depth.png")]:
+        assert image_src(page, elem_id).endswith("/" + name), elem_id
+    assert (page.locator("#reference-video video").get_attribute("src") or "").endswith("/orbit.mp4")
 
-    frontal = image_src(page, "reference-view")
     set_slider(page, "reference-yaw", 30)
-    page.wait_for_function(
-        "([id, old]) => { const img = document.querySelector(`#${id} img`); return img && img.src !== old; }",
-        arg=["reference-view", frontal])
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "app_reference_edit.png"), full_page=True)
+    page.locator("#reference-view img[src$='/view_yaw30_pitch0.png']").wait_for()
+    screenshot(page, "app_reference_edit.png")
 
 
-def test_text_edit_shows_the_strip(page, server):
-    open_tab(page, "Text edit")
-    page.get_by_text("Settings").first.click()
-    for elem_id, value in [("text-steps", 2), ("text-resolution", 64), ("text-frames", 8),
-                           ("text-mesh-resolution", 32)]:
-        set_slider(page, elem_id, value)
-    page.locator("#text-instruction textarea").fill("make it a bronze statue")
+def test_text_edit_shows_one_progress_display_with_the_step_count(page, server):
+    page.locator("#text-instruction textarea").fill("make it a bronze statue with a blue hat")
     edit(page, "text", server.photo)
-    page.locator("#text-strip img").wait_for()
+    seen: list[list[str]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not page.locator("#text-strip img").count():
+        seen.append(page.evaluate("""() => Array.from(document.querySelectorAll('.progress-text'))
+            .map(e => `${(e.closest('[id]') || {}).id}: ${e.textContent.trim()}`)"""))
+        time.sleep(0.1)
+    busy = [displays for displays in seen if displays]
+    assert busy, "no progress was shown"
+    assert all(len(displays) == 1 and displays[0].startswith("text-status:") for displays in busy), busy
+    assert any(re.search(r"\d+/20 steps", displays[0]) for displays in busy), busy
     page.locator("#text-model canvas").wait_for()
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "app_text_edit.png"), full_page=True)
+    assert "EG3D sample, seed 0" in page.locator("#text-status").inner_text()
+    screenshot(page, "app_text_edit.png")
+
+
+def test_stop_stops_the_work_and_the_next_edit_runs_at_once(page, server):
+    open_tab(page, "Reference edit")
+    page.get_by_text("Settings").nth(1).click()  # the accordion of this tab (the first is the text tab's)
+    set_slider(page, "reference-frames", 240)  # several seconds of video on tiny weights
+    upload(page, "reference-reference", server.reference)
+    edit(page, "reference", server.photo)
+    page.locator("#reference-status .progress-text").get_by_text(re.compile("frame")).wait_for()
+    page.locator("#reference-stop").click()
+    page.locator("#reference-status").get_by_text("Stopped").wait_for()
+    start = time.perf_counter()
+    client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
+    client.predict(handle_file(server.photo), handle_file(server.reference), False, api_name="/edit_reference")
+    seconds = time.perf_counter() - start
+    print(f"after Stop, the next edit (another session) finished in {seconds:.1f} s")
+    assert seconds < 20  # a 240-frame video left running would hold the worker far longer
+    time.sleep(1)
+    assert page.locator("#reference-video video").count() == 0  # the stopped video never appeared
+    assert page.get_by_text(re.compile(r"^Error$")).count() == 0
+    screenshot(page, "app_stopped.png")
+
+
+def test_a_file_that_is_not_an_image_is_refused_on_upload(page, server, tmp_path):
+    fake = tmp_path / "holiday.png"
+    fake.write_bytes(b"PK\x03\x04 this is a zip file, not a picture")
+    upload(page, "text-photo", fake)
+    page.get_by_text(re.compile("not an image")).first.wait_for()
+    time.sleep(0.5)
+    assert page.locator("#text-photo img").count() == 0  # cleared: no broken preview
+
+
+def test_a_noise_reference_gets_a_warning_on_upload(page, server, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(noise)
+    open_tab(page, "Reference edit")
+    upload(page, "reference-reference", noise)
+    page.get_by_text(re.compile("looks like noise")).first.wait_for()
 
 
 def test_photo_without_a_face_shows_a_message(page, server):
     open_tab(page, "Reference edit")
+    upload(page, "reference-reference", server.reference)
     edit(page, "reference", server.no_face)
     page.get_by_text(re.compile("No (clear )?face found")).first.wait_for()
+
+
+def test_missing_weights_page_disables_the_actions_and_shows_no_server_path(browser, tmp_path):
+    weights = tmp_path / "no-weights-here"
+    demo = app.build_demo(load_editor(weights), sessions=SessionFiles(tmp_path / "sessions"))
+    url = serve(demo)
+    try:
+        page = open_page(browser, url)
+        page.get_by_text("Editing is disabled").first.wait_for()
+        for tab, name in (("text", "Text edit"), ("reference", "Reference edit")):
+            open_tab(page, name)
+            for button in (f"#{tab}-run", f"#{tab}-stop"):
+                assert page.locator(button).is_disabled(), button
+        html = page.content()
+        assert str(tmp_path) not in html and "no-weights-here" not in html
+        screenshot(page, "app_missing_weights.png")
+        page.close()
+    finally:
+        demo.close()

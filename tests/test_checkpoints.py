@@ -461,7 +461,8 @@ def test_resolve_weight_missing_names_file_place_and_source(hub, tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         ckpt.resolve_weight("3dpe.pt")
     message = str(info.value)
-    assert "'3dpe.pt'" in message and str(tmp_path / "checkpoints" / "3dpe.pt") in message
+    assert "'3dpe.pt'" in message and f"not in {tmp_path / 'checkpoints'}." in message
+    assert info.value.filename == "3dpe.pt" and info.value.folder.resolve() == (tmp_path / "checkpoints").resolve()
     assert "github.com/EzioBy/3dpe" in message and "non-commercial" in message
     with pytest.raises(MissingWeightsError, match=r"'mystery.bin'.*not one of the known files \(ffhqrebalanced512-128.pkl"):
         ckpt.resolve_weight("mystery.bin")

@@ -52,22 +52,65 @@ def test_convert_then_render_gives_the_same_images(small_eg3d_pth, tmp_path):
     assert np.array_equal(first, second)
 
 
-def test_edit_writes_every_output(tiny_weights, astronaut_photo, tmp_path):
+def test_edit_writes_every_output_and_says_so(tiny_weights, astronaut_photo, tmp_path, capsys):
+    """At the CLI's default settings (120 frames, 256^3 mesh) on tiny weights."""
     out = tmp_path / "out"
     assert main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--reference",
-                 str(astronaut_photo), "--out", str(out), "--video", "--frames", "4", "--mesh",
-                 "--mesh-resolution", "32"]) == 0
-    for name in ("input_aligned.png", "reference.png", "views.png", "depth.png", "orbit.mp4", "mesh.glb", "mesh.ply"):
+                 str(astronaut_photo), "--out", str(out), "--video", "--mesh"]) == 0
+    names = ("input_aligned.png", "reference.png", "views.png", "depth.png", "orbit.mp4", "mesh.glb", "mesh.ply")
+    printed = capsys.readouterr().out
+    for name in names:
         assert (out / name).stat().st_size > 0, name
-    assert frame_count(out / "orbit.mp4")[1] == 4
+        assert f"wrote {out / name}" in printed
+    assert frame_count(out / "orbit.mp4")[1] == 120
+    [timings] = [line for line in printed.splitlines() if line.startswith("timings: ")]
+    for stage in ("align", "reference", "encode", "render", "video", "mesh"):
+        assert f"{stage} " in timings
 
 
-def test_edit_with_a_prompt(tiny_weights, astronaut_photo, tmp_path, monkeypatch):
+def test_edit_with_a_prompt_at_default_settings(tiny_weights, astronaut_photo, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("THREEDPE_CACHE", str(tmp_path / "cache"))
     assert main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--prompt",
-                 "make it a bronze statue", "--steps", "2", "--resolution", "64", "--out", str(tmp_path)]) == 0
-    assert Image.open(tmp_path / "edited_2d.png").size == (64, 64)
+                 "make it a bronze statue", "--out", str(tmp_path)]) == 0
+    assert Image.open(tmp_path / "edited_2d.png").size == (512, 512)
     assert len(list((tmp_path / "cache").glob("*.png"))) == 1
+    assert "anchor portrait: EG3D sample, seed 0" in capsys.readouterr().out
+
+
+def test_device_cuda_without_cuda_is_a_message(tiny_weights, astronaut_photo, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--reference",
+            str(astronaut_photo), "--out", str(tmp_path), "--device", "cuda"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available here" in err and "use 'cpu' or 'auto'" in err and "Traceback" not in err
+
+
+def test_an_empty_prompt_is_refused_before_any_model_loads(tiny_weights, astronaut_photo, tmp_path, capsys,
+                                                           monkeypatch):
+    from threedpe.pipeline import PortraitEditor
+
+    loads = []
+    monkeypatch.setattr(PortraitEditor, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a)))
+    assert main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--prompt", "  ",
+                 "--out", str(tmp_path)]) == 2
+    assert "instruction is empty" in capsys.readouterr().err and loads == []
+
+
+def test_render_names_the_missing_file_it_was_given(tmp_path, capsys):
+    missing = tmp_path / "ffhqrebalanced512-128.pkl"
+    assert main(["render", "--weights", str(missing), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} does not exist" in err and "ffhqrebalanced512-128.pkl/ffhqrebalanced512-128.pkl" not in err
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from threedpe.cli import build_parser; build_parser().format_help(); "
+            "assert 'torch' not in sys.modules and 'gradio' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_user_errors_are_one_line_messages(tiny_weights, tmp_path, capsys):

@@ -12,15 +12,14 @@ import torch
 from PIL import Image
 
 from threedpe.diffusion import (
-    ANCHOR_DIR,
-    EditCancelled,
     EditSettings,
     InstructPix2PixEditor,
     PromptError,
     ReferenceCache,
     TextReference,
-    default_anchors,
 )
+from threedpe.anchors import ANCHOR_DIR, Anchor, shipped_anchors
+from threedpe.cancel import Cancelled
 from threedpe.testing import build_tiny_instruct_pix2pix
 
 FAST = EditSettings(steps=2, resolution=64)
@@ -51,7 +50,11 @@ def editor(tiny_folder: Path) -> InstructPix2PixEditor:
 
 @pytest.fixture(scope="session")
 def anchors() -> list[Image.Image]:
-    return [anchor.resize((64, 64), Image.LANCZOS) for anchor in default_anchors()]
+    return [anchor.image().resize((64, 64), Image.LANCZOS) for anchor in shipped_anchors()]
+
+
+def as_anchors(images: list[Image.Image]) -> list[Anchor]:
+    return [Anchor.from_image(f"anchor{index}", image) for index, image in enumerate(images)]
 
 
 class CountingEditor:
@@ -112,7 +115,7 @@ def test_edit_resizes_to_the_settings_resolution_and_rejects_non_square(editor, 
 def test_empty_instruction_is_a_prompt_error(editor, anchors, instruction: str) -> None:
     counting = CountingEditor(editor)
     with pytest.raises(PromptError, match="instruction is empty"):
-        TextReference(counting, anchors).reference(instruction, FAST)
+        TextReference(counting, as_anchors(anchors)).reference(instruction, FAST)
     with pytest.raises(PromptError, match="instruction is empty"):
         editor.edit([anchors[0]], instruction, FAST, seed=0)
     assert counting.calls == 0
@@ -125,7 +128,7 @@ def test_too_long_instruction_names_its_length_and_the_limit(editor, anchors) ->
     with pytest.raises(PromptError, match=r"78 CLIP tokens .* limit is 77"):
         editor.check_instruction("it " * 76)
     with pytest.raises(PromptError, match=r"92 CLIP tokens .* limit is 77"):
-        TextReference(editor, anchors).reference("make it golden " * 30, FAST)
+        TextReference(editor, as_anchors(anchors)).reference("make it golden " * 30, FAST)
 
 
 def test_settings_are_validated() -> None:
@@ -142,13 +145,13 @@ def test_settings_are_validated() -> None:
 
 def test_cancel_raises_and_nothing_is_cached(editor, anchors, tmp_path: Path) -> None:
     checks = itertools.count()
-    with pytest.raises(EditCancelled, match="after step 1 of 2"):
+    with pytest.raises(Cancelled, match="after denoising step 1 of 2"):
         editor.edit([anchors[0]], "make it golden", FAST, seed=0, cancel=lambda: next(checks) >= 1)
     stop = threading.Event()
     stop.set()
     counting = CountingEditor(editor)
-    route = TextReference(counting, anchors, cache_dir=tmp_path)
-    with pytest.raises(EditCancelled, match="before it started"):
+    route = TextReference(counting, as_anchors(anchors), cache_dir=tmp_path)
+    with pytest.raises(Cancelled, match="before the 2D edit started"):
         route.reference("make it golden", FAST, cancel=stop)
     assert route.reference("make it golden", FAST).source == "editor"
     assert counting.calls == 2
@@ -156,9 +159,9 @@ def test_cancel_raises_and_nothing_is_cached(editor, anchors, tmp_path: Path) ->
 
 def test_repeated_instruction_calls_the_editor_once(editor, anchors) -> None:
     counting = CountingEditor(editor)
-    route = TextReference(counting, anchors)
-    first = route.reference("make it a marble statue", FAST, anchor_index=0, seed=0)
-    second = route.reference("  make it   a marble statue ", FAST, anchor_index=0, seed=0)
+    route = TextReference(counting, as_anchors(anchors))
+    first = route.reference("make it a marble statue", FAST, anchor=0, seed=0)
+    second = route.reference("  make it   a marble statue ", FAST, anchor=0, seed=0)
     assert (first.source, second.source) == ("editor", "memory")
     assert counting.calls == 1
     assert np.array_equal(pixels(first.image), pixels(second.image))
@@ -166,27 +169,28 @@ def test_repeated_instruction_calls_the_editor_once(editor, anchors) -> None:
 
     route.reference("make it a marble statue", EditSettings(steps=3, resolution=64))
     route.reference("make it a marble statue", FAST, seed=1)
-    route.reference("make it a marble statue", FAST, anchor_index=1)
+    route.reference("make it a marble statue", FAST, anchor=1)
     route.reference("make it a bronze statue", FAST)
     assert counting.calls == 5 and route.stats.misses == 5
-    with pytest.raises(IndexError, match="2 anchors"):
-        route.reference("make it a marble statue", FAST, anchor_index=2)
+    with pytest.raises(PromptError, match="unknown anchor 2: choose one of anchor0, anchor1"):
+        route.reference("make it a marble statue", FAST, anchor=2)
 
 
 def test_cached_reference_matches_a_direct_edit(editor, anchors) -> None:
-    result = TextReference(editor, anchors).reference("make it golden", FAST, anchor_index=1, seed=7)
+    result = TextReference(editor, as_anchors(anchors)).reference("make it golden", FAST, anchor=1, seed=7)
     direct = editor.edit([anchors[1]], "make it golden", FAST, seed=7)[0]
     assert np.array_equal(pixels(result.image), pixels(direct))
 
 
 def test_disk_cache_survives_a_new_text_reference(editor, anchors, tmp_path: Path) -> None:
-    first = TextReference(CountingEditor(editor), anchors, cache_dir=tmp_path).reference("make it golden", FAST)
+    route = TextReference(CountingEditor(editor), as_anchors(anchors), cache_dir=tmp_path)
+    first = route.reference("make it golden", FAST)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".png"]
     metadata = json.loads((tmp_path / f"{first.key}.json").read_text())
     assert metadata["instruction"] == "make it golden" and metadata["model"] == editor.identity
 
     counting = CountingEditor(editor)
-    fresh = TextReference(counting, anchors, cache_dir=tmp_path)
+    fresh = TextReference(counting, as_anchors(anchors), cache_dir=tmp_path)
     again = fresh.reference("make it golden", FAST)
     assert again.source == "disk" and counting.calls == 0 and fresh.stats.disk_hits == 1
     assert np.array_equal(pixels(first.image), pixels(again.image))
@@ -195,7 +199,7 @@ def test_disk_cache_survives_a_new_text_reference(editor, anchors, tmp_path: Pat
 
 def test_own_photo_route_is_not_cached(editor, anchors) -> None:
     counting = CountingEditor(editor)
-    route = TextReference(counting, anchors)
+    route = TextReference(counting, as_anchors(anchors))
     photo = anchors[1].transpose(Image.Transpose.ROTATE_90)
     first = route.edit_photo(photo, " make it golden ", FAST, seed=2)
     second = route.edit_photo(photo, "make it golden", FAST, seed=2)
@@ -236,8 +240,8 @@ def test_memory_cache_returns_copies(tmp_path: Path) -> None:
     assert source == "memory" and np.array_equal(pixels(cache.get("a")[0]), pixels(solid(1)))
 
 
-def test_default_anchors_are_documented_public_domain_crops() -> None:
-    anchors = default_anchors()
+def test_shipped_anchors_are_documented_public_domain_crops() -> None:
+    anchors = [anchor.image() for anchor in shipped_anchors()]
     assert len(anchors) >= 2
     assert all(anchor.size == (512, 512) and anchor.mode == "RGB" for anchor in anchors)
     sources = (ANCHOR_DIR / "SOURCES.md").read_text()
@@ -245,4 +249,4 @@ def test_default_anchors_are_documented_public_domain_crops() -> None:
         assert f"`{path.name}`" in sources, f"{path.name} has no entry in SOURCES.md"
     assert "public domain" in sources
     with pytest.raises(FileNotFoundError, match="no anchor portraits"):
-        default_anchors(ANCHOR_DIR / "missing")
+        shipped_anchors(ANCHOR_DIR / "missing")

@@ -17,7 +17,8 @@ import trimesh
 from threedpe import cameras
 from threedpe.mesh import density_grid, export_mesh, extract_mesh
 from threedpe.rendering import OSGDecoder, RenderingConfig, TriplaneRenderer
-from threedpe.video import RenderCancelled, render_orbit, to_uint8, triplane_view, write_mp4
+from threedpe.cancel import Cancelled
+from threedpe.video import render_orbit, to_uint8, triplane_view, write_mp4
 
 P = 32
 RADIUS = 0.25
@@ -149,7 +150,7 @@ def test_render_orbit_checks_frame_count_and_cancel(tmp_path):
         return np.zeros((len(cams), 4, 4, 3), np.uint8)
 
     path = tmp_path / "cancelled.mp4"
-    with pytest.raises(RenderCancelled):
+    with pytest.raises(Cancelled):
         write_mp4(render_orbit(render_view, num_frames=8, batch=2, cancel=lambda: len(calls) >= 1), path)
     assert calls == [2] and not path.exists()
 

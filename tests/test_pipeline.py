@@ -1,8 +1,6 @@
 """PortraitEditor end to end on the tiny random weights: every output kind, the text route's cache, errors."""
 from __future__ import annotations
 
-import math
-
 import imageio_ffmpeg
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from threedpe.checkpoints import CheckpointError, MissingWeightsError
 from threedpe.diffusion import EditSettings, PromptError
 from threedpe.pipeline import PortraitEditor
 
-FAST_TEXT = EditSettings(steps=2, resolution=64)
+FAST_TEXT = EditSettings()  # the defaults: 20 steps at 512^2 take about a second on the tiny model
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def test_reference_edit_aligns_and_encodes(editor, result):
     assert editor.untrained and any("UNTRAINED" in w for w in result.warnings)
     assert result.alignment is not None and result.alignment.num_faces == 1
     assert result.image.size == (512, 512)
-    assert result.reference.size == (96, 96)  # no face in it: used as it is
+    assert result.reference.size == (96, 96)  # used as given
     assert result.planes.shape == (1, 96, 256, 256) and result.planes.dtype == torch.float32
     assert set(result.timings) == {"align", "reference", "encode"}
     assert result.edited_2d is None
@@ -43,8 +41,8 @@ def test_reference_edit_aligns_and_encodes(editor, result):
 def test_views_strip_and_depth(result):
     front = result.view()
     assert front.size == (128, 128) and front.mode == "RGB"
-    assert np.array_equal(np.asarray(front), np.asarray(result.view(math.pi / 2, math.pi / 2)))  # deterministic
-    assert not np.array_equal(np.asarray(front), np.asarray(result.view(math.pi / 2 + 0.5, math.pi / 2)))
+    assert np.array_equal(np.asarray(front), np.asarray(result.view(0, 0)))  # deterministic, degrees from frontal
+    assert not np.array_equal(np.asarray(front), np.asarray(result.view(30, 0)))
     strip = result.strip()
     assert strip.size == (3 * 128, 128)
     assert np.array_equal(np.asarray(strip)[:, 128:256], np.asarray(front))
@@ -67,14 +65,32 @@ def test_video_and_mesh(result, tmp_path):
 def test_aligned_input_skips_detection(editor, tmp_path):
     crop = tmp_path / "crop.png"
     Image.fromarray(np.full((300, 300, 3), 120, np.uint8)).save(crop)  # no face: detection would fail
-    result = editor(crop, reference=crop, aligned=True, align_reference=False)
+    result = editor(crop, reference=crop, aligned=True)
     assert result.alignment is None and result.image.size == (512, 512)
+    assert any("nearly uniform" in note for note in result.warnings)  # the reference has nothing to copy
 
 
-def test_a_reference_with_a_face_is_aligned(editor, astronaut_photo):
-    result = editor(astronaut_photo, reference=astronaut_photo)
-    assert result.reference.size == (512, 512)
-    assert np.array_equal(np.asarray(result.reference), np.asarray(result.image))
+def test_references_are_used_as_given_unless_alignment_is_asked_for(editor, astronaut_photo):
+    given = editor(astronaut_photo, reference=astronaut_photo)
+    assert given.reference.size == Image.open(astronaut_photo).size  # the official preprocessing resizes it later
+    aligned = editor(astronaut_photo, reference=astronaut_photo, align_reference=True)
+    assert aligned.reference.size == (512, 512)
+    assert np.array_equal(np.asarray(aligned.reference), np.asarray(aligned.image))
+    assert any("aligned like the input" in note for note in aligned.warnings)
+    crop = editor(astronaut_photo, reference=aligned.image, align_reference=True)  # already aligned: kept as is
+    assert np.array_equal(np.asarray(crop.reference), np.asarray(aligned.image))
+    assert any("already an aligned portrait" in note for note in crop.warnings)
+
+
+def test_text_edits_choose_their_anchor_and_say_which(editor, astronaut_photo):
+    names = [anchor.name for anchor in editor.anchors]
+    assert names[:6] == [f"eg3d-seed{seed}" for seed in range(6)] and "astronaut" in names  # tiny EG3D + photos
+    first = editor(astronaut_photo, prompt="make it golden", settings=FAST_TEXT)
+    assert first.anchor == "EG3D sample, seed 0"
+    other = editor(astronaut_photo, prompt="make it golden", settings=FAST_TEXT, anchor="astronaut")
+    assert other.anchor.startswith("Astronaut photo") and not np.array_equal(np.asarray(first.reference),
+                                                                             np.asarray(other.reference))
+    assert list((editor.cache_dir / "anchors").glob("eg3d-*-seed0-psi0.7.png"))  # rendered once, kept on disk
 
 
 def test_text_edit_runs_instruct_pix2pix_once_per_instruction(editor, astronaut_photo, monkeypatch):
@@ -82,11 +98,12 @@ def test_text_edit_runs_instruct_pix2pix_once_per_instruction(editor, astronaut_
     calls = []
     original = text.editor.edit
     monkeypatch.setattr(text.editor, "edit", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
+    cached_before = set(editor.cache_dir.glob("*.png"))
     first = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, seed=3)
     second = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, seed=3)
     assert calls == ["make it a bronze statue"]
-    assert len(list(editor.cache_dir.glob("*.png"))) == 1  # persisted for the next process
-    assert first.edited_2d.size == (64, 64)
+    assert len(set(editor.cache_dir.glob("*.png")) - cached_before) == 1  # persisted for the next process
+    assert first.edited_2d.size == (512, 512)
     assert torch.equal(first.planes, second.planes)
     own = editor(astronaut_photo, prompt="make it a bronze statue", settings=FAST_TEXT, use_own_photo=True)
     assert len(calls) == 2 and own.edited_2d is not None
@@ -99,7 +116,7 @@ def test_bad_requests_have_clear_errors(editor, astronaut_photo, tmp_path):
         editor(astronaut_photo, reference=astronaut_photo, prompt="x")
     with pytest.raises(PromptError):
         editor(astronaut_photo, prompt="   ", settings=FAST_TEXT)
-    with pytest.raises(PromptError, match="anchor"):
+    with pytest.raises(PromptError, match="unknown anchor 99"):
         editor(astronaut_photo, prompt="make it snowy", settings=FAST_TEXT, anchor=99)
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(blank)
@@ -152,5 +169,5 @@ def test_strip_view_and_depth_share_their_renders(editor, astronaut_photo, monke
     strip, front, depth = result.strip(), result.view(), result.depth()
     assert len(calls) == 3  # the frontal view of the strip serves the view and the depth image
     assert np.array_equal(np.asarray(strip)[:, 128:256], np.asarray(front))
-    result.view(math.pi / 2 + 0.2, math.pi / 2)
+    result.view(12, 0)
     assert len(calls) == 4

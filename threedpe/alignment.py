@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from threedpe.images import ImageInput, load_image
+from threedpe.images import ImageInput, frames_note, load_image
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -46,6 +46,7 @@ MTCNN_WEIGHT_SHA256 = {
     "onet": "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
 }
 
+MIN_PHOTO_SIDE = 64  # smaller photos cannot hold a face MTCNN finds and the crop enlarges usefully
 NO_FACE_ADVICE = (
     "Please use a photo with one frontal, well-lit face that fills a good part of the frame "
     "(roughly a quarter of the image height or more), not covered by hands, hair or sunglasses."
@@ -564,6 +565,9 @@ def align_face(
     no face above ``min_confidence`` is found.
     """
     rgb = load_image(image)
+    if min(rgb.size) < MIN_PHOTO_SIDE:
+        raise NoFaceError(f"The photo is only {rgb.width}×{rgb.height} pixels, too small to find a face in; "
+                          f"use a photo at least {MIN_PHOTO_SIDE} pixels on each side (512 or more works best).")
     faces = detect_faces(rgb, max_side=max_detect_side, detector=detector)
     face = pick_face(faces, min_confidence)
     if face is None:
@@ -575,7 +579,7 @@ def align_face(
     landmarks = face.keypoints.astype(np.float64) if round_keypoints else face.landmarks.copy()
     params = align_params(landmarks, rgb.size, config)
     num_faces = sum(f.confidence > min_confidence for f in faces)
-    notes = []
+    notes = [note for note in (frames_note(rgb),) if note]
     if num_faces > 1:
         notes.append(f"{num_faces} faces found; the largest one was used.")
     if face.eye_distance < min_eye_distance:
@@ -594,11 +598,28 @@ def align_face(
                        num_faces=num_faces, warnings=notes)
 
 
-def prepare_reference(image: ImageInput, *, min_confidence: float = 0.9) -> Image.Image:
-    """A reference (prompt) image for the encoder: its EG3D-aligned 512² crop when it holds a face
-    above ``min_confidence``, otherwise the image itself as RGB, unchanged."""
+def is_aligned_crop(params: AlignParams, tolerance: float = 0.04) -> bool:
+    """True when the EG3D crop of an image is the image itself (square, same window within ``tolerance`` of its
+    side): the image is already an aligned portrait, and aligning it again would only resample it."""
+    w0, h0 = params.source_size
+    zoom = params.resized_size[0] / w0
+    x0 = (params.crop_box[0] + params.center_crop_box[0]) / zoom
+    y0 = (params.crop_box[1] + params.center_crop_box[1]) / zoom
+    side = (params.center_crop_box[2] - params.center_crop_box[0]) / zoom
+    return w0 == h0 and max(abs(x0), abs(y0), abs(side - w0)) <= tolerance * w0
+
+
+def align_reference(image: ImageInput, *, min_confidence: float = 0.9) -> tuple[Image.Image, str]:
+    """A raw reference photo made into an EG3D crop, as the input photo is; returns (image, what was done).
+
+    A reference that is already an aligned crop, or that shows no confident face (a painting, a texture), is
+    returned unchanged, so that it is never resampled or padded with black needlessly.
+    """
     rgb = load_image(image)
-    try:
-        return align_face(rgb, min_confidence=min_confidence).image
-    except NoFaceError:
-        return rgb
+    face = pick_face(detect_faces(rgb), min_confidence)
+    if face is None:
+        return rgb, "No face found in the reference: it was used as given."
+    params = align_params(face.keypoints.astype(np.float64), rgb.size)
+    if is_aligned_crop(params):
+        return rgb, "The reference is already an aligned portrait: it was used as given."
+    return crop_aligned(rgb, params), "The reference photo was aligned like the input photo."

@@ -6,7 +6,9 @@
 * World frame: y up, the head looks along +z; cameras sit on a sphere of radius 2.7 around the world
   origin and look at the pivot (0, 0, 0.2).
 * Angles are in radians: ``yaw`` turns around the vertical axis, ``pitch`` is measured from the top
-  (+y) pole; (yaw, pitch) = (pi/2, pi/2) is the frontal view.
+  (+y) pole; (yaw, pitch) = (pi/2, pi/2) is the frontal view. This is internal: every public interface
+  (``EditResult.view``, the app, the CLI) takes **degrees from the frontal view** (:func:`from_degrees`),
+  positive yaw moving the camera to the right of the frontal image, positive pitch moving it down.
 * Field of view 18.837 degrees. The official code's truncated constants (3.14159 and 1.414) are kept
   so that cameras are bit-compatible with EG3D and 3DPE.
 """
@@ -20,6 +22,11 @@ FOV_DEGREES = 18.837
 RADIUS = 2.7
 PIVOT = (0.0, 0.0, 0.2)
 FRONTAL = (math.pi / 2, math.pi / 2)
+
+
+def from_degrees(yaw: float, pitch: float) -> tuple[float, float]:
+    """Degrees from the frontal view (the public convention) -> EG3D's (yaw, pitch) in radians."""
+    return math.pi / 2 + math.radians(yaw), math.pi / 2 + math.radians(pitch)
 
 
 def intrinsics(fov_degrees: float = FOV_DEGREES) -> torch.Tensor:

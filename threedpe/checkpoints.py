@@ -42,7 +42,12 @@ class CheckpointError(ValueError):
 
 
 class MissingWeightsError(CheckpointError):
-    """A weight file could be found neither locally nor on the Hugging Face Hub."""
+    """A weight file could be found neither locally nor on the Hugging Face Hub; ``filename`` names it and
+    ``folder`` is where it was looked for."""
+
+    def __init__(self, message: str, filename: str | None = None, folder: Path | None = None):
+        super().__init__(message)
+        self.filename, self.folder = filename, folder
 
 
 @dataclass(frozen=True)
@@ -575,7 +580,8 @@ def _missing_error(filename: str, folder: Path, hub_problem: str | None) -> Miss
              else f"This is not one of the known files ({', '.join(KNOWN_WEIGHTS)}); see checkpoints/README.md.")
     hub = f" It was not fetched from the Hugging Face Hub: {hub_problem}." if hub_problem else ""
     return MissingWeightsError(f"missing weight file '{filename}': it is not in {folder.resolve()}.{hub} "
-                               f"Put it at {(folder / filename).resolve()} (or set THREEDPE_WEIGHTS to the folder holding it). {where}")
+                               f"Put it there (or set THREEDPE_WEIGHTS to the folder holding it). {where}",
+                               filename=filename, folder=folder)
 
 
 def resolve_weight(filename: str, local_dir: str | os.PathLike | None = None, repo_id: str | None = None,

@@ -1,53 +1,85 @@
 """Command line: ``python -m threedpe {edit,render,convert,tiny-weights} ...``.
 
-Every user error (missing weights, unreadable photo, no face, bad prompt) ends with a one-line
-message and exit status 2, never a traceback.
+A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
+a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
+diffusers) are imported only by the command that needs them, so ``--help`` is instant.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_WEIGHTS = os.environ.get("THREEDPE_WEIGHTS", "checkpoints")
-EG3D_NAMES = ("ffhqrebalanced512-128.safetensors", "ffhqrebalanced512-128.pth", "ffhqrebalanced512-128.pkl")
+DEVICE_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'"
+
+
+class UsageError(ValueError):
+    """Arguments that cannot work together or point at nothing."""
 
 
 def _edit(args: argparse.Namespace) -> None:
-    from threedpe.diffusion import EditSettings
-    from threedpe.pipeline import PortraitEditor
+    from threedpe.diffusion import EditSettings, normalise_instruction
+    from threedpe.pipeline import PortraitEditor, resolve_device
 
-    editor = PortraitEditor.from_pretrained(args.weights, device=args.device)
+    # Everything that can be checked without loading a model is checked first.
+    prompt = normalise_instruction(args.prompt) if args.prompt is not None else None
     settings = EditSettings(steps=args.steps, text_guidance=args.text_guidance, image_guidance=args.image_guidance,
                             resolution=args.resolution)
-    result = editor(args.input, reference=args.reference, prompt=args.prompt, aligned=args.aligned,
-                    use_own_photo=args.own_photo, settings=settings, seed=args.seed)
+    for label, path in (("photo", args.input), ("reference", args.reference)):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"the {label} {path} does not exist")
+    device = resolve_device(args.device)
+    anchor = int(args.anchor) if args.anchor.isdigit() else args.anchor
+
+    editor = PortraitEditor.from_pretrained(args.weights, device=device)
+    result = editor(args.input, reference=args.reference, prompt=prompt, aligned=args.aligned,
+                    align_reference=args.align_reference, anchor=anchor, use_own_photo=args.own_photo,
+                    settings=settings, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    timings = dict(result.timings)
     written = [out / "input_aligned.png", out / "reference.png", out / "views.png", out / "depth.png"]
+    start = time.perf_counter()
     result.image.save(written[0])
     result.reference.save(written[1])
     result.strip().save(written[2])
     result.depth().save(written[3])
+    timings["render"] = time.perf_counter() - start
     if result.edited_2d is not None:
         written.append(out / "edited_2d.png")
         result.edited_2d.save(written[-1])
     if args.video:
+        start = time.perf_counter()
         written.append(result.video(out / "orbit.mp4", num_frames=args.frames, fps=args.fps))
+        timings["video"] = time.perf_counter() - start
     if args.mesh:
+        start = time.perf_counter()
         written += result.mesh(out / "mesh.glb", out / "mesh.ply", resolution=args.mesh_resolution)
+        timings["mesh"] = time.perf_counter() - start
+    if result.anchor:
+        print(f"the instruction was applied to the anchor portrait: {result.anchor}")
     for note in result.warnings:
         print(f"note: {note}", file=sys.stderr)
-    timings = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
-    print(f"wrote {len(written)} files to {out} ({timings})")
+    for path in written:
+        print(f"wrote {path}")
+    print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
 
 
 def _eg3d_weights(path: str) -> Path:
+    """An EG3D weight file given directly, or found in a folder (converted first)."""
     from threedpe.checkpoints import resolve_first
+    from threedpe.pipeline import EG3D_WEIGHTS
 
     candidate = Path(path).expanduser()
-    return candidate if candidate.is_file() else resolve_first(EG3D_NAMES, local_dir=candidate)
+    if candidate.is_file():
+        return candidate
+    if not candidate.is_dir():
+        raise UsageError(f"{candidate} does not exist: give an EG3D weight file ({', '.join(EG3D_WEIGHTS)}) "
+                         "or the folder holding one")
+    return resolve_first(EG3D_WEIGHTS, local_dir=candidate)
 
 
 def _render(args: argparse.Namespace) -> None:
@@ -57,32 +89,32 @@ def _render(args: argparse.Namespace) -> None:
 
     from threedpe import cameras
     from threedpe.generator import TriPlaneGenerator
+    from threedpe.pipeline import resolve_device
     from threedpe.video import render_orbit, to_uint8, write_mp4
 
-    generator = TriPlaneGenerator.from_pretrained(_eg3d_weights(args.weights)).to(args.device)
+    device = resolve_device(args.device)
+    generator = TriPlaneGenerator.from_pretrained(_eg3d_weights(args.weights)).to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        z = torch.from_numpy(np.random.default_rng(seed).standard_normal((1, generator.cfg.z_dim), dtype=np.float32))
-        c = cameras.frontal_camera().to(args.device)
         with torch.inference_mode():
-            ws = generator.mapping(z.to(args.device), c, truncation_psi=args.truncation)
-            planes = generator.synthesize_planes(ws)
+            planes, ws = generator.sample(seed, args.truncation)
 
         def render_view(cams: torch.Tensor) -> np.ndarray:
             n = cams.shape[0]
             with torch.inference_mode():
-                image = generator.render(planes.expand(n, -1, -1, -1), ws.expand(n, -1, -1),
-                                         cams.to(args.device), deterministic=True)["image"]
+                image = generator.render(planes.expand(n, -1, -1, -1), ws.expand(n, -1, -1), cams.to(device),
+                                         deterministic=True)["image"]
             return to_uint8(image)
 
         views = [render_view(cameras.camera(yaw, pitch))[0] for yaw, pitch in cameras.three_views()]
-        Image.fromarray(np.concatenate(views, axis=1)).save(out / f"seed{seed:04d}_views.png")
-        written = f"{out / f'seed{seed:04d}_views.png'}"
+        written = [out / f"seed{seed:04d}_views.png"]
+        Image.fromarray(np.concatenate(views, axis=1)).save(written[0])
         if args.video:
-            path = write_mp4(render_orbit(render_view, args.frames), out / f"seed{seed:04d}_orbit.mp4", fps=args.fps)
-            written += f", {path}"
-        print(f"seed {seed}: {written}")
+            written.append(write_mp4(render_orbit(render_view, args.frames), out / f"seed{seed:04d}_orbit.mp4",
+                                     fps=args.fps))
+        for path in written:
+            print(f"wrote {path}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -106,11 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)")
     edit.add_argument("--input", required=True, help="the portrait photo")
     style = edit.add_mutually_exclusive_group(required=True)
-    style.add_argument("--reference", help="reference image whose style is applied")
+    style.add_argument("--reference", help="reference image whose style is applied (used as given)")
     style.add_argument("--prompt", help="InstructPix2Pix instruction, e.g. 'make it a bronze statue'")
     edit.add_argument("--out", required=True, help="output folder")
     edit.add_argument("--aligned", action="store_true", help="the input is already an EG3D/FFHQ-style crop")
-    edit.add_argument("--own-photo", action="store_true", help="run InstructPix2Pix on the photo itself (slower)")
+    edit.add_argument("--align-reference", action="store_true",
+                      help="the reference is a raw photo: detect and align its face like the input's")
+    edit.add_argument("--anchor", default="0", help="anchor portrait a --prompt is applied to: index or name (default 0)")
+    edit.add_argument("--own-photo", action="store_true", help="apply the --prompt to the photo itself (slower)")
     edit.add_argument("--video", action="store_true", help="also write an orbit video (orbit.mp4)")
     edit.add_argument("--frames", type=int, default=120, help="orbit video frames (default 120)")
     edit.add_argument("--fps", type=float, default=30, help="orbit video frame rate (default 30)")
@@ -121,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--image-guidance", type=float, default=1.5)
     edit.add_argument("--resolution", type=int, default=512, help="InstructPix2Pix resolution")
     edit.add_argument("--seed", type=int, default=0)
-    edit.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    edit.add_argument("--device", default="auto", help=DEVICE_HELP)
     edit.set_defaults(run=_edit)
 
     render = commands.add_parser("render", help="render random heads of an EG3D generator")
@@ -132,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--video", action="store_true", help="also write an orbit video per seed")
     render.add_argument("--frames", type=int, default=120)
     render.add_argument("--fps", type=float, default=30)
-    render.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    render.add_argument("--device", default="auto", help=DEVICE_HELP)
     render.set_defaults(run=_render)
 
     conv = commands.add_parser("convert", help="convert a released weight file to safetensors + JSON")
@@ -147,19 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from threedpe.diffusion import EditCancelled
+    from threedpe.pipeline import USER_ERRORS
 
     try:
         args.run(args)
-    except (ValueError, OSError, EditCancelled) as error:  # our errors are ValueError subclasses
+    except (*USER_ERRORS, UsageError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,18 +1,24 @@
-"""What the Gradio Space (``app.py``) runs, without any UI: loading, per-session folders, edits kept as CPU arrays.
+"""What the Gradio Space (``app.py``) runs, without any UI: loading, per-session folders, stop flags, rate limits,
+and edits kept as CPU arrays.
 
 The app stores a finished edit as a :class:`StoredEdit` (tri-planes as a CPU numpy array) in the session's
 ``gr.State``; the free-view sliders, the orbit video and the mesh re-render from it without re-encoding the photo.
 Every method of :class:`DemoRunner` is a unit of GPU work that the app wraps in ``@spaces.GPU``; their arguments and
-results are small picklable values (ZeroGPU ships them to a forked worker), the models stay module-level.
+results are small picklable values (ZeroGPU ships them to a forked worker), the models stay module-level, and the
+files they write are named for what they hold (``views.png``, ``view_yaw30_pitch0.png``, ``orbit.mp4``, ...).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
+from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,17 +26,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from threedpe.alignment import NoFaceError
-from threedpe.checkpoints import CheckpointError
-from threedpe.diffusion import EditCancelled, EditSettings, PromptError
-from threedpe.images import ImageError, ImageInput
-from threedpe.pipeline import EditResult, PortraitEditor
-from threedpe.video import RenderCancelled
+from threedpe.checkpoints import CheckpointError, MissingWeightsError
+from threedpe.diffusion import EditSettings
+from threedpe.images import ImageInput, load_image
+from threedpe.pipeline import EditResult, PortraitEditor, reference_notes
 
-# Errors a user can act on: the app shows their message in the page, never a traceback.
-USER_ERRORS = (ImageError, NoFaceError, CheckpointError, PromptError, EditCancelled, RenderCancelled)
+logger = logging.getLogger(__name__)
+
 MAX_YAW_DEGREES = 45.0  # slider ranges of the free view
 MAX_PITCH_DEGREES = 30.0
+MAX_UPLOAD = "20mb"  # gradio's upload limit
+MAX_PIXELS = 25_000_000  # larger photos are refused before decoding
+EDITS_PER_WINDOW, RATE_WINDOW_S = 30, 600.0  # per browser session
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,9 @@ def load_editor(folder: str | os.PathLike, cache_dir: str | os.PathLike | None =
     and show the message.
     """
     try:
-        editor = PortraitEditor.from_pretrained(folder, cache_dir=cache_dir)
+        return PortraitEditor.from_pretrained(folder, cache_dir=cache_dir, device="auto")
     except CheckpointError as error:
         return error
-    return editor.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_text_model(editor: PortraitEditor) -> str | None:
@@ -66,17 +72,36 @@ def load_text_model(editor: PortraitEditor) -> str | None:
     try:
         editor.text_reference
     except (OSError, ValueError) as error:  # missing folder / not in the Hub cache / offline / broken config
-        return f"Text edits are unavailable: InstructPix2Pix could not be loaded from {editor.text_model} ({error})."
+        logger.warning("InstructPix2Pix could not be loaded from %s: %s", editor.text_model, error)
+        return (f"Text edits are unavailable: InstructPix2Pix could not be loaded "
+                f"({public_message(str(error)).splitlines()[0][:300]}).")
     return None
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\"`()]+[/\\])+([^\s/\\'\"`()]*)")
+
+
+def public_message(text: str) -> str:
+    """``text`` with every absolute path shortened to its last part: web visitors never see the server's layout
+    (the full message goes to the server log)."""
+    return _ABSOLUTE_PATH.sub(lambda match: match.group(1) or "…", text)
+
+
+def disabled_reason(error: CheckpointError) -> str:
+    """One line for visitors saying why editing is off (no server paths)."""
+    if isinstance(error, MissingWeightsError) and error.filename:
+        return f"Editing is disabled: the weight file `{error.filename}` is not installed on this server."
+    return f"Editing is disabled: the weights could not be loaded ({public_message(str(error))})."
+
+
 def weights_notice(editor: PortraitEditor | CheckpointError, text_error: str | None = None) -> str:
-    """Markdown telling the visitor what the loaded weights are: missing (and how to get them), untrained, or fine."""
+    """Markdown telling the visitor what the loaded weights are: missing (and how to get them), untrained, or fine.
+    It names files relative to the app, never the server's absolute paths."""
     if isinstance(editor, CheckpointError):
-        return (f"### ⚠️ Model weights are missing, so editing is disabled\n{editor}\n\n"
-                "Put the files in `checkpoints/` (see `checkpoints/README.md` for sources and licences) or start "
-                "the app with `python app.py --weights DIR` (or `THREEDPE_WEIGHTS=DIR`). To try the interface "
-                "without downloads: `python -m threedpe tiny-weights DIR` writes an untrained set.")
+        return (f"### ⚠️ {disabled_reason(editor)}\n"
+                "Whoever runs this app can put the released files in `checkpoints/` (sources and licences: "
+                "`checkpoints/README.md`) or start it with `python app.py --weights DIR`. To try the interface without "
+                "downloads: `python -m threedpe tiny-weights DIR` writes an untrained set.")
     notes = []
     if editor.untrained:
         notes.append("### ⚠️ Untrained weights\nThis app runs on randomly initialised (untrained) weights: the "
@@ -87,26 +112,25 @@ def weights_notice(editor: PortraitEditor | CheckpointError, text_error: str | N
     return "\n\n".join(notes)
 
 
-def view_angles(yaw_degrees: float, pitch_degrees: float) -> tuple[float, float]:
-    """Slider angles in degrees relative to the frontal view -> the renderer's (yaw, pitch) in radians."""
-    return math.pi / 2 + math.radians(yaw_degrees), math.pi / 2 + math.radians(pitch_degrees)
-
-
 @dataclass
 class StoredEdit:
     """A finished edit as plain CPU data: ``planes`` (1, 96, P, P) float32, the aligned input and the reference
-    (RGB images), seconds per stage and the notes (warnings) of the edit."""
+    (RGB images), seconds per stage, notes for the user, the anchor's label (text edits), and ``id``, which names
+    the edit's folder of output files."""
 
     planes: np.ndarray
     image: Image.Image
     reference: Image.Image
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    anchor: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod
     def from_result(cls, result: EditResult) -> StoredEdit:
         return cls(planes=result.planes.detach().float().cpu().numpy(), image=result.image,
-                   reference=result.reference, timings=dict(result.timings), notes=list(result.warnings))
+                   reference=result.reference, timings=dict(result.timings), notes=list(result.warnings),
+                   anchor=result.anchor)
 
     def result(self, editor: PortraitEditor) -> EditResult:
         """An ``EditResult`` that renders these tri-planes with ``editor`` (no re-encoding)."""
@@ -117,29 +141,66 @@ class StoredEdit:
         """A copy with more stage timings (the stored planes are shared, not copied)."""
         return replace(self, timings={**self.timings, **seconds})
 
+    def folder(self, session: Path) -> Path:
+        """This edit's output folder inside the session's folder."""
+        folder = session / self.id
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
 
 @dataclass
-class EditViews:
-    """What the page shows right after an edit: the stored edit, the 3-view strip, the frontal view and depth."""
+class EditFiles:
+    """What the page shows right after an edit: the stored edit and its image files (aligned input, reference,
+    3-view strip, frontal view, depth)."""
 
     edit: StoredEdit
-    strip: Image.Image
-    view: Image.Image
-    depth: Image.Image
+    aligned: Path
+    reference: Path
+    views: Path
+    view: Path
+    depth: Path
 
 
-def timings_markdown(edit: StoredEdit) -> str:
-    """One line of measured seconds per stage, in pipeline order, followed by the edit's notes."""
-    names = {"align": "align", "reference": "reference", "encode": "encode", "render": "render (3 views + depth)",
-             "video": "orbit video", "mesh": "mesh"}
-    parts = [f"{label} **{edit.timings[key]:.2f} s**" for key, label in names.items() if key in edit.timings]
+STAGE_LABELS = {"align": "align", "reference": "reference", "encode": "encode", "render": "render (3 views + depth)",
+                "video": "orbit video", "mesh": "mesh"}
+
+
+def status_markdown(edit: StoredEdit) -> str:
+    """Measured seconds per stage in pipeline order, the anchor a text instruction was applied to, and the notes."""
+    parts = [f"{label} **{edit.timings[key]:.2f} s**" for key, label in STAGE_LABELS.items() if key in edit.timings]
     lines = ["⏱️ " + " · ".join(parts)] if parts else []
+    if edit.anchor:
+        lines.append(f"🧑 The instruction was applied to the anchor portrait: **{edit.anchor}**.")
     lines += [f"ℹ️ {note}" for note in edit.notes]
     return "\n\n".join(lines)
 
 
+def view_name(yaw: float, pitch: float) -> str:
+    """File name of a free view, e.g. ``view_yaw30_pitch-10.png`` (degrees from frontal)."""
+    return f"view_yaw{yaw:g}_pitch{pitch:g}.png"
+
+
+class StopFlag:
+    """A session's stop request as a file, so that it reaches the work in another thread or process (ZeroGPU runs
+    GPU functions in a forked worker). Calling it says whether the stop was requested; picklable."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self) -> bool:
+        return self.path.exists()
+
+    def set(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class SessionFiles:
-    """One temporary folder per browser session under ``root``, removed when the session ends."""
+    """One temporary folder per browser session under ``root`` (outputs and the stop flag), removed when the
+    session ends."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else Path(tempfile.gettempdir()) / "threedpe-sessions"
@@ -152,6 +213,9 @@ class SessionFiles:
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def stop_flag(self, session_hash: str | None) -> StopFlag:
+        return StopFlag(self.folder(session_hash) / ".stop")
 
     def close(self, session_hash: str | None) -> None:
         """Delete the session's folder and everything in it."""
@@ -168,45 +232,106 @@ class SessionFiles:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+class RateLimitError(ValueError):
+    """A session asked for more work than the app allows in a window of time."""
+
+
+class RateLimiter:
+    """At most ``limit`` actions per ``window_s`` seconds for each key (a browser session)."""
+
+    def __init__(self, limit: int = EDITS_PER_WINDOW, window_s: float = RATE_WINDOW_S):
+        self.limit, self.window_s = limit, window_s
+        self._times: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def take(self, key: str, what: str = "edits") -> None:
+        """Count one action for ``key``, or raise :class:`RateLimitError` saying when to try again."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._times[key]
+            while times and times[0] <= now - self.window_s:
+                times.popleft()
+            if len(times) >= self.limit:
+                wait = math.ceil(times[0] + self.window_s - now)
+                raise RateLimitError(f"Too many {what} from this session ({self.limit} in {self.window_s / 60:g} "
+                                     f"minutes); please try again in {wait // 60} min {wait % 60} s.")
+            times.append(now)
+
+
+def check_upload(path: str, reference: bool = False) -> list[str]:
+    """Read an uploaded file as the pipeline will; raises ``ImageError`` for anything that is not a usable image.
+    Returns notes for a reference that will make a poor style prompt."""
+    image = load_image(path, max_pixels=MAX_PIXELS)
+    return reference_notes(image) if reference else []
+
+
 class DemoRunner:
-    """The app's GPU work on one shared, read-only editor. Methods take and return picklable values."""
+    """The app's GPU work on one shared, read-only editor. Methods take and return picklable values; one runs at
+    a time (a stopped computation finishes its current step before the next one starts)."""
 
     def __init__(self, editor: PortraitEditor):
         self.editor = editor
+        self._lock = threading.Lock()
 
-    def edit(self, photo: ImageInput, reference: ImageInput | None = None, prompt: str | None = None, *,
-             settings: EditSettings | None = None, seed: int = 0, anchor: int = 0,
-             use_own_photo: bool = False) -> EditViews:
-        """Edit ``photo`` (reference image or instruction), then render the strip, the frontal view and depth."""
-        result = self.editor(photo, reference=reference, prompt=prompt, settings=settings, seed=seed, anchor=anchor,
-                             use_own_photo=use_own_photo)
+    def edit(self, photo: ImageInput, session: Path, stop: StopFlag | None = None, reference: ImageInput | None = None,
+             prompt: str | None = None, *, align_reference: bool = False, settings: EditSettings | None = None,
+             seed: int = 0, anchor: int | str = 0, use_own_photo: bool = False) -> EditFiles:
+        """Edit ``photo`` (reference image or instruction), then write the aligned input, the reference, the 3-view
+        strip, the frontal view and depth into a new folder of ``session``."""
+        with self._lock:
+            photo = load_image(photo, max_pixels=MAX_PIXELS)
+            if reference is not None:
+                reference = load_image(reference, max_pixels=MAX_PIXELS)
+            result = self.editor(photo, reference=reference, prompt=prompt, align_reference=align_reference,
+                                 settings=settings, seed=seed, anchor=anchor, use_own_photo=use_own_photo, cancel=stop)
+            start = time.perf_counter()
+            strip = result.strip(cancel=stop)
+            view, depth = result.view(), result.depth()
+            edit = StoredEdit.from_result(result).timed(render=time.perf_counter() - start)
+        folder = edit.folder(session)
+        files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
+                 "views": folder / "views.png", "view": folder / view_name(0, 0), "depth": folder / "depth.png"}
+        for key, image in (("aligned", result.image), ("reference", result.reference), ("views", strip),
+                           ("view", view), ("depth", depth)):
+            image.save(files[key])
+        return EditFiles(edit, **files)
+
+    def view(self, edit: StoredEdit, session: Path, yaw: float, pitch: float) -> Path:
+        """The stored edit seen from (yaw, pitch) in degrees from frontal, written as ``view_yaw.._pitch...png``."""
+        with self._lock:
+            image = edit.result(self.editor).view(yaw, pitch)
+        path = edit.folder(session) / view_name(yaw, pitch)
+        image.save(path)
+        return path
+
+    def video(self, edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None
+              ) -> tuple[Path, StoredEdit]:
+        """An orbit video (``orbit.mp4``, ``frames`` frames) of the stored edit; the edit with its timing."""
         start = time.perf_counter()
-        strip, view, depth = result.strip(), result.view(), result.depth()
-        stored = StoredEdit.from_result(result).timed(render=time.perf_counter() - start)
-        return EditViews(stored, strip, view, depth)
-
-    def view(self, edit: StoredEdit, yaw: float, pitch: float) -> Image.Image:
-        """The stored edit seen from (yaw, pitch) in radians (see :func:`view_angles`)."""
-        return edit.result(self.editor).view(yaw, pitch)
-
-    def video(self, edit: StoredEdit, folder: Path, frames: int) -> tuple[Path, StoredEdit]:
-        """An orbit video (mp4, ``frames`` frames) of the stored edit in ``folder``; the edit with its timing."""
-        start = time.perf_counter()
-        path = edit.result(self.editor).video(folder / f"orbit-{uuid.uuid4().hex[:8]}.mp4", num_frames=frames)
+        with self._lock:
+            path = edit.result(self.editor).video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
         return path, edit.timed(video=time.perf_counter() - start)
 
-    def mesh(self, edit: StoredEdit, folder: Path, resolution: int) -> tuple[Path, Path, StoredEdit]:
-        """The coloured mesh of the stored edit as GLB and PLY in ``folder``; the edit with its timing."""
+    def mesh(self, edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None
+             ) -> tuple[Path, Path, StoredEdit]:
+        """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply``; the edit with its timing."""
         start = time.perf_counter()
-        stem = folder / f"mesh-{uuid.uuid4().hex[:8]}"
-        glb, ply = edit.result(self.editor).mesh(stem.with_suffix(".glb"), stem.with_suffix(".ply"),
-                                                 resolution=resolution)
+        folder = edit.folder(session)
+        with self._lock:
+            glb, ply = edit.result(self.editor).mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution,
+                                                     cancel=stop)
         return glb, ply, edit.timed(mesh=time.perf_counter() - start)
+
+    def anchor(self, name: str) -> Image.Image:
+        """The anchor portrait ``name`` (an EG3D sample is rendered on first use, then cached on disk)."""
+        with self._lock:
+            return self.editor.anchors[self.editor.text_reference.anchor_index(name)].image()
 
     # ZeroGPU durations (seconds of GPU time to reserve), from the same arguments as the methods above.
     @staticmethod
-    def edit_duration(photo: ImageInput, reference: ImageInput | None = None, prompt: str | None = None, *,
-                      settings: EditSettings | None = None, use_own_photo: bool = False, **_: object) -> int:
+    def edit_duration(photo: ImageInput, session: Path, stop: StopFlag | None = None,
+                      reference: ImageInput | None = None, prompt: str | None = None, *,
+                      settings: EditSettings | None = None, **_: object) -> int:
         """A few seconds for a reference edit; a text edit may add one InstructPix2Pix run (~0.1 s per step at 512^2
         in fp16, three UNet passes per step)."""
         if prompt is None:
@@ -215,13 +340,18 @@ class DemoRunner:
         return 20 + math.ceil(settings.steps * 0.15 * (settings.resolution / 512) ** 2)
 
     @staticmethod
-    def view_duration(edit: StoredEdit, yaw: float, pitch: float) -> int:
+    def view_duration(edit: StoredEdit, session: Path, yaw: float, pitch: float) -> int:
         return 5
 
     @staticmethod
-    def video_duration(edit: StoredEdit, folder: Path, frames: int) -> int:
+    def video_duration(edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None) -> int:
         return 10 + math.ceil(frames * 0.1)
 
     @staticmethod
-    def mesh_duration(edit: StoredEdit, folder: Path, resolution: int) -> int:
+    def mesh_duration(edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None) -> int:
         return 10 + math.ceil(10 * (resolution / 256) ** 3)  # one resolution^3 density grid
+
+    @staticmethod
+    def anchor_duration(name: str) -> int:
+        return 10
+

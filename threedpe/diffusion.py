@@ -27,22 +27,32 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 import torch
 from PIL import Image
 
+from threedpe.anchors import Anchor
+from threedpe.cancel import CancelSignal, check
+
 logger = logging.getLogger(__name__)
+
+
+class _TorchvisionFallbackNote(logging.Filter):
+    """Drops transformers' note that its image processors fall back to PIL without torchvision: this project never
+    uses them (diffusers imports them), and the note would greet every user at start-up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackNote())
 
 INSTRUCT_PIX2PIX_REPO = "timbrooks/instruct-pix2pix"
 # Commit of the Hub repo that the defaults were chosen against (pinned so a repo update cannot change results).
 INSTRUCT_PIX2PIX_REVISION = "93224554bd65f19b6f0c99cbcce3a4ac59bb6382"
-ANCHOR_DIR = Path(__file__).resolve().parents[1] / "examples" / "anchors"
-
-CancelSignal = threading.Event | Callable[[], bool]
-
 
 class PromptError(ValueError):
     """The instruction cannot be used as given (empty, or longer than the text encoder's context)."""
 
 
-class EditCancelled(RuntimeError):
-    """The caller asked to stop a running 2D edit."""
+class SettingsError(ValueError):
+    """Sampling settings that cannot work (no steps, guidance that would switch itself off, odd resolution)."""
 
 
 @dataclass(frozen=True)
@@ -61,13 +71,13 @@ class EditSettings:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise SettingsError(f"steps must be >= 1, got {self.steps}")
         if self.text_guidance <= 1.0:
-            raise ValueError(f"text_guidance must be > 1 (guidance is disabled otherwise), got {self.text_guidance}")
+            raise SettingsError(f"text_guidance must be > 1 (guidance is disabled otherwise), got {self.text_guidance}")
         if self.image_guidance < 1.0:
-            raise ValueError(f"image_guidance must be >= 1 (guidance is disabled otherwise), got {self.image_guidance}")
+            raise SettingsError(f"image_guidance must be >= 1 (guidance is disabled otherwise), got {self.image_guidance}")
         if self.resolution < 64 or self.resolution % 64:
-            raise ValueError(f"resolution must be a positive multiple of 64, got {self.resolution}")
+            raise SettingsError(f"resolution must be a positive multiple of 64, got {self.resolution}")
 
 
 def normalise_instruction(instruction: str) -> str:
@@ -76,12 +86,6 @@ def normalise_instruction(instruction: str) -> str:
     if not text:
         raise PromptError("the instruction is empty; describe the edit, e.g. 'make it a bronze statue'")
     return text
-
-
-def _is_cancelled(cancel: CancelSignal | None) -> bool:
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
 
 
 class ImageEditor2D(Protocol):
@@ -191,7 +195,7 @@ class InstructPix2PixEditor:
     ) -> list[Image.Image]:
         """Edit square RGB images; each image gets its own CPU generator seeded with `seed`, so a result does not
         depend on what else is in the batch (up to float rounding). Returns RGB images of side `settings.resolution`.
-        Progress shows as a tqdm bar; `cancel` is checked after every step and raises `EditCancelled`."""
+        Progress shows as a tqdm bar; `cancel` is checked after every step and raises `Cancelled`."""
         text = self.check_instruction(instruction)
         if not images:
             raise ValueError("no images to edit")
@@ -203,12 +207,10 @@ class InstructPix2PixEditor:
         generators = [torch.Generator("cpu").manual_seed(seed) for _ in inputs]
 
         def stop_if_cancelled(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
-            if _is_cancelled(cancel):
-                raise EditCancelled(f"edit cancelled after step {step + 1} of {settings.steps}")
+            check(cancel, f"after denoising step {step + 1} of {settings.steps}")
             return tensors
 
-        if _is_cancelled(cancel):
-            raise EditCancelled("edit cancelled before it started")
+        check(cancel, "before the 2D edit started")
         result = self.pipeline(
             prompt=[text] * len(inputs),
             image=inputs,
@@ -379,7 +381,7 @@ class TextReference:
     def __init__(
         self,
         editor: ImageEditor2D,
-        anchors: Sequence[Image.Image],
+        anchors: Sequence[Anchor],
         cache_dir: str | os.PathLike[str] | None = None,
         max_disk_bytes: int = 512 << 20,
         max_memory_items: int = 32,
@@ -387,18 +389,29 @@ class TextReference:
         if not anchors:
             raise ValueError("TextReference needs at least one anchor portrait")
         self.editor = editor
-        self.anchors = [anchor.convert("RGB") for anchor in anchors]
-        self._anchor_ids = [image_fingerprint(anchor) for anchor in self.anchors]
+        self.anchors = list(anchors)
+        self._anchor_ids: dict[int, str] = {}
         self.cache = ReferenceCache(cache_dir, max_bytes=max_disk_bytes, max_items=max_memory_items)
         self.stats = CacheStats()
 
-    def cache_key(self, instruction: str, settings: EditSettings, anchor_index: int, seed: int) -> tuple[str, dict]:
+    def anchor_index(self, anchor: int | str) -> int:
+        """The index of an anchor given by index or by name; `PromptError` naming the choices otherwise."""
+        names = [a.name for a in self.anchors]
+        if isinstance(anchor, str) and anchor in names:
+            return names.index(anchor)
+        if isinstance(anchor, int) and 0 <= anchor < len(names):
+            return anchor
+        raise PromptError(f"unknown anchor {anchor!r}: choose one of {', '.join(names)} (or 0..{len(names) - 1})")
+
+    def cache_key(self, instruction: str, settings: EditSettings, anchor: int | str, seed: int) -> tuple[str, dict]:
         """(hex key, the fields it hashes) for a request; the instruction is normalised first."""
-        self._check_anchor_index(anchor_index)
+        index = self.anchor_index(anchor)
+        if index not in self._anchor_ids:
+            self._anchor_ids[index] = image_fingerprint(self.anchors[index].image())
         fields = {
             "instruction": normalise_instruction(instruction),
             "settings": asdict(settings),
-            "anchor": self._anchor_ids[anchor_index],
+            "anchor": self._anchor_ids[index],
             "seed": int(seed),
             "model": self.editor.identity,
         }
@@ -408,12 +421,12 @@ class TextReference:
         self,
         instruction: str,
         settings: EditSettings = EditSettings(),
-        anchor_index: int = 0,
+        anchor: int | str = 0,
         seed: int = 0,
         cancel: CancelSignal | None = None,
     ) -> ReferenceResult:
-        """The anchor `anchor_index` edited by `instruction`: from the cache, or one 2D edit that is then cached."""
-        key, fields = self.cache_key(instruction, settings, anchor_index, seed)
+        """The anchor (index or name) edited by `instruction`: from the cache, or one 2D edit that is then cached."""
+        key, fields = self.cache_key(instruction, settings, anchor, seed)
         cached = self.cache.get(key)
         if cached is not None:
             image, source = cached
@@ -423,7 +436,8 @@ class TextReference:
                 self.stats.disk_hits += 1
             return ReferenceResult(image, key, source)
         self.stats.misses += 1
-        (image,) = self.editor.edit([self.anchors[anchor_index]], fields["instruction"], settings, seed, cancel)
+        anchor_image = self.anchors[self.anchor_index(anchor)].image()
+        (image,) = self.editor.edit([anchor_image], fields["instruction"], settings, seed, cancel)
         self.cache.put(key, image, fields)
         return ReferenceResult(image.copy(), key, "editor")
 
@@ -438,19 +452,3 @@ class TextReference:
         """The "own photo" route: the aligned `photo` itself edited by `instruction` (not cached)."""
         (image,) = self.editor.edit([photo], normalise_instruction(instruction), settings, seed, cancel)
         return image
-
-    def _check_anchor_index(self, anchor_index: int) -> None:
-        if not 0 <= anchor_index < len(self.anchors):
-            raise IndexError(f"anchor_index {anchor_index} out of range: there are {len(self.anchors)} anchors")
-
-
-def default_anchors(folder: str | os.PathLike[str] = ANCHOR_DIR) -> list[Image.Image]:
-    """The anchor portraits (``*.png`` in `folder`, sorted by name) as RGB images (512x512 EG3D-style crops)."""
-    paths = sorted(Path(folder).glob("*.png"))
-    if not paths:
-        raise FileNotFoundError(f"no anchor portraits (*.png) in {folder}")
-    anchors = []
-    for path in paths:
-        with Image.open(path) as file:
-            anchors.append(file.convert("RGB"))
-    return anchors

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
+from threedpe import cameras
 from threedpe.checkpoints import EG3DCheckpoint, load_eg3d, load_into
 from threedpe.rendering import OSGDecoder, RenderingConfig, SuperresolutionHybrid8XDC, render_planes
 from threedpe.stylegan2 import MappingNetwork, SynthesisNetwork
@@ -106,6 +108,16 @@ class TriPlaneGenerator(nn.Module):
             c = torch.zeros_like(c)
         return self.backbone.mapping(z, c * self.cfg.c_scale, truncation_psi, truncation_cutoff)
 
+    def sample(self, seed: int, truncation_psi: float = 0.7, conditioning: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The identity of ``seed``: tri-planes (1, 96, P, P) and ws, with the mapping conditioned on
+        ``conditioning`` (1, 25) (default: the frontal camera)."""
+        device = next(self.parameters()).device
+        z = seed_latent(seed, self.cfg.z_dim).to(device)
+        c = (cameras.frontal_camera() if conditioning is None else conditioning).to(device)
+        ws = self.mapping(z, c, truncation_psi=truncation_psi)
+        return self.synthesize_planes(ws), ws
+
     def synthesize_planes(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
         """ws -> tri-planes (B, 96, P, P)."""
         return self.backbone.synthesis(ws, noise_mode=noise_mode)
@@ -124,3 +136,8 @@ class TriPlaneGenerator(nn.Module):
         out["planes"] = planes
         out["ws"] = ws
         return out
+
+
+def seed_latent(seed: int, z_dim: int) -> torch.Tensor:
+    """The latent z (1, z_dim) of ``seed``: ``numpy.random.default_rng(seed)`` standard normal draws in float32."""
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal((1, z_dim), dtype=np.float32))

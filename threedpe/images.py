@@ -17,6 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest accepted image (width × height); larger ones are refused before decoding."""
+FRAMES_KEY = "threedpe_frames"
+"""``Image.info`` key under which :func:`load_image` records how many frames/pages a decoded file held."""
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, np.ndarray, Image.Image]
 
@@ -89,12 +91,21 @@ def _decode(stream: BinaryIO, max_pixels: int, name: str) -> Image.Image:
         raise ImageError(f"{name} could not be read as an image ({error})") from None
     with image:
         _check_size(image.size, max_pixels)
+        frames = getattr(image, "n_frames", 1)
         try:
             image.load()
             image = ImageOps.exif_transpose(image)
         except _DECODE_ERRORS as error:
             raise ImageError(f"{name} is damaged or truncated and cannot be decoded ({error})") from None
-        return _to_rgb(image)
+        rgb = _to_rgb(image)
+    rgb.info[FRAMES_KEY] = frames
+    return rgb
+
+
+def frames_note(image: Image.Image) -> str | None:
+    """A note for a user whose file held several frames or pages (animated GIF/WebP, multi-page TIFF), else None."""
+    frames = image.info.get(FRAMES_KEY, 1)
+    return f"The file holds {frames} frames or pages; the first one was used." if frames > 1 else None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

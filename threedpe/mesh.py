@@ -19,6 +19,7 @@ import trimesh
 from skimage import measure
 from tqdm import tqdm
 
+from threedpe.cancel import CancelSignal, check
 from threedpe.rendering import OSGDecoder, sample_from_planes
 
 BORDER = 30 / 256
@@ -40,10 +41,11 @@ def _grid_points(start: int, stop: int, resolution: int, box_warp: float, device
 
 
 def density_grid(planes: torch.Tensor, decoder: OSGDecoder, resolution: int = 256, box_warp: float = 1.0,
-                 chunk: int = 2 ** 18) -> np.ndarray:
+                 chunk: int = 2 ** 18, cancel: CancelSignal | None = None) -> np.ndarray:
     """Raw density sigma (res, res, res) float32 of tri-planes (1, 96, P, P) on the grid of the module docstring.
 
-    The decoder runs on at most ``chunk`` points at a time, so memory beyond the result is bounded.
+    The decoder runs on at most ``chunk`` points at a time, so memory beyond the result is bounded; ``cancel`` is
+    checked before every chunk.
     """
     if resolution < 2 or chunk < 1:
         raise ValueError(f"need resolution >= 2 and chunk >= 1, got {resolution} and {chunk}")
@@ -51,6 +53,7 @@ def density_grid(planes: torch.Tensor, decoder: OSGDecoder, resolution: int = 25
     grid = np.empty(resolution ** 3, dtype=np.float32)
     with torch.inference_mode():
         for start in tqdm(range(0, grid.size, chunk), desc="density grid", unit="chunk"):
+            check(cancel, f"the mesh after {start // chunk} of {-(-grid.size // chunk)} chunks")
             stop = min(start + chunk, grid.size)
             points = _grid_points(start, stop, resolution, box_warp, planes.device)
             sigma, _ = decoder(sample_from_planes(planes, points[None], box_warp))
@@ -76,7 +79,8 @@ def _vertex_colors(planes: torch.Tensor, decoder: OSGDecoder, points: np.ndarray
 
 
 def extract_mesh(planes: torch.Tensor, decoder: OSGDecoder, resolution: int = 256, level: float = 10.0,
-                 box_warp: float = 1.0, chunk: int = 2 ** 18, border: float = BORDER) -> trimesh.Trimesh:
+                 box_warp: float = 1.0, chunk: int = 2 ** 18, border: float = BORDER,
+                 cancel: CancelSignal | None = None) -> trimesh.Trimesh:
     """Vertex-coloured surface sigma = ``level`` of tri-planes (1, 96, P, P), in world coordinates.
 
     ``border``: fraction of the grid cleared on every side (``int(border * resolution)`` voxels, EG3D's
@@ -86,7 +90,7 @@ def extract_mesh(planes: torch.Tensor, decoder: OSGDecoder, resolution: int = 25
     pad = int(border * resolution)
     if not 0 <= 2 * pad < resolution - 1:
         raise ValueError(f"border {border} leaves no grid inside it at resolution {resolution}")
-    grid = density_grid(planes, decoder, resolution, box_warp, chunk)
+    grid = density_grid(planes, decoder, resolution, box_warp, chunk, cancel)
     inside = grid[pad:resolution - pad, pad:resolution - pad, pad:resolution - pad]
     low, high = float(inside.min()), float(inside.max())
     if pad:

@@ -2,43 +2,87 @@
 
 photo --alignment--> 512^2 EG3D crop --editor (+ reference image, or a text instruction turned into a
 reference by InstructPix2Pix)--> tri-planes --renderer--> any view, the 3-view strip, an orbit video,
-a depth image, a mesh.
+a depth image, a mesh. Views are given in degrees from the frontal view (see :mod:`threedpe.cameras`).
 
-    editor = PortraitEditor.from_pretrained("checkpoints").to("cuda")
+    editor = PortraitEditor.from_pretrained("checkpoints").to("cuda" if torch.cuda.is_available() else "cpu")
     result = editor("me.jpg", prompt="Make him resemble a young child")
     result.strip().save("strip.png"); result.video("orbit.mp4"); result.mesh("head.glb")
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from threedpe import cameras
-from threedpe.alignment import AlignedFace, align_face, prepare_reference
-from threedpe.checkpoints import MissingWeightsError, load_3dpe, resolve_first, resolve_weight
-from threedpe.diffusion import (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, CancelSignal, EditSettings,
-                                InstructPix2PixEditor, PromptError, TextReference, default_anchors)
+from threedpe.alignment import AlignedFace, NoFaceError, align_face
+from threedpe.alignment import align_reference as align_reference_photo
+from threedpe.anchors import Anchor, eg3d_anchors, shipped_anchors
+from threedpe.cancel import CancelSignal, Cancelled, check
+from threedpe.checkpoints import CheckpointError, MissingWeightsError, load_3dpe, resolve_first, resolve_weight
+from threedpe.diffusion import (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, EditSettings, InstructPix2PixEditor,
+                                PromptError, SettingsError, TextReference)
 from threedpe.editor import EditorModel
 from threedpe.encoder import preprocess_input, preprocess_reference
-from threedpe.images import ImageInput, load_image
+from threedpe.images import ImageError, ImageInput, frames_note, load_image
 from threedpe.mesh import export_mesh, extract_mesh
 from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, write_mp4
 
 EDITOR_WEIGHTS = ("3dpe.safetensors", "3dpe.pt")  # converted first, then the released file
+EG3D_WEIGHTS = ("ffhqrebalanced512-128.safetensors", "ffhqrebalanced512-128.pth", "ffhqrebalanced512-128.pkl")
 TEXT_MODEL_FOLDER = "instruct-pix2pix"
 HUB_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 RENDER_CACHE_SIZE = 4  # rendered views an EditResult keeps
+MIN_REFERENCE_SIDE = 64
 UNTRAINED_NOTE = "UNTRAINED random weights: outputs are noise, for trying the app and the API only."
+
+
+class DeviceError(ValueError):
+    """The device asked for does not exist on this machine."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA when available, else CPU; a device CUDA cannot serve is refused with a clear message."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {str(device)!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        raise DeviceError(f"device {str(device)!r} was asked for, but CUDA is not available here (torch "
+                         f"{torch.__version__}, {build}); use 'cpu' or 'auto'")
+    return resolved
+
+
+# Errors a user can act on (their messages say what to do); the app and the CLI show them without a traceback.
+USER_ERRORS = (ImageError, NoFaceError, CheckpointError, PromptError, SettingsError, DeviceError, Cancelled)
+
+
+def reference_notes(image: Image.Image) -> list[str]:
+    """Warnings about a reference image that will make a poor style prompt: tiny, uniform or noise-like."""
+    notes = []
+    if min(image.size) < MIN_REFERENCE_SIDE:
+        notes.append(f"The reference is only {image.width}×{image.height} pixels; it is enlarged to 224×224 for the "
+                     "editor, so its style will be mostly blur. A reference of 256 pixels or more works better.")
+    gray = image.convert("L")
+    full = float(np.asarray(gray, dtype=np.float32).std())
+    coarse = float(np.asarray(gray.resize((16, 16), Image.Resampling.BOX), dtype=np.float32).std())
+    if full < 3.0:
+        notes.append("The reference is nearly uniform (no visible structure); the edit will have little to copy.")
+    elif coarse < 0.2 * full:
+        notes.append("The reference looks like noise (no large-scale structure); a portrait in the target style "
+                     "works best.")
+    return notes
 
 
 @dataclass
@@ -47,7 +91,10 @@ class EditResult:
 
     ``planes`` (1, 96, P, P) float32 on the editor's device; ``image`` the 512^2 (aligned) input;
     ``reference`` the reference image the editor saw; ``edited_2d`` the InstructPix2Pix output of a text
-    edit (else None); ``timings`` seconds per stage ('align', 'reference', 'encode').
+    edit (else None); ``anchor`` the label of the anchor portrait a text instruction was applied to (None for a
+    reference edit or the own-photo route); ``timings`` seconds per stage ('align', 'reference', 'encode');
+    ``warnings`` notes for the user. Views take degrees from the frontal view: positive ``yaw`` moves the camera to
+    the right of the frontal image, positive ``pitch`` moves it down.
     """
 
     planes: torch.Tensor
@@ -56,17 +103,18 @@ class EditResult:
     editor: PortraitEditor
     alignment: AlignedFace | None = None
     edited_2d: Image.Image | None = None
+    anchor: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     _renders: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (yaw, pitch) -> outputs
 
     def _render(self, yaw: float, pitch: float) -> dict[str, torch.Tensor]:
-        """Renderer outputs (batch of 1) from (yaw, pitch). Rendering is deterministic, so the last few views
-        are kept: the strip, the frontal view and the depth image of an edit share their renders."""
+        """Renderer outputs (batch of 1) from (yaw, pitch) in degrees. Rendering is deterministic, so the last few
+        views are kept: the strip, the frontal view and the depth image of an edit share their renders."""
         key = (float(yaw), float(pitch))
         if key not in self._renders:
-            cams = cameras.camera(*key).to(self.planes.device)
+            cams = cameras.camera(*cameras.from_degrees(*key)).to(self.planes.device)
             with torch.inference_mode():
                 out = self.editor.model.render(self.planes, cams, deterministic=True)
             self._renders[key] = {k: out[k] for k in ("image", "image_depth", "weight_total")}
@@ -75,25 +123,29 @@ class EditResult:
         self._renders.move_to_end(key)
         return self._renders[key]
 
-    def view(self, yaw: float = math.pi / 2, pitch: float = math.pi / 2) -> Image.Image:
-        """The portrait from (yaw, pitch) in radians (frontal = pi/2, pi/2), as an RGB image."""
+    def view(self, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
+        """The portrait from (yaw, pitch) in degrees from the frontal view, as an RGB image."""
         return Image.fromarray(to_uint8(self._render(yaw, pitch)["image"][0]))
 
-    def views(self, views: list[tuple[float, float]]) -> list[Image.Image]:
-        """Several (yaw, pitch) views, rendered one at a time to bound memory."""
-        return [self.view(yaw, pitch) for yaw, pitch in views]
+    def views(self, views: list[tuple[float, float]], cancel: CancelSignal | None = None) -> list[Image.Image]:
+        """Several (yaw, pitch) views in degrees, rendered one at a time to bound memory."""
+        images = []
+        for index, (yaw, pitch) in enumerate(views):
+            check(cancel, f"after {index} of {len(views)} views")
+            images.append(self.view(yaw, pitch))
+        return images
 
-    def strip(self, spread: float = math.pi / 6) -> Image.Image:
-        """The official 3-view strip (yaw pi/2 - spread, pi/2, pi/2 + spread) side by side."""
-        images = self.views(cameras.three_views(spread))
+    def strip(self, spread: float = 30.0, cancel: CancelSignal | None = None) -> Image.Image:
+        """The official 3-view strip: yaw -spread, 0, +spread degrees at pitch 0, side by side."""
+        images = self.views([(-spread, 0.0), (0.0, 0.0), (spread, 0.0)], cancel)
         w, h = images[0].size
         strip = Image.new("RGB", (w * len(images), h))
         for i, image in enumerate(images):
             strip.paste(image, (i * w, 0))
         return strip
 
-    def depth(self, yaw: float = math.pi / 2, pitch: float = math.pi / 2) -> Image.Image:
-        """Depth from (yaw, pitch) as a grayscale image at the output size: near = bright, empty space = black."""
+    def depth(self, yaw: float = 0.0, pitch: float = 0.0) -> Image.Image:
+        """Depth from (yaw, pitch) in degrees as a grayscale image at the output size: near = bright, empty = black."""
         out = self._render(yaw, pitch)
         depth, opacity = out["image_depth"][0, 0], out["weight_total"][0, 0]
         solid = opacity > 0.5
@@ -108,34 +160,46 @@ class EditResult:
         return Image.fromarray((shade * 255).round().byte().cpu().numpy(), mode="L")
 
     def video(self, path: str | os.PathLike, num_frames: int = 120, fps: float = ORBIT_FPS / 2, batch: int = 1,
-              cancel: Callable[[], bool] | None = None) -> Path:
+              cancel: CancelSignal | None = None) -> Path:
         """Orbit video (H.264 mp4) along the official camera path; deterministic frames (no flicker)."""
         render_view = triplane_view(self.editor.model.renderer, self.planes, deterministic=True)
         return write_mp4(render_orbit(render_view, num_frames, batch=batch, cancel=cancel), path, fps=fps)
 
-    def mesh(self, *paths: str | os.PathLike, resolution: int = 256, level: float = 10.0) -> list[Path]:
+    def mesh(self, *paths: str | os.PathLike, resolution: int = 256, level: float = 10.0,
+             cancel: CancelSignal | None = None) -> list[Path]:
         """Coloured mesh of the density surface sigma = ``level`` on a ``resolution``^3 grid, extracted once
         and written to every path (.glb, .ply or .obj by suffix)."""
         model = self.editor.model
         mesh = extract_mesh(self.planes, model.renderer.decoder, resolution=resolution, level=level,
-                            box_warp=model.config.rendering.box_warp)
+                            box_warp=model.config.rendering.box_warp, cancel=cancel)
         return [export_mesh(mesh, path) for path in paths]
 
 
 def default_cache_dir() -> Path:
-    """Where text references are cached on disk: ``$THREEDPE_CACHE`` or ``~/.cache/threedpe/references``."""
+    """Where text references (and rendered anchors, in ``anchors/``) are cached on disk: ``$THREEDPE_CACHE`` or
+    ``~/.cache/threedpe/references``."""
     return Path(os.environ.get("THREEDPE_CACHE", Path.home() / ".cache" / "threedpe" / "references")).expanduser()
 
 
+def local_eg3d_weights(folder: str | os.PathLike) -> Path | None:
+    """The EG3D generator file in ``folder`` (converted first), or None; nothing is downloaded for it."""
+    return next((Path(folder) / name for name in EG3D_WEIGHTS if (Path(folder) / name).is_file()), None)
+
+
 class PortraitEditor:
-    """Real-time 3D-aware portrait editing (3DPE): ``editor(photo, reference=...)`` or ``editor(photo, prompt=...)``."""
+    """Real-time 3D-aware portrait editing (3DPE): ``editor(photo, reference=...)`` or ``editor(photo, prompt=...)``.
+
+    Loads on the CPU in float32 (diffusers' convention); move it with :meth:`to`.
+    """
 
     def __init__(self, model: EditorModel, text_model: str | os.PathLike | None = None,
-                 text_revision: str | None = INSTRUCT_PIX2PIX_REVISION, cache_dir: str | os.PathLike | None = None):
+                 text_revision: str | None = INSTRUCT_PIX2PIX_REVISION, cache_dir: str | os.PathLike | None = None,
+                 anchors: list[Anchor] | None = None):
         self.model = model.eval()
         self.text_model = text_model or INSTRUCT_PIX2PIX_REPO
         self.text_revision = text_revision
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.anchors = anchors if anchors is not None else shipped_anchors()
         self._text: TextReference | None = None
 
     @property
@@ -153,10 +217,12 @@ class PortraitEditor:
         """Load from a weight folder (default ``$THREEDPE_WEIGHTS`` or ``checkpoints/``), else the Hub.
 
         ``source`` is a folder or a Hub repository id (``owner/name``; the same as ``repo_id=``), read at
-        ``revision`` (a commit sha, or ``$THREEDPE_HUB_REVISION``). The folder holds ``3dpe.safetensors`` + ``3dpe.json`` (converted) or the released ``3dpe.pt``,
-        and optionally ``instruct-pix2pix/`` (diffusers layout; otherwise ``timbrooks/instruct-pix2pix``
-        is loaded from the Hub on the first text edit). Text references are cached in memory and in
-        ``cache_dir`` (default :func:`default_cache_dir`). Raises ``MissingWeightsError`` naming what is missing.
+        ``revision`` (a commit sha, or ``$THREEDPE_HUB_REVISION``). The folder holds ``3dpe.safetensors`` +
+        ``3dpe.json`` (converted) or the released ``3dpe.pt``; optionally ``instruct-pix2pix/`` (diffusers layout;
+        otherwise ``timbrooks/instruct-pix2pix`` is loaded from the Hub on the first text edit) and the EG3D generator
+        (whose frontal samples then serve as anchor portraits for text edits, beside the shipped photos). Text
+        references are cached in memory and in ``cache_dir`` (default :func:`default_cache_dir`). ``device``: None
+        (CPU), ``"auto"``, or a device. Raises ``MissingWeightsError`` naming what is missing.
         """
         if source is not None and not Path(source).expanduser().exists() and HUB_REPO_ID.fullmatch(str(source)):
             source, repo_id = None, str(source)
@@ -165,7 +231,7 @@ class PortraitEditor:
             weights = resolve_first(EDITOR_WEIGHTS, local_dir=folder, repo_id=repo_id, revision=revision)
         except MissingWeightsError as missing:
             raise MissingWeightsError(f"no 3DPE editor weights (3dpe.pt, or its converted 3dpe.safetensors + "
-                                      f"3dpe.json) in {folder.resolve()}: {missing}") from None
+                                      f"3dpe.json): {missing}", filename="3dpe.pt", folder=folder) from None
         if weights.suffix == ".safetensors":  # its config must sit beside it (the Hub keeps a snapshot together)
             resolve_weight(weights.with_suffix(".json").name, local_dir=folder, repo_id=repo_id, revision=revision)
         model = EditorModel.from_checkpoint(load_3dpe(weights))
@@ -173,16 +239,22 @@ class PortraitEditor:
         text_model = local_text if (local_text / "model_index.json").is_file() else None
         editor = cls(model, text_model=text_model, text_revision=None if text_model else INSTRUCT_PIX2PIX_REVISION,
                      cache_dir=cache_dir)
+        generator = local_eg3d_weights(folder)
+        if generator is not None:
+            editor.anchors = eg3d_anchors(generator, editor.cache_dir / "anchors",
+                                          device=lambda: editor.device) + editor.anchors
         return editor.to(device, dtype)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PortraitEditor:
-        """Move to ``device``; ``dtype`` applies to the encoder (the renderer stays float32 for accuracy)."""
+        """Move to ``device`` (``"auto"``: CUDA when available); ``dtype`` applies to the encoder (the renderer stays
+        float32 for accuracy). A CUDA device on a machine without CUDA is refused with a clear ``DeviceError``."""
         if device is not None:
+            device = resolve_device(device)
             self.model.to(device)
+            if self._text is not None:
+                self._text.editor.to(device)
         if dtype is not None:
             self.model.encoder.to(dtype)
-        if self._text is not None and device is not None:
-            self._text.editor.to(device)
         return self
 
     @property
@@ -191,50 +263,62 @@ class PortraitEditor:
         if self._text is None:
             editor = InstructPix2PixEditor.from_pretrained(self.text_model, revision=self.text_revision,
                                                            device=self.device)
-            self._text = TextReference(editor, default_anchors(), cache_dir=self.cache_dir)
+            self._text = TextReference(editor, self.anchors, cache_dir=self.cache_dir)
         return self._text
 
-    def align(self, image: ImageInput, aligned: bool = False) -> tuple[Image.Image, AlignedFace | None]:
-        """The editor's input crop: detected + EG3D-aligned, or (``aligned=True``) the photo resized as it is."""
+    def align(self, image: ImageInput, aligned: bool = False) -> tuple[Image.Image, AlignedFace | None, list[str]]:
+        """The editor's input crop, the detection (None when ``aligned``) and notes for the user: detected +
+        EG3D-aligned, or (``aligned=True``) the photo resized as it is."""
         if aligned:
+            photo = load_image(image)
             size = self.model.config.encoder.image_size
-            return load_image(image).resize((size, size), Image.BICUBIC), None
+            return photo.resize((size, size), Image.Resampling.BICUBIC), None, [n for n in (frames_note(photo),) if n]
         face = align_face(image)
-        return face.image, face
+        return face.image, face, list(face.warnings)
 
     def __call__(self, image: ImageInput, reference: ImageInput | None = None, prompt: str | None = None, *,
-                 aligned: bool = False, align_reference: bool = True, use_own_photo: bool = False,
-                 settings: EditSettings | None = None, seed: int = 0, anchor: int = 0,
+                 aligned: bool = False, align_reference: bool = False, anchor: int | str = 0,
+                 use_own_photo: bool = False, settings: EditSettings | None = None, seed: int = 0,
                  cancel: CancelSignal | None = None) -> EditResult:
         """Edit a portrait with a reference image or a text instruction (exactly one of them).
 
-        image: a photo (path, bytes, array or PIL); it is aligned unless ``aligned=True``.
-        reference: an image whose style is applied; aligned like the photo when it shows a face.
-        prompt: an InstructPix2Pix instruction, applied to an anchor portrait (cached; ``anchor`` picks it)
-        or, with ``use_own_photo=True``, to the aligned photo itself (slower, not cached).
+        image: a photo (path, bytes, array or PIL); it is detected and aligned unless ``aligned=True``.
+        reference: an image whose style is applied, used as given (the official preprocessing resizes it); with
+        ``align_reference=True`` a raw reference photo is aligned like the input first (an aligned crop is kept).
+        prompt: an InstructPix2Pix instruction, applied to an anchor portrait (cached; ``anchor`` is its index or
+        name, see ``self.anchors``) or, with ``use_own_photo=True``, to the aligned photo itself (not cached).
+        cancel: checked between the stages and the denoising steps; raises ``threedpe.cancel.Cancelled``.
         """
         if (reference is None) == (prompt is None):
             raise ValueError("give either a reference image or a text instruction (exactly one)")
+        if prompt is not None:
+            prompt = self.text_reference.editor.check_instruction(prompt)  # before any work: fails fast
+            settings = settings or EditSettings()
+            anchor_index = None if use_own_photo else self.text_reference.anchor_index(anchor)
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        crop, face = self.align(image, aligned)
+        crop, face, notes = self.align(image, aligned)
         timings["align"] = time.perf_counter() - start
 
+        check(cancel, "before the reference")
         start = time.perf_counter()
-        edited_2d = None
-        if prompt is not None:
-            settings = settings or EditSettings()
-            if use_own_photo:
-                edited_2d = self.text_reference.edit_photo(crop, prompt, settings, seed=seed, cancel=cancel)
+        edited_2d, anchor_label = None, None
+        if prompt is None:
+            if align_reference:
+                ref_image, note = align_reference_photo(reference)
+                notes.append(note)
             else:
-                if not 0 <= anchor < len(self.text_reference.anchors):
-                    raise PromptError(f"anchor {anchor} does not exist (there are {len(self.text_reference.anchors)})")
-                edited_2d = self.text_reference.reference(prompt, settings, anchor, seed, cancel=cancel).image
-            ref_image = edited_2d
+                ref_image = load_image(reference)
+            notes += [note for note in (frames_note(ref_image),) if note] + reference_notes(ref_image)
+        elif use_own_photo:
+            ref_image = edited_2d = self.text_reference.edit_photo(crop, prompt, settings, seed=seed, cancel=cancel)
         else:
-            ref_image = prepare_reference(reference) if align_reference else load_image(reference)
+            ref_image = edited_2d = self.text_reference.reference(prompt, settings, anchor_index, seed,
+                                                                  cancel=cancel).image
+            anchor_label = self.anchors[anchor_index].label
         timings["reference"] = time.perf_counter() - start
 
+        check(cancel, "before encoding")
         start = time.perf_counter()
         x = preprocess_input(crop, self.model.config.encoder.image_size).to(self.device)
         ref = preprocess_reference(ref_image).to(self.device)
@@ -243,8 +327,7 @@ class PortraitEditor:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         timings["encode"] = time.perf_counter() - start
-        warnings = list(face.warnings) if face is not None else []
         if self.untrained:
-            warnings.append(UNTRAINED_NOTE)
+            notes.append(UNTRAINED_NOTE)
         return EditResult(planes=planes, image=crop, reference=ref_image, editor=self, alignment=face,
-                          edited_2d=edited_2d, timings=timings, warnings=warnings)
+                          edited_2d=edited_2d, anchor=anchor_label, timings=timings, warnings=notes)

@@ -15,14 +15,11 @@ import torch
 from tqdm import tqdm
 
 from threedpe import cameras
+from threedpe.cancel import CancelSignal, check
 from threedpe.rendering import TriplaneRenderer
 
 ORBIT_FRAMES = 288
 ORBIT_FPS = 60
-
-
-class RenderCancelled(RuntimeError):
-    """Raised by :func:`render_orbit` when its ``cancel`` check returns True."""
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -55,20 +52,19 @@ def triplane_view(renderer: TriplaneRenderer, planes: torch.Tensor, deterministi
 
 
 def render_orbit(render_view: Callable[[torch.Tensor], np.ndarray], num_frames: int = ORBIT_FRAMES,
-                 batch: int = 4, cancel: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
+                 batch: int = 4, cancel: CancelSignal | None = None) -> Iterator[np.ndarray]:
     """Yield the frames (H, W, 3) uint8 of an orbit along :func:`cameras.orbit_path`, one at a time.
 
     ``render_view`` gets the cameras (N, 25) of up to ``batch`` consecutive frames and returns their frames
     (N, H, W, 3) uint8. A tqdm bar counts frames; ``cancel`` is checked before each batch and raises
-    :class:`RenderCancelled` when it returns True.
+    :class:`~threedpe.cancel.Cancelled` when it is set.
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     path = cameras.orbit_path(num_frames)
     with tqdm(total=num_frames, desc="orbit video", unit="frame") as progress:
         for start in range(0, num_frames, batch):
-            if cancel is not None and cancel():
-                raise RenderCancelled(f"orbit rendering cancelled after {start} of {num_frames} frames")
+            check(cancel, f"the orbit video after {start} of {num_frames} frames")
             yaw, pitch = zip(*path[start:start + batch])
             cams = cameras.camera(torch.tensor(yaw), torch.tensor(pitch))
             frames = render_view(cams)
