@@ -27,6 +27,8 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 import torch
 from PIL import Image
 
+from threedpe.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 INSTRUCT_PIX2PIX_REPO = "timbrooks/instruct-pix2pix"
@@ -284,8 +286,8 @@ class ReferenceCache:
             if self.folder is None:
                 return
             png, meta = self._paths(key)
-            _atomic_write(png, lambda f: image.convert("RGB").save(f, format="PNG"))
-            _atomic_write(meta, lambda f: f.write(json.dumps({"key": key, **metadata}, indent=1).encode()))
+            atomic_write(png, lambda f: image.convert("RGB").save(f, format="PNG"))
+            atomic_write(meta, lambda f: f.write(json.dumps({"key": key, **metadata}, indent=1).encode()))
             _touch(meta)
             self._evict_disk()
 
@@ -342,16 +344,6 @@ class ReferenceCache:
             meta.unlink(missing_ok=True)
             png.unlink(missing_ok=True)
             total -= size
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _touch(path: Path) -> None:
