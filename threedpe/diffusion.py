@@ -22,13 +22,14 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 import torch
 from PIL import Image
 
 from threedpe.anchors import Anchor
 from threedpe.cancel import CancelSignal, check
+from threedpe.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +287,8 @@ class ReferenceCache:
             if self.folder is None:
                 return
             png, meta = self._paths(key)
-            _atomic_write(png, lambda f: image.convert("RGB").save(f, format="PNG"))
-            _atomic_write(meta, lambda f: f.write(json.dumps({"key": key, **metadata}, indent=1).encode()))
+            atomic_write(png, lambda f: image.convert("RGB").save(f, format="PNG"))
+            atomic_write(meta, lambda f: f.write(json.dumps({"key": key, **metadata}, indent=1).encode()))
             _touch(meta)
             self._evict_disk()
 
@@ -344,16 +345,6 @@ class ReferenceCache:
             meta.unlink(missing_ok=True)
             png.unlink(missing_ok=True)
             total -= size
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _touch(path: Path) -> None:
