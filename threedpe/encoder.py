@@ -409,13 +409,19 @@ class MAEEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         nn.init.normal_(self.cls_token, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens (B, 197, D) after each block, before the final norm."""
         x = self.patch_embed(x) + self.pos_embed[:, 1:]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
+        outputs = []
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+            outputs.append(x)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.block_outputs(x)[-1])
 
 
 class EncoderRef(nn.Module):
