@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.golden_compare import assert_close, assert_stats
-from tests.golden_recipe import check_sums, fill_state_dict
+from tests.golden_recipe import recipe_encoder_renderer
 from threedpe.cameras import camera
 from threedpe.checkpoints import (CheckpointError, MissingWeightsError, ThreeDPECheckpoint, convert, load_3dpe,
                                   save_checkpoint)
@@ -35,15 +35,7 @@ def case_stats(golden_dir: Path, case: Path) -> dict:
 
 def recipe_live3d_state(golden_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     """Both state dicts of ``live3d_manifest.json`` from the recipe, checked against the manifest's sums."""
-    manifest = json.loads((golden_dir / "live3d_manifest.json").read_text())
-    blank = ReconstructionModel(ReconstructionConfig())  # its constants fill the excluded entries
-    state = {}
-    for part, module in (("encoder_state_dict", blank.encoder), ("renderer_state_dict", blank.renderer)):
-        entries = manifest["state_dicts"][part]
-        assert {e["name"]: tuple(e["shape"]) for e in entries} == {k: tuple(v.shape) for k, v in module.state_dict().items()}, part
-        state[part] = fill_state_dict(entries, module.state_dict())
-        assert check_sums(entries, state[part]) == [], part
-    return state
+    return recipe_encoder_renderer(golden_dir / "live3d_manifest.json", ReconstructionModel(ReconstructionConfig()))
 
 
 @pytest.fixture(scope="module")
