@@ -86,13 +86,13 @@ def test_train_step_preprocessing_and_cameras(golden_dir):
 
 def test_train_step_losses_and_forward(train_step_runs):
     for name, (case, run) in train_step_runs.items():
-        for key, value in run["debug"].items():
-            assert_close(f"{name} {key}", value, case[key])
+        forward = {key: assert_close(f"{name} {key}", value, case[key]) for key, value in run["debug"].items()}
         for loss, value in run["losses"].items():
             expected = float(case[f"loss.{loss}"])
             assert abs(value - expected) <= 1e-5 * abs(expected) + 1e-6, f"{name} loss.{loss}: {value} != {expected}"
         relative = {loss: abs(value / float(case[f"loss.{loss}"]) - 1) for loss, value in run["losses"].items()}
-        print(f"{name} max relative loss error: {max(relative.values()):.2e}")
+        print(f"{name} max relative loss error: {max(relative.values()):.2e}; forward max |diff|: "
+              f"{ {key: f'{value:.1e}' for key, value in forward.items()} }")
 
 
 def test_train_step_gradients(train_step_runs):
