@@ -162,6 +162,7 @@ def test_given_novel_camera_is_used_and_multiview_can_be_off(tiny_pair):
     assert torch.equal(step.novel_camera, novel)
     torch.testing.assert_close(step.target_renders[1]["image"], live3d.render(planes, novel)["image"])
     assert not any(name.startswith("mv_") for name in single.terms) and len(single.edit_renders) == 1
+    assert single.novel_camera is None
 
 
 # --- loss networks ---------------------------------------------------------------------------------------------------

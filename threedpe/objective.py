@@ -114,13 +114,14 @@ def prepare_for_training(editor: EditorModel) -> list[tuple[str, nn.Parameter]]:
 class StepLosses:
     """One step's ``total`` (scalar, with gradient) and unweighted ``terms`` (official names: ``triloss``,
     ``image``, ``raw``, ``depth``, ``feature``, ``image_lpips``, ``raw_lpips``, ``id`` and their ``mv_`` novel-view
-    twins; only those that ran); the edited tri-planes, the ``novel_camera`` (B, 25) used, and the renders of the
-    editor and of Live3D (targets, no gradient) per camera: index 0 the input camera, 1 the novel one."""
+    twins; only those that ran); the edited tri-planes, the ``novel_camera`` (B, 25) used (None without the novel
+    view), and the renders of the editor and of Live3D (targets, no gradient) per camera: index 0 the input camera,
+    1 the novel one."""
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     planes: torch.Tensor
-    novel_camera: torch.Tensor
+    novel_camera: torch.Tensor | None
     edit_renders: list[dict[str, torch.Tensor]]
     target_renders: list[dict[str, torch.Tensor]]
 
@@ -161,7 +162,7 @@ class EditingObjective(nn.Module):
         """x (B, 3, S, S) in [-1, 1] and ref (B, 3, 224, 224) ImageNet-normalised: the editor's inputs;
         target_planes (B, 96, S/2, S/2) = ``reconstruction.encode(target)`` of the edited target (no gradient);
         camera (B, 25): the input's view; novel_camera (B, 25), else drawn by :func:`random_novel_camera`."""
-        if novel_camera is None:
+        if novel_camera is None and self.multiview:
             novel_camera = random_novel_camera(x.shape[0], generator)[0].to(camera.device)
         planes = editor.encode(x, ref)
         weights = self.weights
