@@ -7,11 +7,13 @@ import torch
 RTOL = ATOL = 1e-4
 
 
-def assert_close(name: str, actual: torch.Tensor | np.ndarray, expected: np.ndarray) -> None:
+def assert_close(name: str, actual: torch.Tensor | np.ndarray, expected: np.ndarray) -> float:
+    """``numpy.allclose`` at the README's rtol = atol = 1e-4; returns the max |difference| (for reports)."""
     actual = np.asarray(actual.detach().cpu() if isinstance(actual, torch.Tensor) else actual)
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     diff = float(np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max())
     assert np.allclose(actual, expected, rtol=RTOL, atol=ATOL), f"{name}: max |diff| {diff:.3g}"
+    return diff
 
 
 def assert_stats(name: str, actual: torch.Tensor, stats: dict) -> None:

@@ -69,3 +69,19 @@ def check_sums(entries: list[dict], state: dict[str, torch.Tensor]) -> list[str]
                 and math.isclose(values.abs().sum().item(), entry["abs_sum"], rel_tol=1e-6, abs_tol=1e-6)):
             bad.append(entry["name"])
     return bad
+
+
+def recipe_encoder_renderer(manifest_path: Path, blank: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """``encoder_state_dict`` and ``renderer_state_dict`` of a manifest (``manifest.json``, ``live3d_manifest.json``)
+    from the recipe; ``blank`` (a model with ``encoder`` and ``renderer``) must have the same keys and shapes and
+    gives the excluded constants. Every entry's sums are checked."""
+    manifest = json.loads(manifest_path.read_text())
+    state = {}
+    for part, module in (("encoder_state_dict", blank.encoder), ("renderer_state_dict", blank.renderer)):
+        entries = manifest["state_dicts"][part]
+        own = module.state_dict()
+        assert {e["name"]: tuple(e["shape"]) for e in entries} == {k: tuple(v.shape) for k, v in own.items()}, part
+        state[part] = fill_state_dict(entries, own)
+        bad = check_sums(entries, state[part])
+        assert bad == [], f"{part}: recipe sums differ for {bad[:5]}"
+    return state

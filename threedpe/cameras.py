@@ -29,10 +29,15 @@ def from_degrees(yaw: float, pitch: float) -> tuple[float, float]:
     return math.pi / 2 + math.radians(yaw), math.pi / 2 + math.radians(pitch)
 
 
-def intrinsics(fov_degrees: float = FOV_DEGREES) -> torch.Tensor:
-    """Normalised intrinsics K (3, 3) with principal point (0.5, 0.5)."""
+def intrinsics(fov_degrees: float | torch.Tensor = FOV_DEGREES, cx: float | torch.Tensor = 0.5,
+               cy: float | torch.Tensor = 0.5) -> torch.Tensor:
+    """Normalised intrinsics K (3, 3), principal point (cx, cy) in units of the image size.
+
+    Scalars or 1-element tensors; as in the official code a float32 ``fov_degrees`` tensor rounds
+    fov * 3.14159 / 360 to float32 before the float64 tangent.
+    """
     focal = 1.0 / (math.tan(fov_degrees * 3.14159 / 360) * 1.414)
-    return torch.tensor([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float32)
+    return torch.tensor([[focal, 0.0, float(cx)], [0.0, focal, float(cy)], [0.0, 0.0, 1.0]], dtype=torch.float32)
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
@@ -63,13 +68,15 @@ def look_at_cam2world(yaw: torch.Tensor, pitch: torch.Tensor, radius: float = RA
     return translation @ rotation
 
 
-def camera(yaw: float | torch.Tensor, pitch: float | torch.Tensor, fov_degrees: float = FOV_DEGREES) -> torch.Tensor:
-    """Camera vectors (N, 25) for yaw/pitch angles (scalars or (N,) tensors, radians)."""
+def camera(yaw: float | torch.Tensor, pitch: float | torch.Tensor, fov_degrees: float | torch.Tensor = FOV_DEGREES,
+           cx: float | torch.Tensor = 0.5, cy: float | torch.Tensor = 0.5) -> torch.Tensor:
+    """Camera vectors (N, 25) for yaw/pitch angles (scalars or (N,) tensors, radians) sharing one field of
+    view (degrees) and principal point (see :func:`intrinsics`); the official ``eural_to_camera``."""
     yaw_t = torch.as_tensor(yaw, dtype=torch.float32).reshape(-1)
     pitch_t = torch.as_tensor(pitch, dtype=torch.float32).reshape(-1)
     yaw_t, pitch_t = torch.broadcast_tensors(yaw_t, pitch_t)
     cam2world = look_at_cam2world(yaw_t, pitch_t)
-    k = intrinsics(fov_degrees).reshape(1, 9).expand(cam2world.shape[0], 9)
+    k = intrinsics(fov_degrees, cx, cy).reshape(1, 9).expand(cam2world.shape[0], 9)
     return torch.cat([cam2world.reshape(-1, 16), k], dim=1)
 
 

@@ -62,11 +62,39 @@ class EG3DCheckpoint:
 
 @dataclass(frozen=True)
 class ThreeDPECheckpoint:
-    """3DPE (or Live3D) image-to-triplane encoder and triplane renderer weights."""
+    """3DPE editor or Live3D reconstruction network: image-to-triplane encoder and triplane renderer weights."""
 
     encoder_state_dict: dict[str, torch.Tensor]
     renderer_state_dict: dict[str, torch.Tensor]
-    config: dict[str, Any] | None = None  # architecture (EditorConfig.to_dict()); None = the released model
+    config: dict[str, Any] | None = None  # architecture (EditorConfig/ReconstructionConfig.to_dict()); None = released
+
+
+EDITOR_MODEL = "3dpe"  # the 3DPE editor (3dpe.pt): its encoder has the Ref_encoder.* weights
+RECONSTRUCTION_MODEL = "live3d"  # Live3D's reconstruction network (encoder_render_LT_*.pt): no Ref_encoder
+MODEL_NAMES = {EDITOR_MODEL: "a 3DPE editor (3dpe.pt)",
+               RECONSTRUCTION_MODEL: "a Live3D reconstruction network (encoder_render_LT_*.pt, no Ref_encoder weights)"}
+
+
+def checkpoint_model(checkpoint: ThreeDPECheckpoint) -> str:
+    """Which network a 3DPE/Live3D checkpoint holds, :data:`EDITOR_MODEL` or :data:`RECONSTRUCTION_MODEL`.
+
+    Released files are told apart by their keys (only the editor has ``Ref_encoder.*``); our files also
+    name the model in their config, which must agree with the keys.
+    """
+    by_keys = EDITOR_MODEL if any(key.startswith("Ref_encoder.") for key in checkpoint.encoder_state_dict) else RECONSTRUCTION_MODEL
+    stated = (checkpoint.config or {}).get("model", by_keys)
+    if stated not in MODEL_NAMES:
+        raise CheckpointError(f"unknown model {stated!r} in the checkpoint config (expected one of {sorted(MODEL_NAMES)})")
+    if stated != by_keys:
+        raise CheckpointError(f"the checkpoint config says {MODEL_NAMES[stated]}, but its weights are those of {MODEL_NAMES[by_keys]}")
+    return stated
+
+
+def require_model(checkpoint: ThreeDPECheckpoint, expected: str) -> None:
+    """Raise a ``CheckpointError`` unless ``checkpoint`` holds the ``expected`` network."""
+    found = checkpoint_model(checkpoint)
+    if found != expected:
+        raise CheckpointError(f"this checkpoint holds {MODEL_NAMES[found]}, but {MODEL_NAMES[expected]} was expected")
 
 
 Checkpoint = EG3DCheckpoint | ThreeDPECheckpoint
@@ -451,7 +479,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, source: str
     else:
         tensors = {**{f"encoder.{k}": v for k, v in checkpoint.encoder_state_dict.items()},
                    **{f"renderer.{k}": v for k, v in checkpoint.renderer_state_dict.items()}}
-        settings = checkpoint.config or {}
+        settings = {**(checkpoint.config or {}), "model": checkpoint_model(checkpoint)}
     config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": _KINDS[type(checkpoint)], "source": source, "config": settings}
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     staged_weights, staged_config = weights_path.with_name(weights_path.name + ".tmp"), config_path.with_name(config_path.name + ".tmp")
@@ -494,6 +522,13 @@ def load_eg3d(path: str | os.PathLike) -> EG3DCheckpoint:
 def load_3dpe(path: str | os.PathLike) -> ThreeDPECheckpoint:
     """Encoder and renderer weights from ``3dpe.pt`` / Live3D ``encoder_render_*.pt`` or our format."""
     return _read_kind(path, ThreeDPECheckpoint)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain ``torch.save``-d state dict (e.g. ``alex_lin.pth``, ``model_ir_se50.pth``), read as safely as the
+    released checkpoints (weights-only, or the restricted unpickler); tensors on the CPU."""
+    path = Path(path).expanduser()
+    return _tensor_dict(_read_file(path), path.name)
 
 
 def convert(source: str | os.PathLike, destination: str | os.PathLike | None = None) -> Path:
@@ -571,6 +606,21 @@ KNOWN_WEIGHTS: dict[str, WeightSource] = {
     "ffhqrebalanced512-128.json": WeightSource("EG3D generator in threedpe's format (config)", _CONVERTED, _NVIDIA_NC),
     "3dpe.safetensors": WeightSource("3DPE encoder + renderer in threedpe's format (tensors)", _CONVERTED, _3DPE_LICENCE),
     "3dpe.json": WeightSource("3DPE encoder + renderer in threedpe's format (config)", _CONVERTED, _3DPE_LICENCE),
+    "encoder_render_LT_90000.safetensors": WeightSource(
+        "Live3D-LT encoder + renderer in threedpe's format (tensors)", _CONVERTED, _3DPE_LICENCE),
+    "encoder_render_LT_90000.json": WeightSource(
+        "Live3D-LT encoder + renderer in threedpe's format (config)", _CONVERTED, _3DPE_LICENCE),
+    "alexnet-owt-4df8aa71.pth": WeightSource(
+        "torchvision's ImageNet AlexNet (the LPIPS backbone of 3DPE's training)",
+        _3DPE_DRIVE + "; originally https://download.pytorch.org/models/alexnet-owt-4df8aa71.pth",
+        "torchvision model zoo (BSD-3-Clause code; ImageNet-trained weights)"),
+    "alex_lin.pth": WeightSource(
+        "LPIPS v0.1 linear heads for AlexNet (3DPE's training)",
+        _3DPE_DRIVE + "; originally lpips/weights/v0.1/alex.pth of https://github.com/richzhang/PerceptualSimilarity",
+        "BSD-2-Clause (LPIPS)"),
+    "model_ir_se50.pth": WeightSource(
+        "ArcFace IR-SE50 face-recognition network (3DPE's identity loss)",
+        _3DPE_DRIVE + "; originally TreB1eN/InsightFace_Pytorch, as redistributed by pSp/e4e", "MIT (InsightFace_Pytorch)"),
 }
 
 

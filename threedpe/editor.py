@@ -1,26 +1,38 @@
-"""The 3DPE editing network: portrait + reference -> edited tri-planes -> images from any camera.
+"""The 3DPE editing network and Live3D's reconstruction network: image(s) -> tri-planes -> images from any camera.
 
 ``EditorModel`` pairs the editing encoder (:mod:`threedpe.encoder`, weights ``encoder_state_dict``
 of ``3dpe.pt``) with the tri-plane renderer (:mod:`threedpe.rendering`, ``renderer_state_dict``).
 The released file is all that inference needs; the EG3D generator file is not used.
+
+``ReconstructionModel`` is Live3D's network (``encoder_render_LT_*.pt``): the same encoder without the
+reference branch, and the same renderer. 3DPE's training uses it frozen, to lift a 2D-edited target
+image to pseudo-ground-truth tri-planes, and initialises the editor from it (:meth:`EditorModel.from_live3d`).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Self
 
 import torch
 from torch import nn
 
-from threedpe.checkpoints import ThreeDPECheckpoint, load_into
-from threedpe.encoder import EncoderConfig, Live3DEditingEncoder
+from threedpe.checkpoints import (EDITOR_MODEL, RECONSTRUCTION_MODEL, ThreeDPECheckpoint, load_3dpe, load_into,
+                                  require_model, resolve_first, resolve_weight)
+from threedpe.encoder import EncoderConfig, Live3DEditingEncoder, Live3DEncoder
 from threedpe.rendering import RenderingConfig, TriplaneRenderer
+
+RECONSTRUCTION_WEIGHTS = ("encoder_render_LT_90000.safetensors", "encoder_render_LT_90000.pt")  # converted first
 
 
 @dataclass(frozen=True)
 class EditorConfig:
     """Architecture of the editor; the defaults are the released 3DPE model (official "LT" encoder,
     EG3D ffhqrebalanced512-128 rendering settings)."""
+
+    MODEL: ClassVar[str] = EDITOR_MODEL  # stored as "model", so that a file says which network it holds
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     rendering: RenderingConfig = field(default_factory=RenderingConfig)
@@ -29,48 +41,127 @@ class EditorConfig:
     untrained: bool = False
 
     def to_dict(self) -> dict:
-        return {"encoder": self.encoder.to_dict(), "rendering": self.rendering.to_dict(), "w_dim": self.w_dim,
-                "sr_widths": list(self.sr_widths), "untrained": self.untrained}
+        return {"model": self.MODEL, "encoder": self.encoder.to_dict(), "rendering": self.rendering.to_dict(),
+                "w_dim": self.w_dim, "sr_widths": list(self.sr_widths), "untrained": self.untrained}
 
     @classmethod
     def from_dict(cls, data: dict) -> EditorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | {"model"}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown editor config fields: {sorted(unknown)}")
+            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        if data.get("model", cls.MODEL) != cls.MODEL:
+            raise ValueError(f"a {cls.__name__} is for model {cls.MODEL!r}, not {data['model']!r}")
         return cls(encoder=EncoderConfig.from_dict(data.get("encoder", {})),
                    rendering=RenderingConfig(**data.get("rendering", {})),
                    w_dim=int(data.get("w_dim", 512)), sr_widths=tuple(data.get("sr_widths", (256, 128))),
                    untrained=bool(data.get("untrained", False)))
 
+    @classmethod
+    def like(cls, other: EditorConfig) -> EditorConfig:
+        """This kind of config with the widths and rendering settings of ``other`` (editor <-> reconstruction)."""
+        return cls(**{f.name: getattr(other, f.name) for f in dataclasses.fields(other)})
 
-class EditorModel(nn.Module):
-    """``encode(x, ref)`` -> tri-planes (B, 96, S/2, S/2); ``render(planes, cams)`` -> images."""
+
+@dataclass(frozen=True)
+class ReconstructionConfig(EditorConfig):
+    """Architecture of Live3D's reconstruction network; the defaults are the released ``encoder_render_LT_*.pt``
+    (the encoder's MAE fields are unused: this network has no reference branch)."""
+
+    MODEL: ClassVar[str] = RECONSTRUCTION_MODEL
+
+
+class _TriplaneModel(nn.Module):
+    """An image-to-triplane ``encoder`` and the ``renderer``, loaded from one ``ThreeDPECheckpoint``."""
+
+    CONFIG: ClassVar[type[EditorConfig]]
+    ENCODER: ClassVar[type[Live3DEncoder]]
+    LABEL: ClassVar[str]
 
     def __init__(self, config: EditorConfig | None = None):
         super().__init__()
-        self.config = config or EditorConfig()
-        self.encoder = Live3DEditingEncoder(self.config.encoder)
+        self.config = config or self.CONFIG()
+        self.encoder = self.ENCODER(self.config.encoder)
         self.renderer = TriplaneRenderer(self.config.rendering, w_dim=self.config.w_dim,
                                          sr_widths=self.config.sr_widths)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: ThreeDPECheckpoint, config: EditorConfig | None = None) -> EditorModel:
+    def from_checkpoint(cls, checkpoint: ThreeDPECheckpoint, config: EditorConfig | None = None) -> Self:
         """Build and strictly load; ``config`` defaults to the one stored with the weights, else the released
-        architecture."""
+        architecture. A checkpoint of the other network (editor vs. Live3D) raises a ``CheckpointError``."""
+        require_model(checkpoint, cls.CONFIG.MODEL)
         if config is None and checkpoint.config:
-            config = EditorConfig.from_dict(checkpoint.config)
+            config = cls.CONFIG.from_dict(checkpoint.config)
         model = cls(config)
-        load_into(model.encoder, checkpoint.encoder_state_dict, what="3DPE encoder (encoder_state_dict)")
-        load_into(model.renderer, checkpoint.renderer_state_dict, what="3DPE renderer (renderer_state_dict)")
+        load_into(model.encoder, checkpoint.encoder_state_dict, what=f"{cls.LABEL} encoder (encoder_state_dict)")
+        load_into(model.renderer, checkpoint.renderer_state_dict, what=f"{cls.LABEL} renderer (renderer_state_dict)")
+        return model.eval()
+
+    def render(self, planes: torch.Tensor, cams: torch.Tensor, deterministic: bool = True) -> dict[str, torch.Tensor]:
+        """Tri-planes (B, 96, P, P) and cameras (B, 25) -> ``image`` (B, 3, 4R, 4R) in about [-1, 1],
+        ``image_raw`` (B, 3, R, R), ``image_depth`` (B, 1, R, R), ``feature_image`` (B, 32, R, R),
+        ``weight_total`` (B, 1, R, R) (see :func:`threedpe.rendering.render_planes`)."""
+        return self.renderer(planes.float(), cams.float(), deterministic=deterministic)
+
+    def _encoder_dtype(self) -> torch.dtype:
+        return next(self.encoder.parameters()).dtype
+
+
+class EditorModel(_TriplaneModel):
+    """``encode(x, ref)`` -> tri-planes (B, 96, S/2, S/2); ``render(planes, cams)`` -> images."""
+
+    CONFIG = EditorConfig
+    ENCODER = Live3DEditingEncoder
+    LABEL = "3DPE"
+
+    @classmethod
+    def from_live3d(cls, checkpoint: ThreeDPECheckpoint, config: EditorConfig | None = None) -> EditorModel:
+        """An editor initialised as 3DPE's training does: the Live3D ``encoder_state_dict`` loaded non-strictly
+        (exactly the ``Ref_encoder.*`` weights are absent, nothing may be unexpected), the renderer strictly.
+
+        ``Ref_encoder`` keeps its fresh random initialisation (seed torch first for a reproducible one).
+        ``config`` defaults to the checkpoint's architecture.
+        """
+        require_model(checkpoint, RECONSTRUCTION_MODEL)
+        if config is None:
+            config = EditorConfig.like(ReconstructionConfig.from_dict(checkpoint.config or {}))
+        model = cls(config)
+        fresh = {key: value for key, value in model.encoder.state_dict().items() if key.startswith("Ref_encoder.")}
+        load_into(model.encoder, {**checkpoint.encoder_state_dict, **fresh},
+                  what="3DPE encoder from Live3D (encoder_state_dict without Ref_encoder)")
+        load_into(model.renderer, checkpoint.renderer_state_dict, what="3DPE renderer from Live3D (renderer_state_dict)")
         return model.eval()
 
     def encode(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """x (B, 3, S, S) in [-1, 1], ref (B, 3, 224, 224) ImageNet-normalised -> tri-planes (B, 96, S/2, S/2)."""
-        dtype = next(self.encoder.parameters()).dtype
+        dtype = self._encoder_dtype()
         return self.encoder(x.to(dtype), ref.to(dtype)).float()
 
-    def render(self, planes: torch.Tensor, cams: torch.Tensor, deterministic: bool = True) -> dict[str, torch.Tensor]:
-        """Tri-planes (B, 96, P, P) and cameras (B, 25) -> ``image`` (B, 3, 4R, 4R) in about [-1, 1],
-        ``image_raw`` (B, 3, R, R), ``image_depth`` (B, 1, R, R), ... (see :func:`threedpe.rendering.render_planes`)."""
-        return self.renderer(planes.float(), cams.float(), deterministic=deterministic)
+
+class ReconstructionModel(_TriplaneModel):
+    """Live3D: ``encode(x)`` -> tri-planes (B, 96, S/2, S/2); ``render(planes, cams)`` -> images."""
+
+    CONFIG = ReconstructionConfig
+    ENCODER = Live3DEncoder
+    LABEL = "Live3D"
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None, *, repo_id: str | None = None,
+                        revision: str | None = None) -> ReconstructionModel:
+        """Load from :func:`resolve_reconstruction_weights`."""
+        return cls.from_checkpoint(load_3dpe(resolve_reconstruction_weights(folder, repo_id=repo_id, revision=revision)))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, S, S) in [-1, 1] -> tri-planes (B, 96, S/2, S/2)."""
+        return self.encoder(x.to(self._encoder_dtype())).float()
+
+
+def resolve_reconstruction_weights(folder: str | os.PathLike | None = None, *, repo_id: str | None = None,
+                                   revision: str | None = None) -> Path:
+    """The Live3D weights: our converted ``encoder_render_LT_90000.safetensors`` (+ ``.json``) first, else the
+    released ``encoder_render_LT_90000.pt``; ``folder`` defaults to ``$THREEDPE_WEIGHTS`` or ``checkpoints``,
+    then the Hub (see :func:`threedpe.checkpoints.resolve_weight`). Raises ``MissingWeightsError``."""
+    weights = resolve_first(RECONSTRUCTION_WEIGHTS, local_dir=folder, repo_id=repo_id, revision=revision)
+    if weights.suffix == ".safetensors":  # its config must sit beside it
+        resolve_weight(weights.with_suffix(".json").name, local_dir=folder, repo_id=repo_id, revision=revision)
+    return weights

@@ -1,16 +1,19 @@
-"""3DPE editing encoder: portrait + reference image -> EG3D tri-planes.
+"""Live3D and 3DPE encoders: portrait (+ reference image for 3DPE) -> EG3D tri-planes.
 
-A plain-PyTorch re-implementation of the official ``Live3DEditingEncoder(in_channels=5, mode='LT',
-encoder_name='resnet34', encoder_depth=3, use_bn=False)`` whose parameter names and shapes equal the
-``encoder_state_dict`` of the released ``3dpe.pt``. Module graph for a 512x512 input:
+Plain-PyTorch re-implementations of the official ``EG3DInvEncoder`` (Live3D, :class:`Live3DEncoder`) and
+``Live3DEditingEncoder`` (3DPE, :class:`Live3DEditingEncoder`), both ``in_channels=5, mode='LT',
+encoder_name='resnet34', encoder_depth=3, use_bn=False``, whose parameter names and shapes equal the
+``encoder_state_dict`` of the released ``encoder_render_LT_*.pt`` and ``3dpe.pt``. Module graph for a
+512x512 input:
 
 * ``encoder`` / ``decoder``: DeepLabV3 trunk (ResNet-34 stem + layer1 + layer2, ASPP) with every
   BatchNorm removed and a bias added to every convolution -> 256 x 64 x 64.
 * ``F_encoder`` (E_low): SegFormer patch embedding + 2 Mix-Transformer blocks -> 128 x 128 x 128.
 * ``EHigh_encoder`` (E_high): plain conv stack on the 5-channel input -> 128 x 128 x 128.
-* ``Ref_encoder`` (E_p + cross-attention): E_high tokens attend to MAE ViT-B/16 tokens of the
-  reference image (single head, no projections) -> 128 x 128 x 128.
-* ``Final_encoder`` (E_t): fuses both branches -> tri-planes 96 x 256 x 256.
+* ``Ref_encoder`` (3DPE only; E_p + cross-attention): E_high tokens attend to MAE ViT-B/16 tokens of
+  the reference image (single head, no projections) -> 128 x 128 x 128.
+* ``Final_encoder`` (E_t): fuses (E_high or reference-branch features, E_low features) -> tri-planes
+  96 x 256 x 256. Live3D feeds it E_high directly; 3DPE adds ``Ref_encoder`` in between.
 
 The file also holds the official preprocessing of the input portrait and of the reference image.
 """
@@ -294,7 +297,8 @@ class EncoderEhigh(nn.Module):
 
 
 class EncoderFinal(nn.Module):
-    """E_t: cat(reference-branch, E_low) (B, 2*feature_channels, H/4, W/4) -> tri-planes (B, 96, H/2, W/2)."""
+    """E_t: cat(high, E_low) (B, 2*feature_channels, H/4, W/4) -> tri-planes (B, 96, H/2, W/2); ``high`` is
+    E_high's output (Live3D) or the reference branch's (3DPE)."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -311,8 +315,8 @@ class EncoderFinal(nn.Module):
             nn.Conv2d(tri, tri, 3, 1, 1),
         )
 
-    def forward(self, ref_feature: torch.Tensor, low_feature: torch.Tensor) -> torch.Tensor:
-        tokens, height, width = self.pathembed(self.net(torch.cat([ref_feature, low_feature], dim=1)))
+    def forward(self, high_feature: torch.Tensor, low_feature: torch.Tensor) -> torch.Tensor:
+        tokens, height, width = self.pathembed(self.net(torch.cat([high_feature, low_feature], dim=1)))
         tokens = self.block(tokens, height, width)
         return self.output_net(F.pixel_shuffle(tokens_to_map(tokens, height, width), 2))
 
@@ -397,19 +401,27 @@ class MAEEncoder(nn.Module):
         dim, grid = config.mae_embed_dim, config.mae_image_size // config.mae_patch_size
         self.patch_embed = ViTPatchEmbed(config.mae_patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, grid).unsqueeze(0))  # fixed, not trained
+        # MAE declares the sin-cos table frozen, but 3DPE's training turns it on (encoder.requires_grad_(True))
+        # and optimises it with the rest of Ref_encoder; a parameter, so the optimiser can do the same here.
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(dim, grid).unsqueeze(0), requires_grad=False)
         self.blocks = nn.ModuleList(ViTBlock(dim, config.mae_num_heads, config.mae_mlp_ratio)
                                     for _ in range(config.mae_depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         nn.init.normal_(self.cls_token, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens (B, 197, D) after each block, before the final norm."""
         x = self.patch_embed(x) + self.pos_embed[:, 1:]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
+        outputs = []
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+            outputs.append(x)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.block_outputs(x)[-1])
 
 
 class EncoderRef(nn.Module):
@@ -437,12 +449,11 @@ class EncoderRef(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 
-class Live3DEditingEncoder(nn.Module):
-    """3DPE editing encoder (official 'LT' graph and state-dict keys).
+class Live3DEncoder(nn.Module):
+    """Live3D reconstruction encoder (official ``EG3DInvEncoder``, 'LT' graph and state-dict keys).
 
-    forward(x, ref): x (B,3,S,S) in [-1,1] (the row/column pixel-index channels are appended here) or
-    already (B,5,S,S), S = config.image_size; ref (B,3,224,224) ImageNet-normalised.
-    Returns tri-planes (B, 96, S/2, S/2).
+    forward(x): x (B,3,S,S) in [-1,1] (the row/column pixel-index channels are appended here) or already
+    (B,5,S,S), S = config.image_size. Returns tri-planes (B, 96, S/2, S/2).
     """
 
     def __init__(self, config: EncoderConfig | None = None) -> None:
@@ -453,19 +464,39 @@ class Live3DEditingEncoder(nn.Module):
         self.F_encoder = EncoderF(self.config)
         self.EHigh_encoder = EncoderEhigh(self.config)
         self.Final_encoder = EncoderFinal(self.config)
+
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked input -> (E_low, E_high) features, each (B, feature_channels, S/4, S/4)."""
+        size = self.config.image_size
+        if x.ndim != 4 or x.shape[1] not in (3, 5) or tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f"x must be (B, 3 or 5, {size}, {size}), got {tuple(x.shape)}")
+        if x.shape[1] == 3:
+            x = append_pixel_coordinates(x)
+        return self.F_encoder(self.decoder(self.encoder(x)[-1])), self.EHigh_encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low_feature, high_feature = self.branches(x)
+        return self.Final_encoder(high_feature, low_feature)
+
+
+class Live3DEditingEncoder(Live3DEncoder):
+    """3DPE editing encoder (official ``Live3DEditingEncoder``, 'LT' graph and state-dict keys): the Live3D
+    encoder whose E_high features are replaced by their cross-attention over the reference's MAE tokens.
+
+    forward(x, ref): x as :class:`Live3DEncoder`; ref (B,3,224,224) ImageNet-normalised.
+    Returns tri-planes (B, 96, S/2, S/2).
+    """
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        super().__init__(config)
         self.Ref_encoder = EncoderRef(self.config)
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        size, ref_size = self.config.image_size, self.config.mae_image_size
-        if x.ndim != 4 or x.shape[1] not in (3, 5) or tuple(x.shape[-2:]) != (size, size):
-            raise ValueError(f"x must be (B, 3 or 5, {size}, {size}), got {tuple(x.shape)}")
+        ref_size = self.config.mae_image_size
         if ref.ndim != 4 or tuple(ref.shape[1:]) != (3, ref_size, ref_size) or ref.shape[0] != x.shape[0]:
             raise ValueError(f"ref must be ({x.shape[0]}, 3, {ref_size}, {ref_size}), got {tuple(ref.shape)}")
-        if x.shape[1] == 3:
-            x = append_pixel_coordinates(x)
-        low_feature = self.F_encoder(self.decoder(self.encoder(x)[-1]))
-        ref_feature = self.Ref_encoder(self.EHigh_encoder(x), ref)
-        return self.Final_encoder(ref_feature, low_feature)
+        low_feature, high_feature = self.branches(x)
+        return self.Final_encoder(self.Ref_encoder(high_feature, ref), low_feature)
 
 
 def append_pixel_coordinates(x: torch.Tensor) -> torch.Tensor:

@@ -168,11 +168,12 @@ def render_rays(planes: torch.Tensor, decoder: OSGDecoder, origins: torch.Tensor
     colors, densities = query(depths)
     n = cfg.depth_resolution_importance
     if n > 0:
-        _, _, weights = composite(colors, densities, depths)
-        w = weights.reshape(b * m, 1, -1)
-        w = F.avg_pool1d(F.max_pool1d(w, 2, 1, padding=1), 2, 1).squeeze(1) + 0.01
-        z = depths.reshape(b * m, s)
-        fine = sample_pdf(0.5 * (z[:, :-1] + z[:, 1:]), w[:, 1:-1], n, deterministic).reshape(b, m, n, 1)
+        with torch.no_grad():  # sample positions carry no gradient (as EG3D's sample_importance)
+            _, _, weights = composite(colors, densities, depths)
+            w = weights.reshape(b * m, 1, -1)
+            w = F.avg_pool1d(F.max_pool1d(w, 2, 1, padding=1), 2, 1).squeeze(1) + 0.01
+            z = depths.reshape(b * m, s)
+            fine = sample_pdf(0.5 * (z[:, :-1] + z[:, 1:]), w[:, 1:-1], n, deterministic).reshape(b, m, n, 1)
         colors_fine, densities_fine = query(fine)
         depths = torch.cat([depths, fine], dim=-2)
         colors = torch.cat([colors, colors_fine], dim=-2)

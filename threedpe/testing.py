@@ -6,6 +6,7 @@ and the CLI in seconds on a CPU; the outputs are noise (the weights are untraine
 
 - :func:`tiny_encoder_config`, :func:`tiny_editor_config`, :data:`TINY_EG3D` / :func:`tiny_generator_config`:
   the same module trees and state-dict keys as the released models, at small widths;
+- :func:`tiny_reconstruction_model`: a tiny Live3D network sharing a tiny editor's weights;
 - :func:`build_tiny_instruct_pix2pix`: a tiny InstructPix2Pix in the diffusers layout with the standard VAE scale
   factor (8), so a 512^2 edit runs on a 64^2 latent, and attention only at the UNet's lowest resolution;
 - :func:`save_tiny_weights`: all of them in one folder.
@@ -19,7 +20,7 @@ from typing import Sequence
 import torch
 
 from threedpe.checkpoints import EG3DCheckpoint, ThreeDPECheckpoint, save_checkpoint
-from threedpe.editor import EditorConfig, EditorModel
+from threedpe.editor import RECONSTRUCTION_WEIGHTS, EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
 from threedpe.encoder import EncoderConfig
 from threedpe.generator import GeneratorConfig, TriPlaneGenerator
 from threedpe.pipeline import TEXT_MODEL_FOLDER, UNTRAINED_NOTE
@@ -64,10 +65,21 @@ def tiny_generator_config() -> GeneratorConfig:
     return GeneratorConfig.from_official(**TINY_EG3D)
 
 
+def tiny_reconstruction_model(editor: EditorModel) -> ReconstructionModel:
+    """A tiny Live3D network sharing every weight it has with ``editor`` (as the released Live3D and 3DPE files
+    share their E_low/E_high trunk and renderer); only ``Final_encoder`` and ``Ref_encoder`` then drift apart."""
+    model = ReconstructionModel(ReconstructionConfig.like(editor.config))
+    shared = {key: value for key, value in editor.encoder.state_dict().items() if not key.startswith("Ref_encoder.")}
+    model.encoder.load_state_dict(shared, strict=True)
+    model.renderer.load_state_dict(editor.renderer.state_dict(), strict=True)
+    return model.eval()
+
+
 def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
     """Write a small, randomly initialised, clearly labelled weight set in the product's own format:
-    ``3dpe.safetensors`` + ``3dpe.json`` (the editor at reduced widths), ``ffhqrebalanced512-128.safetensors``
-    + ``.json`` (a small EG3D generator) and ``instruct-pix2pix/`` (a tiny InstructPix2Pix). Returns ``folder``."""
+    ``3dpe.safetensors`` + ``3dpe.json`` (the editor at reduced widths), ``encoder_render_LT_90000.safetensors``
+    + ``.json`` (a Live3D network sharing the editor's weights), ``ffhqrebalanced512-128.safetensors`` + ``.json``
+    (a small EG3D generator) and ``instruct-pix2pix/`` (a tiny InstructPix2Pix). Returns ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -77,6 +89,9 @@ def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
         model.renderer.decoder.net[2].bias[0] = 10.0
     save_checkpoint(ThreeDPECheckpoint(model.encoder.state_dict(), model.renderer.state_dict(), config.to_dict()),
                     folder / "3dpe", source="threedpe tiny-weights (untrained)")
+    live3d = tiny_reconstruction_model(model)
+    save_checkpoint(ThreeDPECheckpoint(live3d.encoder.state_dict(), live3d.renderer.state_dict(), live3d.config.to_dict()),
+                    folder / Path(RECONSTRUCTION_WEIGHTS[0]).stem, source="threedpe tiny-weights (untrained)")
     generator = TriPlaneGenerator(tiny_generator_config())
     save_checkpoint(EG3DCheckpoint(TINY_EG3D["init_kwargs"], generator.state_dict(),
                                    TINY_EG3D["neural_rendering_resolution"], TINY_EG3D["rendering_kwargs"]),
