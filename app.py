@@ -25,9 +25,10 @@ from threedpe.anchors import shipped_anchors
 from threedpe.cancel import Cancelled
 from threedpe.checkpoints import CheckpointError
 from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, DemoRunner, OutputSettings, RateLimiter,
-                           RateLimitError, SessionFiles, StoredEdit, check_upload, disabled_reason, load_editor,
-                           load_text_model,
-                           public_message, status_markdown, weights_notice)
+                           RateLimitError, SessionFiles, StoredEdit, check_upload, disabled_reason, latest_edit,
+                           load_editor, load_text_model, permalink, public_message, publish_edit, record_markdown,
+                           status_markdown, weights_notice)
+from threedpe.gallery import Gallery, GalleryError
 from threedpe.diffusion import EditSettings
 from threedpe.pipeline import USER_ERRORS, PortraitEditor
 
@@ -84,7 +85,7 @@ def show_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except Cancelled:
             raise gr.Error(STOPPED, print_exception=False) from None
-        except (*USER_ERRORS, RateLimitError) as error:
+        except (*USER_ERRORS, RateLimitError, GalleryError) as error:
             logger.info("user error in %s: %s", fn.__name__, error)
             raise gr.Error(public_message(str(error)), print_exception=False) from None
     return guarded
@@ -159,6 +160,9 @@ class ResultPanel:
     video: gr.Video
     model: gr.Model3D
     files: gr.File
+    share_photo: gr.Checkbox
+    publish: gr.Button
+    link: gr.Markdown
     state: gr.State
 
     @property
@@ -171,8 +175,9 @@ class ResultPanel:
         return [self.video, self.model, self.files, self.yaw, self.pitch, self.status]
 
 
-def result_panel(name: str, reference_label: str) -> ResultPanel:
-    """Lay out the outputs of an edit (inside the current column); elem_ids start with ``name``."""
+def result_panel(name: str, reference_label: str, publishing: bool) -> ResultPanel:
+    """Lay out the outputs of an edit (inside the current column); elem_ids start with ``name``. ``publishing``:
+    whether the publish controls show (there is a gallery)."""
     png = {"type": "filepath", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
     status = gr.Markdown("Results appear here.", label="Status", elem_id=f"{name}-status", elem_classes="status")
     with gr.Row(equal_height=True):
@@ -194,7 +199,13 @@ def result_panel(name: str, reference_label: str) -> ResultPanel:
                            elem_id=f"{name}-model")
     files = gr.File(label="Download the mesh (GLB / PLY)", file_count="multiple", interactive=False,
                     elem_id=f"{name}-files")
-    return ResultPanel(status, aligned, reference, strip, view, yaw, pitch, depth, video, model, files, gr.State())
+    with gr.Row(equal_height=True, visible=publishing):
+        share_photo = gr.Checkbox(False, label="Also publish a small thumbnail of my photo", scale=2,
+                                  elem_id=f"{name}-share-photo")
+        publish = gr.Button("Publish to the gallery", scale=1, elem_id=f"{name}-publish")
+    link = gr.Markdown(elem_id=f"{name}-link")
+    return ResultPanel(status, aligned, reference, strip, view, yaw, pitch, depth, video, model, files, share_photo,
+                       publish, link, gr.State())
 
 
 def output_settings(name: str, default: OutputSettings) -> tuple[gr.Slider, gr.Slider]:
@@ -206,12 +217,164 @@ def output_settings(name: str, default: OutputSettings) -> tuple[gr.Slider, gr.S
     return frames, resolution
 
 
+def page_url(request: gr.Request) -> str:
+    """The address of the page the request came from (its Referer), for permalinks; the server's root otherwise."""
+    referer = request.headers.get("referer") if request.headers else None
+    return referer or f"{request.url.scheme}://{request.url.netloc}/"
+
+
+def record_id(text: str) -> str:
+    """The edit id in an id or a permalink (``...?edit=<id>``)."""
+    text = (text or "").strip()
+    return text.split("edit=")[-1].split("&")[0].split("#")[0] if "edit=" in text else text
+
+
+def wire_publishing(panels: list[ResultPanel], gallery: Gallery, sessions: SessionFiles,
+                    tokens: gr.BrowserState) -> None:
+    """The publish button of each result panel (its tab's edit), and the ``publish`` API: the session's latest edit.
+    Owner tokens stay in this browser (``tokens``: edit id -> token), so it can delete its edits later."""
+
+    def published(edit_folder: Path, share_photo: bool, request: gr.Request) -> tuple[str, str, str]:
+        record = publish_edit(gallery, edit_folder, request.session_hash, bool(share_photo))
+        return record.id, permalink(page_url(request), record.id), record.owner_token
+
+    for panel in panels:
+        @show_errors
+        def publish_tab(edit: StoredEdit | None, share_photo: bool, owned: dict | None, request: gr.Request):
+            record, link, token = published(require_edit(edit).folder(sessions.folder(request.session_hash)),
+                                            share_photo, request)
+            message = f"✅ Published: [{link}]({link}) — this browser keeps the key that can delete it."
+            return message, {**(owned or {}), record: token}
+
+        panel.publish.click(publish_tab, [panel.state, panel.share_photo, tokens], [panel.link, tokens],
+                            api_visibility="private", show_progress_on=panel.link)
+
+    @show_errors
+    def publish(share_photo: bool = False, request: gr.Request = None) -> dict:
+        """Publish this session's latest edit (its strip, and its video, mesh and reference when made) to the
+        gallery. Returns {"id", "url", "owner_token"}: keep the token, it is the only way to delete the edit."""
+        record, link, token = published(latest_edit(sessions.folder(request.session_hash)), share_photo, request)
+        return {"id": record, "url": link, "owner_token": token}
+
+    gr.api(publish, api_name="publish")
+
+
+def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserState, tabs: gr.Tabs,
+                demo: gr.Blocks) -> None:
+    """The Gallery tab (inside the current ``gr.Tabs``): the listing with paging, an opened edit with its files,
+    download, delete (owner) and report; a ``?edit=<id>`` permalink opens its edit when the page loads."""
+    per_page = 12
+    png = {"type": "filepath", "interactive": False, "format": "png"}
+    with gr.Tab("Gallery", id="gallery") as tab:
+        with gr.Row():
+            with gr.Column(scale=3):
+                tiles = gr.Gallery(label="Published edits, newest first", columns=3, height=520, allow_preview=False,
+                                   object_fit="contain", elem_id="gallery-tiles")
+                with gr.Row(equal_height=True):
+                    newer = gr.Button("← Newer", size="sm", elem_id="gallery-newer")
+                    page = gr.Number(1, precision=0, minimum=1, label="Page", elem_id="gallery-page")
+                    older = gr.Button("Older →", size="sm", elem_id="gallery-older")
+                listing = gr.Markdown(label="Listing", elem_id="gallery-listing")
+            with gr.Column(scale=4):
+                with gr.Row(equal_height=True):
+                    edit_id = gr.Textbox(label="Edit id or permalink", placeholder="paste a …?edit=… link", scale=4,
+                                         elem_id="gallery-id")
+                    open_button = gr.Button("Open", scale=1, elem_id="gallery-open")
+                info = gr.Markdown("Pick an edit on the left, or paste a permalink.", label="Opened edit",
+                                   elem_id="gallery-info")
+                strip = gr.Image(label="Three views", elem_id="gallery-strip", **png)
+                with gr.Row(equal_height=True):
+                    video = gr.Video(label="Orbit video", autoplay=True, loop=True, interactive=False, height=280,
+                                     elem_id="gallery-video")
+                    model = gr.Model3D(label="3D mesh", clear_color=(0.95, 0.95, 0.97, 1.0), height=280,
+                                       elem_id="gallery-model")
+                reference = gr.Image(label="Reference image", height=200, elem_id="gallery-reference", **png)
+                download = gr.DownloadButton("Download all files (zip)", elem_id="gallery-download")
+                with gr.Accordion("Delete or report", open=False):
+                    owner_token = gr.Textbox(label="Owner token (needed only on another browser)", type="password",
+                                             elem_id="gallery-token")
+                    delete = gr.Button("Delete this edit", variant="stop", elem_id="gallery-delete")
+                    reason = gr.Textbox(label="Why should this edit be taken down?", elem_id="gallery-reason")
+                    report = gr.Button("Report", elem_id="gallery-report")
+                message = gr.Markdown(label="Gallery message", elem_id="gallery-message")
+        ids = gr.State([])
+
+    @show_errors
+    def gallery_page(number: float) -> tuple:
+        """Page ``number`` of published edits, newest first: tiles (strip, caption) and a line about the listing."""
+        listing_page = gallery.page(max(1, int(number or 1)), per_page)
+        tiles_value = [(str(record.strip), record.caption) for record in listing_page.items]
+        note = f"Page {listing_page.number} of {listing_page.pages} · {listing_page.total} published edits"
+        return tiles_value, note, [record.id for record in listing_page.items]
+
+    @show_errors
+    def open_edit(text: str, request: gr.Request) -> tuple:
+        """Open a published edit by id or permalink: its description, strip, video, mesh, reference and a zip."""
+        record = gallery.get(record_id(text))
+        files = record.files
+        archive = gallery.zip(record.id, sessions.folder(request.session_hash))
+        return (record_markdown(record, permalink(page_url(request), record.id)), str(record.strip),
+                str(files["video"]) if "video" in files else None, str(files["mesh"]) if "mesh" in files else None,
+                str(files["reference"]) if "reference" in files else None, str(archive), record.id)
+
+    @show_errors
+    def delete_edit(edit_id: str, owner_token: str) -> str:
+        """Delete a published edit (id or permalink) with the owner token that publishing returned."""
+        target = record_id(edit_id)
+        gallery.delete(target, (owner_token or "").strip())
+        return f"🗑️ Deleted {target}."
+
+    def delete_in_browser(text: str, token: str, owned: dict | None) -> tuple:
+        """The Delete button: the token this browser kept when it published the edit, unless one is typed."""
+        target = record_id(text)
+        done = delete_edit(target, (token or "").strip() or (owned or {}).get(target, ""))
+        remaining = {key: value for key, value in (owned or {}).items() if key != target}
+        return done, remaining, "Deleted.", None, None, None, None, None
+
+    @show_errors
+    def flag_edit(text: str, why: str) -> str:
+        """Report a published edit to the moderators with a short reason."""
+        count = gallery.flag(record_id(text), why)
+        return f"Thank you: the edit was reported ({count} report{'s' if count != 1 else ''} so far)."
+
+    listing_outputs = [tiles, listing, ids]
+    opened = [info, strip, video, model, reference, download, edit_id]
+    # The public events first: they take the functions' names as api_names, the private uses after them do not.
+    page.submit(gallery_page, page, listing_outputs, api_name="gallery_page")
+    gr.on([open_button.click, edit_id.submit], open_edit, edit_id, opened, api_name="open_edit")
+    for button, step in ((newer, -1), (older, 1)):
+        button.click(lambda number, step=step: max(1, int(number or 1) + step), page, page, queue=False,
+                     api_visibility="private").then(gallery_page, page, listing_outputs, api_visibility="private")
+    tab.select(gallery_page, page, listing_outputs, api_visibility="private")
+    def pick(listed: list[str], event: gr.SelectData) -> str:
+        return listed[event.index]
+
+    tiles.select(pick, [ids], edit_id, api_visibility="private", queue=False).then(
+        open_edit, edit_id, opened, api_visibility="private")
+    gr.api(delete_edit, api_name="delete_edit")
+    delete.click(delete_in_browser, [edit_id, owner_token, tokens],
+                 [message, tokens, info, strip, video, model, reference, download], api_visibility="private").then(
+        gallery_page, page, listing_outputs, api_visibility="private")
+    report.click(flag_edit, [edit_id, reason], message, api_name="flag_edit")
+
+    def open_permalink(request: gr.Request) -> tuple:
+        """On page load, ``?edit=<id>`` opens that edit in the Gallery tab."""
+        wanted = request.query_params.get("edit") if request.query_params else None
+        if not wanted:
+            return (gr.skip(),) * (len(opened) + 1)
+        return (gr.Tabs(selected="gallery"), *open_edit(wanted, request))
+
+    demo.load(open_permalink, None, [tabs, *opened], api_visibility="private")
+
+
 def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None = None,
-               sessions: SessionFiles | None = None, limiter: RateLimiter | None = None) -> gr.Blocks:
+               sessions: SessionFiles | None = None, limiter: RateLimiter | None = None,
+               gallery: Gallery | None = None) -> gr.Blocks:
     """The app's Blocks (queued, not launched) for a loaded editor, or for the error that stopped loading it (then
     the page explains it and the actions that need weights are disabled).
 
-    text_error: why InstructPix2Pix could not be loaded (shown in the page), if it could not.
+    text_error: why InstructPix2Pix could not be loaded (shown in the page), if it could not. gallery: the store of
+    published edits (None: no Gallery tab and no publish buttons).
     """
     sessions = sessions or SessionFiles()
     limiter = limiter or RateLimiter()
@@ -333,7 +496,9 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         gr.Markdown(HEADER, elem_id="title")
         gr.Markdown(weights_notice(editor, text_error), elem_id="notice")
         gr.Markdown(HOW_TO)
-        with gr.Tabs():
+        tokens = gr.BrowserState({}, storage_key="threedpe-gallery-owner-tokens")
+        panels = []
+        with gr.Tabs() as tabs:
             with gr.Tab("Text edit", id="text"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=300):
@@ -361,9 +526,10 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         gr.Examples([[EXAMPLE_PHOTO, text] for text in TEXT_EXAMPLES], [photo, instruction],
                                     cache_examples=False)
                     with gr.Column(scale=3):
-                        panel = result_panel("text", "Reference (InstructPix2Pix edit)")
+                        panel = result_panel("text", "Reference (InstructPix2Pix edit)", gallery is not None)
                 anchor.change(show_anchor, anchor, anchor_image, api_visibility="private", show_progress="minimal")
                 demo.load(show_anchor, anchor, anchor_image, api_visibility="private", show_progress="minimal")
+                panels.append(panel)
                 wire_outputs([button.click, instruction.submit], stop, edit_text,
                              [photo, instruction, own_photo, anchor, steps, text_guidance, image_guidance, resolution,
                               seed], panel, frames, mesh_resolution, "text")
@@ -384,9 +550,14 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                             frames, mesh_resolution = output_settings("reference", defaults)
                         gr.Examples([[EXAMPLE_PHOTO, EXAMPLE_REFERENCE]], [photo, reference], cache_examples=False)
                     with gr.Column(scale=3):
-                        panel = result_panel("reference", "Reference as the editor sees it")
+                        panel = result_panel("reference", "Reference as the editor sees it", gallery is not None)
+                panels.append(panel)
                 wire_outputs([button.click], stop, edit_reference, [photo, reference, align], panel, frames,
                              mesh_resolution, "reference")
+            if gallery is not None:
+                gallery_tab(gallery, sessions, tokens, tabs, demo)
+        if gallery is not None:
+            wire_publishing(panels, gallery, sessions, tokens)
         gr.Markdown(CREDITS)
 
         def start_session(request: gr.Request) -> None:
@@ -401,9 +572,11 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
     return demo.queue(default_concurrency_limit=1, max_size=20)
 
 
-def launch(demo: gr.Blocks, **kwargs) -> None:
-    """Serve ``demo`` with the app's theme, style and upload limit; ``kwargs`` go to ``gr.Blocks.launch``."""
-    demo.launch(theme=THEME, css=CSS, max_file_size=MAX_UPLOAD, **kwargs)
+def launch(demo: gr.Blocks, gallery: Gallery | None = None, **kwargs) -> None:
+    """Serve ``demo`` with the app's theme, style and upload limit (and the gallery's published files);
+    ``kwargs`` go to ``gr.Blocks.launch``."""
+    allowed = [str(gallery.root / "records")] if gallery is not None else []
+    demo.launch(theme=THEME, css=CSS, max_file_size=MAX_UPLOAD, allowed_paths=allowed, **kwargs)
 
 
 def main() -> None:
@@ -414,6 +587,9 @@ def main() -> None:
     parser.add_argument("--host", default=None, help="address to serve on (default: gradio's, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--gallery", default=None,
+                        help="folder of the published edits (default: $THREEDPE_GALLERY or ~/.cache/threedpe/gallery); "
+                             "with THREEDPE_GALLERY_REPO and HF_TOKEN set it is synced with that Hub dataset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("threedpe").setLevel(logging.INFO)
@@ -423,7 +599,12 @@ def main() -> None:
     text_error = load_text_model(editor) if isinstance(editor, PortraitEditor) else None
     if text_error:
         print(f"threedpe: {text_error}", file=sys.stderr)
-    launch(build_demo(editor, text_error), server_name=args.host, server_port=args.port, share=args.share)
+    gallery = Gallery(args.gallery)
+    try:
+        launch(build_demo(editor, text_error, gallery=gallery), gallery, server_name=args.host,
+               server_port=args.port, share=args.share)
+    finally:
+        gallery.close()
 
 
 if __name__ == "__main__":

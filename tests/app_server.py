@@ -17,8 +17,12 @@ from PIL import Image
 
 import app
 from threedpe.demo import SessionFiles, load_editor, load_text_model
+from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.testing import save_tiny_weights
+
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class AppServer:
     no_face: Path  # a photo without a face (skimage's coffee cup)
     sessions: SessionFiles
     editor: PortraitEditor
+    gallery: Gallery  # a gallery of its own (folder/gallery), never synced
 
 
 def free_port() -> int:
@@ -39,10 +44,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve(demo: gr.Blocks) -> str:
+def serve(demo: gr.Blocks, gallery: Gallery | None = None) -> str:
     """Launch ``demo`` in this process on a free local port; its URL."""
     port = free_port()
-    app.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    app.launch(demo, gallery, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     return f"http://127.0.0.1:{port}/"
 
 
@@ -53,10 +58,12 @@ def app_server() -> AppServer:
     editor = load_editor(save_tiny_weights(folder / "weights"), cache_dir=folder / "reference-cache")
     assert not isinstance(editor, Exception), editor
     sessions = SessionFiles(folder / "sessions")
-    demo = app.build_demo(editor, load_text_model(editor), sessions)
-    url = serve(demo)
+    gallery = Gallery(folder / "gallery", sync=None, admin_token=ADMIN_TOKEN)
+    demo = app.build_demo(editor, load_text_model(editor), sessions, gallery=gallery)
+    url = serve(demo, gallery)
+    atexit.register(gallery.close)
     atexit.register(demo.close)
     no_face = folder / "coffee.png"
     Image.fromarray(np.asarray(skimage.data.coffee())).save(no_face)
     return AppServer(url, demo, folder, Path(app.EXAMPLE_PHOTO), Path(app.EXAMPLE_REFERENCE), no_face, sessions,
-                     editor)
+                     editor, gallery)

@@ -25,7 +25,7 @@ from threedpe.demo import DemoRunner, RateLimiter, RateLimitError, SessionFiles,
 from threedpe.diffusion import EditSettings
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
-             for tab in ("text", "reference")}
+             for tab in ("text", "reference")} | {"/publish", "/gallery_page", "/open_edit", "/delete_edit", "/flag_edit"}
 
 
 @pytest.fixture(scope="module")
@@ -300,3 +300,44 @@ def test_session_files_prune_and_refuse_odd_ids(tmp_path):
     assert not old.exists() and new.is_dir()
     with pytest.raises(ValueError, match="session id"):
         sessions.folder("../escape")
+
+
+def test_publish_permalink_open_and_delete_through_the_api(server, client, tmp_path):
+    edit_reference(client, server)
+    client.predict(8, api_name="/orbit_video_reference")
+    client.predict(32, api_name="/mesh_reference")
+    published = client.predict(False, api_name="/publish")  # the session's latest edit
+    record, url, token = published["id"], published["url"], published["owner_token"]
+    assert url == f"{server.url}?edit={record}" and len(token) >= 32
+
+    tiles, listing = client.predict(1, api_name="/gallery_page")
+    assert any(tile["caption"] == "Reference edit" for tile in tiles) and "published edits" in listing
+    info, strip, video, mesh, reference, archive, opened = client.predict(url, api_name="/open_edit")
+    assert opened == record and "Reference edit" in info and record in info
+    assert png(strip).width == 3 * png(strip).height and Path(video).suffix == ".mp4" and Path(mesh).suffix == ".glb"
+    import zipfile
+
+    with zipfile.ZipFile(archive) as bundle:
+        assert {"strip.png", "orbit.mp4", "mesh.glb", "reference.png", "metadata.json"} <= set(bundle.namelist())
+        assert "photo.png" not in bundle.namelist()  # the photo is private unless the publisher shares it
+
+    with pytest.raises(AppError, match="does not own"):
+        client.predict(record, "not-the-owner-token", api_name="/delete_edit")
+    assert "Deleted" in client.predict(url, token, api_name="/delete_edit")
+    with pytest.raises(AppError):
+        client.predict(record, api_name="/open_edit")
+    print(f"\npublish -> permalink -> open -> delete through gradio_client: {record}")
+
+
+def test_a_published_text_edit_keeps_its_instruction_and_can_be_reported(server, client):
+    edit_text(client, server, "make it a marble statue")
+    published = client.predict(True, api_name="/publish")
+    info = client.predict(published["id"], api_name="/open_edit")[0]
+    assert "make it a marble statue" in info and "steps 20" in info
+    assert "photo" in server.gallery.get(published["id"]).files  # shared on request, as a thumbnail
+    assert "1 report" in client.predict(published["id"], "test report", api_name="/flag_edit")
+
+
+def test_publish_before_any_edit_is_a_message(server, client):
+    with pytest.raises(AppError, match="run an edit first"):
+        client.predict(False, api_name="/publish")

@@ -15,6 +15,7 @@ from gradio_client import Client, handle_file
 import app
 from tests.app_server import AppServer, app_server, serve
 from threedpe.demo import SessionFiles, load_editor
+from threedpe.gallery import RecordNotFound
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -45,7 +46,8 @@ def browser():
 
 
 def open_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    """A page in a browser context of its own (closing the page's context closes it)."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
     page.wait_for_selector("#text-photo")
@@ -56,7 +58,7 @@ def open_page(browser, url: str):
 def page(browser, server):
     page = open_page(browser, server.url)
     yield page
-    page.close()
+    page.context.close()
 
 
 def open_tab(page, name: str) -> None:
@@ -190,6 +192,34 @@ def test_missing_weights_page_disables_the_actions_and_shows_no_server_path(brow
         html = page.content()
         assert str(tmp_path) not in html and "no-weights-here" not in html
         screenshot(page, "app_missing_weights.png")
-        page.close()
+        page.context.close()
     finally:
         demo.close()
+
+
+def test_publish_open_the_permalink_and_delete_from_the_same_browser(page, server):
+    open_tab(page, "Reference edit")
+    upload(page, "reference-reference", server.reference)
+    edit(page, "reference", server.photo)
+    page.locator("#reference-status").get_by_text("mesh").wait_for()  # video and mesh made: they are published too
+    page.locator("#reference-publish").click()
+    link = page.locator("#reference-link a").first
+    link.wait_for()
+    url = link.get_attribute("href")
+    assert url.startswith(server.url) and "?edit=" in url
+
+    visitor = page.context.new_page()  # same browser: it keeps the owner token
+    visitor.set_default_timeout(TIMEOUT_MS)
+    visitor.goto(url)
+    visitor.locator("#gallery-strip img").wait_for()  # the permalink opened the Gallery tab on its edit
+    assert visitor.locator("#gallery-info").get_by_text("Reference edit").count()
+    visitor.locator("#gallery-video video").wait_for()
+    visitor.locator("#gallery-tiles img").first.wait_for()
+    screenshot(visitor, "app_gallery_permalink.png")
+    visitor.get_by_text("Delete or report").click()
+    visitor.locator("#gallery-delete").click()
+    visitor.locator("#gallery-message").get_by_text("Deleted").wait_for()
+    record = url.split("edit=")[1]
+    with pytest.raises(RecordNotFound, match="no published edit"):
+        server.gallery.get(record)
+    visitor.close()

@@ -9,6 +9,7 @@ files they write are named for what they hold (``views.png``, ``view_yaw30_pitch
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from PIL import Image
 
 from threedpe.checkpoints import CheckpointError, MissingWeightsError
 from threedpe.diffusion import EditSettings
+from threedpe.files import atomic_write
+from threedpe.gallery import Gallery, GalleryError, Published, Record
 from threedpe.images import ImageInput, load_image
 from threedpe.pipeline import EditResult, PortraitEditor, reference_notes
 
@@ -38,6 +41,7 @@ MAX_PITCH_DEGREES = 30.0
 MAX_UPLOAD = "20mb"  # gradio's upload limit
 MAX_PIXELS = 25_000_000  # larger photos are refused before decoding
 EDITS_PER_WINDOW, RATE_WINDOW_S = 30, 600.0  # per browser session
+EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs besides the files
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,9 @@ def weights_notice(editor: PortraitEditor | CheckpointError, text_error: str | N
 @dataclass
 class StoredEdit:
     """A finished edit as plain CPU data: ``planes`` (1, 96, P, P) float32, the aligned input and the reference
-    (RGB images), seconds per stage, notes for the user, the anchor's label (text edits), and ``id``, which names
-    the edit's folder of output files."""
+    (RGB images), seconds per stage, notes for the user, the anchor's label (text edits), what produced it (the
+    instruction of a text edit, the settings, a style's name), and ``id``, which names the edit's folder of output
+    files."""
 
     planes: np.ndarray
     image: Image.Image
@@ -124,13 +129,16 @@ class StoredEdit:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     anchor: str | None = None
+    instruction: str | None = None
+    settings: dict = field(default_factory=dict)
+    style: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod
-    def from_result(cls, result: EditResult) -> StoredEdit:
+    def from_result(cls, result: EditResult, **details) -> StoredEdit:
         return cls(planes=result.planes.detach().float().cpu().numpy(), image=result.image,
                    reference=result.reference, timings=dict(result.timings), notes=list(result.warnings),
-                   anchor=result.anchor)
+                   anchor=result.anchor, **details)
 
     def result(self, editor: PortraitEditor) -> EditResult:
         """An ``EditResult`` that renders these tri-planes with ``editor`` (no re-encoding)."""
@@ -146,6 +154,13 @@ class StoredEdit:
         folder = session / self.id
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def save_record(self, session: Path) -> None:
+        """What publishing needs besides the files (instruction, style, settings, timings), as ``edit.json`` in the
+        edit's folder; rewritten when the video or mesh adds a timing."""
+        record = {"instruction": self.instruction, "style": self.style, "anchor": self.anchor,
+                  "settings": self.settings, "timings": {key: round(value, 3) for key, value in self.timings.items()}}
+        atomic_write(self.folder(session) / EDIT_RECORD, lambda file: file.write(json.dumps(record).encode()))
 
 
 @dataclass
@@ -265,6 +280,48 @@ def check_upload(path: str, reference: bool = False) -> list[str]:
     return reference_notes(image) if reference else []
 
 
+def latest_edit(session: Path) -> Path:
+    """The folder of the session's most recent edit; a `GalleryError` when it has none."""
+    records = sorted(session.glob(f"*/{EDIT_RECORD}"), key=lambda path: path.stat().st_mtime_ns)
+    if not records:
+        raise GalleryError("There is no edit to publish yet: run an edit first.")
+    return records[-1].parent
+
+
+def publish_edit(gallery: Gallery, folder: Path, session_hash: str | None, share_photo: bool = False) -> Published:
+    """Publish the edit whose files are in ``folder`` (strip, and the video, mesh and reference when made); the
+    aligned photo only as a thumbnail and only when ``share_photo``."""
+    record = json.loads((folder / EDIT_RECORD).read_text())
+
+    def made(name: str) -> Path | None:
+        return folder / name if (folder / name).is_file() else None
+
+    return gallery.publish(session=session_hash or "anonymous", strip=folder / "views.png",
+                           instruction=record["instruction"],
+                           reference=None if record["instruction"] is not None else folder / "reference.png",
+                           video=made("orbit.mp4"), mesh=made("mesh.glb"), style=record["style"],
+                           settings=record["settings"], timings=record["timings"], photo=folder / "aligned.png",
+                           share_photo=share_photo)
+
+
+def permalink(page_url: str, record_id: str) -> str:
+    """``page_url?edit=<id>`` (any query or fragment of ``page_url`` dropped)."""
+    return f"{page_url.split('#')[0].split('?')[0]}?edit={record_id}"
+
+
+def record_markdown(record: Record, link: str) -> str:
+    """What an opened gallery item says: the instruction or "reference edit", style, date, settings, link."""
+    lines = [f"### {record.instruction or 'Reference edit'}"]
+    if record.style:
+        lines.append(f"Style: **{record.style}**")
+    lines.append(f"Published {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(record.created))} · "
+                 f"[permalink]({link})")
+    settings = ", ".join(f"{key} {value}" for key, value in record.settings.items() if value is not None)
+    if settings:
+        lines.append(f"Settings: {settings}")
+    return "\n\n".join(lines)
+
+
 class DemoRunner:
     """The app's GPU work on one shared, read-only editor. Methods take and return picklable values; one runs at
     a time (a stopped computation finishes its current step before the next one starts)."""
@@ -277,7 +334,7 @@ class DemoRunner:
              prompt: str | None = None, *, align_reference: bool = False, settings: EditSettings | None = None,
              seed: int = 0, anchor: int | str = 0, use_own_photo: bool = False) -> EditFiles:
         """Edit ``photo`` (reference image or instruction), then write the aligned input, the reference, the 3-view
-        strip, the frontal view and depth into a new folder of ``session``."""
+        strip, the frontal view, depth and ``edit.json`` into a new folder of ``session``."""
         with self._lock:
             photo = load_image(photo, max_pixels=MAX_PIXELS)
             if reference is not None:
@@ -287,13 +344,20 @@ class DemoRunner:
             start = time.perf_counter()
             strip = result.strip(cancel=stop)
             view, depth = result.view(), result.depth()
-            edit = StoredEdit.from_result(result).timed(render=time.perf_counter() - start)
+            if prompt is None:
+                details = {"align_reference": align_reference}
+            else:
+                details = {**asdict(settings or EditSettings()), "seed": seed, "own_photo": use_own_photo,
+                           "anchor": None if use_own_photo else anchor}
+            edit = StoredEdit.from_result(result, instruction=prompt, settings=details).timed(
+                render=time.perf_counter() - start)
         folder = edit.folder(session)
         files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
                  "views": folder / "views.png", "view": folder / view_name(0, 0), "depth": folder / "depth.png"}
         for key, image in (("aligned", result.image), ("reference", result.reference), ("views", strip),
                            ("view", view), ("depth", depth)):
             image.save(files[key])
+        edit.save_record(session)
         return EditFiles(edit, **files)
 
     def view(self, edit: StoredEdit, session: Path, yaw: float, pitch: float) -> Path:
@@ -310,7 +374,9 @@ class DemoRunner:
         start = time.perf_counter()
         with self._lock:
             path = edit.result(self.editor).video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
-        return path, edit.timed(video=time.perf_counter() - start)
+        edit = edit.timed(video=time.perf_counter() - start)
+        edit.save_record(session)
+        return path, edit
 
     def mesh(self, edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None
              ) -> tuple[Path, Path, StoredEdit]:
@@ -320,7 +386,9 @@ class DemoRunner:
         with self._lock:
             glb, ply = edit.result(self.editor).mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution,
                                                      cancel=stop)
-        return glb, ply, edit.timed(mesh=time.perf_counter() - start)
+        edit = edit.timed(mesh=time.perf_counter() - start)
+        edit.save_record(session)
+        return glb, ply, edit
 
     def anchor(self, name: str) -> Image.Image:
         """The anchor portrait ``name`` (an EG3D sample is rendered on first use, then cached on disk)."""
