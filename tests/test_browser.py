@@ -223,3 +223,20 @@ def test_publish_open_the_permalink_and_delete_from_the_same_browser(page, serve
     with pytest.raises(RecordNotFound, match="no published edit"):
         server.gallery.get(record)
     visitor.close()
+
+
+def test_closing_the_page_removes_the_session_files(browser, server):
+    before = set(server.sessions.root.iterdir()) if server.sessions.root.is_dir() else set()
+    page = open_page(browser, server.url)
+    open_tab(page, "Reference edit")
+    upload(page, "reference-reference", server.reference)
+    edit(page, "reference", server.photo)
+    page.locator("#reference-strip img").wait_for()
+    [folder] = [path for path in server.sessions.root.iterdir() if path not in before and path.is_dir()]
+    assert any(folder.glob("*/views.png"))
+    page.context.close()
+    deadline = time.monotonic() + 90
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not folder.exists(), "the session's temporary files outlived the page"
+    print(f"\nsession folder removed {90 - (deadline - time.monotonic()):.1f} s after the page closed")

@@ -9,6 +9,7 @@ files they write are named for what they hold (``views.png``, ``view_yaw30_pitch
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,11 +23,13 @@ import uuid
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
+from threedpe.cancel import Cancelled
 from threedpe.checkpoints import CheckpointError, MissingWeightsError
 from threedpe.diffusion import EditSettings
 from threedpe.files import atomic_write
@@ -197,13 +200,14 @@ def view_name(yaw: float, pitch: float) -> str:
 
 class StopFlag:
     """A session's stop request as a file, so that it reaches the work in another thread or process (ZeroGPU runs
-    GPU functions in a forked worker). Calling it says whether the stop was requested; picklable."""
+    GPU functions in a forked worker). Calling it says whether the stop was requested, or the session ended (its
+    folder is gone); picklable."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def __call__(self) -> bool:
-        return self.path.exists()
+        return self.path.exists() or not self.path.parent.is_dir()
 
     def set(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +215,18 @@ class StopFlag:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def stopped_if_gone(stop: StopFlag | None) -> Iterator[None]:
+    """Turn a failed write into :class:`~threedpe.cancel.Cancelled` when the session ended meanwhile (its folder,
+    where the output was being written, was removed when the visitor left)."""
+    try:
+        yield
+    except OSError:
+        if stop is not None and stop():
+            raise Cancelled("stopped: the session ended") from None
+        raise
 
 
 class SessionFiles:
@@ -372,7 +388,7 @@ class DemoRunner:
               ) -> tuple[Path, StoredEdit]:
         """An orbit video (``orbit.mp4``, ``frames`` frames) of the stored edit; the edit with its timing."""
         start = time.perf_counter()
-        with self._lock:
+        with self._lock, stopped_if_gone(stop):
             path = edit.result(self.editor).video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
         edit = edit.timed(video=time.perf_counter() - start)
         edit.save_record(session)
@@ -383,7 +399,7 @@ class DemoRunner:
         """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply``; the edit with its timing."""
         start = time.perf_counter()
         folder = edit.folder(session)
-        with self._lock:
+        with self._lock, stopped_if_gone(stop):
             glb, ply = edit.result(self.editor).mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution,
                                                      cancel=stop)
         edit = edit.timed(mesh=time.perf_counter() - start)
