@@ -260,9 +260,10 @@ def wire_publishing(panels: list[ResultPanel], gallery: Gallery, sessions: Sessi
 
 
 def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserState, tabs: gr.Tabs,
-                demo: gr.Blocks) -> None:
+                demo: gr.Blocks) -> Callable:
     """The Gallery tab (inside the current ``gr.Tabs``): the listing with paging, an opened edit with its files,
-    download, delete (owner) and report; a ``?edit=<id>`` permalink opens its edit when the page loads."""
+    download, delete (owner) and report; a ``?edit=<id>`` permalink opens its edit when the page loads. Returns the
+    ``delete_edit`` API function, to be registered outside the tabs."""
     per_page = 12
     png = {"type": "filepath", "interactive": False, "format": "png"}
     with gr.Tab("Gallery", id="gallery") as tab:
@@ -351,7 +352,6 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
 
     tiles.select(pick, [ids], edit_id, api_visibility="private", queue=False).then(
         open_edit, edit_id, opened, api_visibility="private")
-    gr.api(delete_edit, api_name="delete_edit")
     delete.click(delete_in_browser, [edit_id, owner_token, tokens],
                  [message, tokens, info, strip, video, model, reference, download], api_visibility="private").then(
         gallery_page, page, listing_outputs, api_visibility="private")
@@ -365,6 +365,7 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
         return (gr.Tabs(selected="gallery"), *open_edit(wanted, request))
 
     demo.load(open_permalink, None, [tabs, *opened], api_visibility="private")
+    return delete_edit
 
 
 def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None = None,
@@ -554,10 +555,10 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                 panels.append(panel)
                 wire_outputs([button.click], stop, edit_reference, [photo, reference, align], panel, frames,
                              mesh_resolution, "reference")
-            if gallery is not None:
-                gallery_tab(gallery, sessions, tokens, tabs, demo)
+            delete_edit = gallery_tab(gallery, sessions, tokens, tabs, demo) if gallery is not None else None
         if gallery is not None:
             wire_publishing(panels, gallery, sessions, tokens)
+            gr.api(delete_edit, api_name="delete_edit")
         gr.Markdown(CREDITS)
 
         def start_session(request: gr.Request) -> None:

@@ -112,8 +112,24 @@ def test_page_says_the_weights_are_untrained_and_how_the_text_tab_works(server):
     assert "anchor portrait" in config and "EG3D sample, seed 0" in config  # tiny weights hold an EG3D generator
 
 
+def timed(call, limit_s: float = 120.0):
+    """``call()``, which must finish within a generous ``limit_s`` on tiny weights (seconds are typical)."""
+    start = time.perf_counter()
+    value = call()
+    assert time.perf_counter() - start < limit_s
+    return value
+
+
+def test_building_the_page_warns_about_nothing(server, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.build_demo(server.editor, sessions=SessionFiles(tmp_path), gallery=server.gallery)
+
+
 def test_reference_edit_then_views_video_and_mesh_at_default_settings(server, client):
-    frontal = check_edit_outputs(edit_reference(client, server))
+    frontal = check_edit_outputs(timed(lambda: edit_reference(client, server)))
 
     turned = client.predict(30, -10, api_name="/render_view_reference")
     assert Path(turned).name == "view_yaw30_pitch-10.png"
@@ -121,7 +137,7 @@ def test_reference_edit_then_views_video_and_mesh_at_default_settings(server, cl
     again = png(client.predict(0, 0, api_name="/render_view_reference"))
     assert np.array_equal(np.asarray(again), np.asarray(frontal))  # re-rendered from the cached tri-planes
 
-    video, status = client.predict(api_name="/orbit_video_reference")  # the app's default frame count
+    video, status = timed(lambda: client.predict(api_name="/orbit_video_reference"))  # the default frame count
     assert Path(video).name == "orbit.mp4"
     reader = imageio_ffmpeg.read_frames(video)
     meta = next(reader)
@@ -129,7 +145,7 @@ def test_reference_edit_then_views_video_and_mesh_at_default_settings(server, cl
         server.editor.device).video_frames
     assert "orbit video" in status
 
-    glb, files, status = client.predict(api_name="/mesh_reference")
+    glb, files, status = timed(lambda: client.predict(api_name="/mesh_reference"))
     assert sorted(Path(f).name for f in files) == ["mesh.glb", "mesh.ply"]
     for path in (glb, *files):
         mesh = trimesh.load(path, force="mesh", process=False)
@@ -148,9 +164,9 @@ def test_text_edit_at_default_settings_then_view_video_mesh(server, client):
     assert seconds < 60
     turned = png(client.predict(-40, 20, api_name="/render_view_text"))
     assert turned.size == frontal.size
-    video, _ = client.predict(api_name="/orbit_video_text")
+    video, _ = timed(lambda: client.predict(api_name="/orbit_video_text"))
     assert Path(video).stat().st_size > 0
-    glb, files, _ = client.predict(api_name="/mesh_text")
+    glb, files, _ = timed(lambda: client.predict(api_name="/mesh_text"))
     assert len(trimesh.load(glb, force="mesh").faces) > 0 and len(files) == 2
 
 
