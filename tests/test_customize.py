@@ -240,7 +240,8 @@ def test_cli_customize_then_edit_with_the_style(tiny_weights, astronaut_photo, t
             "--batch-size", "1", "--edit-steps", "2", "--out", str(out)]
     assert main([*argv, "--steps", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    print("\n".join(lines[-3:]))
+    with capsys.disabled():
+        print("\n" + "\n".join(lines[-3:]))
     last = re.fullmatch(r"steps=(\d+) seconds=([\d.]+) loss_start=([\d.]+) loss_end=([\d.]+) style=(\S+) bytes=(\d+)",
                         lines[-1])
     assert last and last[1] == "1" and last[5] == str(out) and int(last[6]) == out.stat().st_size
@@ -280,3 +281,12 @@ def test_cli_customize_errors_are_one_line_messages(tiny_weights, tmp_path, caps
     assert main(["customize", "--weights", str(tmp_path), "--instruction", "x", "--steps", "1",
                  "--out", str(tmp_path / "s.safetensors")]) == 2
     assert "3dpe" in capsys.readouterr().err
+    no_eg3d = tmp_path / "no-eg3d"
+    no_eg3d.mkdir()
+    for path in tiny_weights.iterdir():
+        if not path.name.startswith("ffhqrebalanced512-128"):
+            (no_eg3d / path.name).symlink_to(path)
+    assert main(["customize", "--weights", str(no_eg3d), "--instruction", "x", "--steps", "1",
+                 "--out", str(tmp_path / "s.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "ffhqrebalanced512-128" in err and "photo pairs works without it" in err and "Traceback" not in err

@@ -90,6 +90,8 @@ def _customize(args: argparse.Namespace) -> None:
             raise UsageError(f"the {label} {path} does not exist")
     if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0:
         raise UsageError("--steps and --minutes must be positive")
+    if args.instruction is not None and args.samples < 3:
+        raise UsageError("--samples must be at least 3 (two identities to train on, one held out for previews)")
     instruction = normalise_instruction(args.instruction) if args.instruction is not None else None
     settings = EditSettings(steps=args.edit_steps, resolution=args.resolution)
     try:
@@ -141,6 +143,7 @@ def _customize(args: argparse.Namespace) -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
     style = trainer.style()
+    out.parent.mkdir(parents=True, exist_ok=True)
     style.save(out)
     state = trainer.save_state(out.with_name(out.stem + ".state.pt"))
     print(f"wrote {state} (continue with --resume {state})")

@@ -138,7 +138,7 @@ def data_fingerprint(pairs: Sequence[TrainingPair], held_out: TrainingPair) -> s
     return hashlib.sha256("|".join(p.fingerprint() for p in (*pairs, held_out)).encode()).hexdigest()
 
 
-def split_held_out(samples: Sequence[StyleSample], seed: int = 0) -> tuple[list[TrainingPair], TrainingPair]:
+def split_held_out(samples: Sequence[StyleSample]) -> tuple[list[TrainingPair], TrainingPair]:
     """The last usable sample becomes the held-out pair (its reference: the first other identity's edit); the rest
     give the training pairs (every other identity as a reference). ``CustomizeError`` below :data:`MIN_SAMPLES`."""
     kept = usable(samples)
@@ -148,7 +148,7 @@ def split_held_out(samples: Sequence[StyleSample], seed: int = 0) -> tuple[list[
     held, train = kept[-1], kept[:-1]
     held_out = TrainingPair(held.before, train[0].after, held.after, held.camera, held.name, train[0].name)
     try:
-        return training_pairs(train, seed=seed), held_out
+        return training_pairs(train), held_out
     except DataError as error:
         raise CustomizeError(str(error)) from None
 
@@ -197,7 +197,7 @@ class StyleTrainer:
                    config: CustomizeConfig = CustomizeConfig(), source: dict | None = None) -> StyleTrainer:
         """A trainer for the shared ``editor``'s weights on ``samples`` (:func:`split_held_out`); Live3D and the
         perceptual network come from ``weights_folder``. The editor is copied under its ``style_lock``."""
-        pairs, held_out = split_held_out(samples, config.seed)
+        pairs, held_out = split_held_out(samples)
         reconstruction = ReconstructionModel.from_pretrained(weights_folder).to(editor.device)
         fingerprint = editor.fingerprint
         with editor.style_lock:

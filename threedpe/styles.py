@@ -67,7 +67,7 @@ def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> to
     return scaling * torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Style:
     """A loaded style: ``tensors`` (CPU, see the module docstring) and ``metadata`` (the JSON object). Reusable:
     applying it never changes it."""
