@@ -1,4 +1,4 @@
-"""Command line: ``python -m threedpe {edit,render,convert,tiny-weights} ...``.
+"""Command line: ``python -m threedpe {edit,customize,render,convert,tiny-weights} ...``.
 
 A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
 a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,16 +30,17 @@ def _edit(args: argparse.Namespace) -> None:
     prompt = normalise_instruction(args.prompt) if args.prompt is not None else None
     settings = EditSettings(steps=args.steps, text_guidance=args.text_guidance, image_guidance=args.image_guidance,
                             resolution=args.resolution)
-    for label, path in (("photo", args.input), ("reference", args.reference)):
+    for label, path in (("photo", args.input), ("reference", args.reference), ("style", args.style)):
         if path is not None and not Path(path).is_file():
             raise UsageError(f"the {label} {path} does not exist")
     device = resolve_device(args.device)
     anchor = int(args.anchor) if args.anchor.isdigit() else args.anchor
 
     editor = PortraitEditor.from_pretrained(args.weights, device=device)
+    style = editor.load_style(args.style) if args.style is not None else None
     result = editor(args.input, reference=args.reference, prompt=prompt, aligned=args.aligned,
                     align_reference=args.align_reference, anchor=anchor, use_own_photo=args.own_photo,
-                    settings=settings, seed=args.seed)
+                    settings=settings, seed=args.seed, style=style)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings = dict(result.timings)
@@ -61,11 +64,92 @@ def _edit(args: argparse.Namespace) -> None:
         timings["mesh"] = time.perf_counter() - start
     if result.anchor:
         print(f"the instruction was applied to the anchor portrait: {result.anchor}")
+    if style is not None:
+        print(f"applied the style {args.style} ({style.mode}, {style.metadata.get('steps')} fine-tuning steps)")
     for note in result.warnings:
         print(f"note: {note}", file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
     print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
+
+
+def _customize(args: argparse.Namespace) -> None:
+    from threedpe.cancel import Cancelled
+    from threedpe.customize import CustomizeConfig, CustomizeError, Progress, StyleTrainer
+    from threedpe.datagen import DataError, SyntheticSamples, load_generator, photo_pairs
+    from threedpe.diffusion import EditSettings, normalise_instruction
+    from threedpe.editor import resolve_reconstruction_weights
+    from threedpe.pipeline import PortraitEditor, default_cache_dir, resolve_device
+
+    # Everything that can be checked without loading a model is checked first.
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must name a .safetensors file, got {out}")
+    for label, path, exists in (("pairs folder", args.pairs, Path.is_dir), ("resume file", args.resume, Path.is_file)):
+        if path is not None and not exists(Path(path)):
+            raise UsageError(f"the {label} {path} does not exist")
+    if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0:
+        raise UsageError("--steps and --minutes must be positive")
+    if args.instruction is not None and args.samples < 3:
+        raise UsageError("--samples must be at least 3 (two identities to train on, one held out for previews)")
+    instruction = normalise_instruction(args.instruction) if args.instruction is not None else None
+    settings = EditSettings(steps=args.edit_steps, resolution=args.resolution)
+    try:
+        config = CustomizeConfig(mode=args.mode, rank=args.rank, batch_size=args.batch_size,
+                                 learning_rate=args.learning_rate, seed=args.seed)
+        device = resolve_device(args.device)
+
+        editor = PortraitEditor.from_pretrained(args.weights, device=device)
+        resolve_reconstruction_weights(args.weights)  # Live3D lifts the targets: missing, it fails before any data
+        if instruction is not None:
+            generator = load_generator(args.weights).to(device)
+            data = SyntheticSamples(generator, editor.text_reference.editor, instruction, settings=settings,
+                                    truncation_psi=args.truncation, cache_dir=default_cache_dir() / "datagen")
+            samples = list(data.samples(range(args.samples)))
+            source = {**data.describe(), "seeds": list(range(args.samples))}
+        else:
+            samples = photo_pairs(args.pairs, aligned=args.aligned)
+            source = {"kind": "pairs", "folder": Path(args.pairs).name}
+        for sample in samples:
+            if sample.failure is not None:
+                print(f"left out {sample.name}: {sample.failure}")
+        trainer = StyleTrainer.for_editor(editor, samples, args.weights, config, source=source)
+        if args.resume is not None:
+            trainer.load_state(args.resume)
+            print(f"resumed from {args.resume} at step {trainer.step} ({trainer.seconds:.1f} s)")
+    except (CustomizeError, DataError) as error:
+        raise UsageError(str(error)) from None
+    print(f"fine-tuning {len(trainer.parameters)} tensors ({config.mode}) on {len(trainer.pairs)} pairs; "
+          f"perceptual term: {trainer.objective.description['perceptual']}")
+
+    printed = [0.0]
+
+    def report(progress: Progress) -> None:
+        if progress.snapshot is not None and args.previews is not None:
+            path = Path(args.previews) / f"preview_step{progress.step:06d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            progress.snapshot.image.save(path)
+            print(f"wrote {path} (held-out loss {progress.snapshot.loss:.4f})")
+        if time.perf_counter() - printed[0] >= 2.0 or progress.step in (1, args.steps):
+            printed[0] = time.perf_counter()
+            print(f"step {progress.step}  loss {progress.loss:.4f}  {progress.seconds:.1f} s", flush=True)
+
+    stop = threading.Event()  # Ctrl-C stops between steps; what was learnt so far is still written
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        trainer.train(args.steps, None if args.minutes is None else args.minutes * 60, callback=report, cancel=stop)
+    except Cancelled:
+        print(f"stopped after step {trainer.step}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    style = trainer.style()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    style.save(out)
+    state = trainer.save_state(out.with_name(out.stem + ".state.pt"))
+    print(f"wrote {state} (continue with --resume {state})")
+    losses = style.metadata["losses"]
+    print(f"steps={trainer.step} seconds={trainer.seconds:.1f} loss_start={losses['held_out_start']:.4f} "
+          f"loss_end={losses['held_out_end']:.4f} style={out} bytes={out.stat().st_size}")
 
 
 def _eg3d_weights(path: str) -> Path:
@@ -156,8 +240,39 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--image-guidance", type=float, default=1.5)
     edit.add_argument("--resolution", type=int, default=512, help="InstructPix2Pix resolution")
     edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--style", help="a style file made by `customize`, applied to the editor for this edit")
     edit.add_argument("--device", default="auto", help=DEVICE_HELP)
     edit.set_defaults(run=_edit)
+
+    custom = commands.add_parser(
+        "customize", help="fine-tune the editor to a new edit and write a style file",
+        description="Fine-tune the editor to a new edit (from an instruction, or from your own before/after photos) "
+                    "and write the result as a style file for `edit --style`. The last line printed is "
+                    "`steps=<n> seconds=<s> loss_start=<a> loss_end=<b> style=<path> bytes=<size>`, where the "
+                    "losses are those of a held-out pair before and after the fine-tune.")
+    custom.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)")
+    data = custom.add_mutually_exclusive_group(required=True)
+    data.add_argument("--instruction", help="InstructPix2Pix instruction applied to EG3D samples (needs the EG3D file)")
+    data.add_argument("--pairs", help="folder with before/ and after/ photos of the same names")
+    custom.add_argument("--aligned", action="store_true", help="the --pairs photos are already EG3D/FFHQ-style crops")
+    custom.add_argument("--samples", type=int, default=12, help="EG3D identities for --instruction (default 12)")
+    budget = custom.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="fine-tuning steps in all (resumed ones included)")
+    budget.add_argument("--minutes", type=float, help="fine-tuning minutes in all (resumed ones included)")
+    custom.add_argument("--mode", choices=("lora", "full"), default="lora",
+                        help="lora: low-rank adapters, a style of a few MB (default); full: the official trainable set")
+    custom.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    custom.add_argument("--batch-size", type=int, default=2, help="pairs per step (default 2, as officially per GPU)")
+    custom.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    custom.add_argument("--resume", help="state file of an earlier run (written beside --out as <name>.state.pt)")
+    custom.add_argument("--out", required=True, help="the style file to write (.safetensors)")
+    custom.add_argument("--previews", help="folder for preview images of a held-out pair (10 s, 1, 2, 5 min)")
+    custom.add_argument("--truncation", type=float, default=0.7, help="EG3D truncation psi for --instruction")
+    custom.add_argument("--edit-steps", type=int, default=20, help="InstructPix2Pix steps")
+    custom.add_argument("--resolution", type=int, default=512, help="InstructPix2Pix resolution")
+    custom.add_argument("--seed", type=int, default=0, help="seed of the fine-tune (adapters, pair order, cameras)")
+    custom.add_argument("--device", default="auto", help=DEVICE_HELP)
+    custom.set_defaults(run=_customize)
 
     render = commands.add_parser("render", help="render random heads of an EG3D generator")
     render.add_argument("--weights", default=DEFAULT_WEIGHTS, help="EG3D file, or a folder holding one")

@@ -7,11 +7,15 @@ a depth image, a mesh. Views are given in degrees from the frontal view (see :mo
     editor = PortraitEditor.from_pretrained("checkpoints").to("cuda" if torch.cuda.is_available() else "cpu")
     result = editor("me.jpg", prompt="Make him resemble a young child")
     result.strip().save("strip.png"); result.video("orbit.mp4"); result.mesh("head.glb")
+
+A style made by customisation (:mod:`threedpe.customize`) is applied per call and removed afterwards:
+``editor(photo, reference=..., style=editor.load_style("gold.safetensors"))``.
 """
 from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -34,6 +38,7 @@ from threedpe.editor import EditorModel
 from threedpe.encoder import preprocess_input, preprocess_reference
 from threedpe.images import ImageError, ImageInput, frames_note, load_image
 from threedpe.mesh import export_mesh, extract_mesh
+from threedpe.styles import Style, StyleError, applied, model_fingerprint
 from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, write_mp4
 
 EDITOR_WEIGHTS = ("3dpe.safetensors", "3dpe.pt")  # converted first, then the released file
@@ -65,7 +70,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 # Errors a user can act on (their messages say what to do); the app and the CLI show them without a traceback.
-USER_ERRORS = (ImageError, NoFaceError, CheckpointError, PromptError, SettingsError, DeviceError, Cancelled)
+USER_ERRORS = (ImageError, NoFaceError, CheckpointError, PromptError, SettingsError, DeviceError, StyleError,
+               Cancelled)
 
 
 def reference_notes(image: Image.Image) -> list[str]:
@@ -201,6 +207,8 @@ class PortraitEditor:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.anchors = anchors if anchors is not None else shipped_anchors()
         self._text: TextReference | None = None
+        self.style_lock = threading.Lock()  # held by every encode: a style applied for one call is seen by no other
+        self._fingerprint: str | None = None
 
     @property
     def untrained(self) -> bool:
@@ -258,6 +266,35 @@ class PortraitEditor:
         return self
 
     @property
+    def fingerprint(self) -> str:
+        """The weights fingerprint that styles are checked against (:func:`threedpe.styles.model_fingerprint` of the
+        unstyled editor; computed once)."""
+        with self.style_lock:
+            return self._unstyled_fingerprint()
+
+    def _unstyled_fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+    def load_style(self, path: str | os.PathLike) -> Style:
+        """Read a style file and check that it was made for these weights (``StyleError`` otherwise)."""
+        style = Style.load(path)
+        style.check_base(self.fingerprint)
+        return style
+
+    def encode(self, x: torch.Tensor, ref: torch.Tensor, style: Style | None = None) -> torch.Tensor:
+        """The editor's tri-planes (B, 96, S/2, S/2) for inputs x (B, 3, S, S) in [-1, 1] and references ref
+        (B, 3, 224, 224) ImageNet-normalised, with ``style`` applied for this call only (restored bit-exactly after).
+        Thread-safe: every encode holds ``style_lock``."""
+        with self.style_lock:
+            if style is None:
+                return self.model.encode(x, ref)
+            style.check_base(self._unstyled_fingerprint())
+            with applied(self.model.encoder, style):
+                return self.model.encode(x, ref)
+
+    @property
     def text_reference(self) -> TextReference:
         """The InstructPix2Pix text route (loaded on first use: the model is large)."""
         if self._text is None:
@@ -279,7 +316,7 @@ class PortraitEditor:
     def __call__(self, image: ImageInput, reference: ImageInput | None = None, prompt: str | None = None, *,
                  aligned: bool = False, align_reference: bool = False, anchor: int | str = 0,
                  use_own_photo: bool = False, settings: EditSettings | None = None, seed: int = 0,
-                 cancel: CancelSignal | None = None) -> EditResult:
+                 style: Style | None = None, cancel: CancelSignal | None = None) -> EditResult:
         """Edit a portrait with a reference image or a text instruction (exactly one of them).
 
         image: a photo (path, bytes, array or PIL); it is detected and aligned unless ``aligned=True``.
@@ -287,10 +324,13 @@ class PortraitEditor:
         ``align_reference=True`` a raw reference photo is aligned like the input first (an aligned crop is kept).
         prompt: an InstructPix2Pix instruction, applied to an anchor portrait (cached; ``anchor`` is its index or
         name, see ``self.anchors``) or, with ``use_own_photo=True``, to the aligned photo itself (not cached).
+        style: a customised style (:meth:`load_style`) applied to the editor for this call only, with either route.
         cancel: checked between the stages and the denoising steps; raises ``threedpe.cancel.Cancelled``.
         """
         if (reference is None) == (prompt is None):
             raise ValueError("give either a reference image or a text instruction (exactly one)")
+        if style is not None:
+            style.check_base(self.fingerprint)  # before any work: fails fast
         if prompt is not None:
             prompt = self.text_reference.editor.check_instruction(prompt)  # before any work: fails fast
             settings = settings or EditSettings()
@@ -323,7 +363,7 @@ class PortraitEditor:
         x = preprocess_input(crop, self.model.config.encoder.image_size).to(self.device)
         ref = preprocess_reference(ref_image).to(self.device)
         with torch.inference_mode():
-            planes = self.model.encode(x, ref)
+            planes = self.encode(x, ref, style)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         timings["encode"] = time.perf_counter() - start

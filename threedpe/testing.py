@@ -9,20 +9,28 @@ and the CLI in seconds on a CPU; the outputs are noise (the weights are untraine
 - :func:`tiny_reconstruction_model`: a tiny Live3D network sharing a tiny editor's weights;
 - :func:`build_tiny_instruct_pix2pix`: a tiny InstructPix2Pix in the diffusers layout with the standard VAE scale
   factor (8), so a 512^2 edit runs on a 64^2 latent, and attention only at the UNet's lowest resolution;
-- :func:`save_tiny_weights`: all of them in one folder.
+- :func:`save_tiny_weights`: all of them in one folder;
+- :func:`small_training_models`: a tiny editor and Live3D network at 128^2 input for fine-tuning tests in seconds;
+- :class:`ColourEditor`: a deterministic stand-in for InstructPix2Pix (a fixed colour transform), with failures
+  on request.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Mapping, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
+from threedpe.cancel import CancelSignal, check
 from threedpe.checkpoints import EG3DCheckpoint, ThreeDPECheckpoint, save_checkpoint
 from threedpe.editor import RECONSTRUCTION_WEIGHTS, EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
 from threedpe.encoder import EncoderConfig
 from threedpe.generator import GeneratorConfig, TriPlaneGenerator
+from threedpe.diffusion import EditSettings
 from threedpe.pipeline import TEXT_MODEL_FOLDER, UNTRAINED_NOTE
 from threedpe.rendering import RenderingConfig
 
@@ -73,6 +81,60 @@ def tiny_reconstruction_model(editor: EditorModel) -> ReconstructionModel:
     model.encoder.load_state_dict(shared, strict=True)
     model.renderer.load_state_dict(editor.renderer.state_dict(), strict=True)
     return model.eval()
+
+
+def small_training_models(seed: int = 0) -> tuple[EditorModel, ReconstructionModel]:
+    """A tiny editor taking 128^2 inputs (tri-planes 64^2), rendering 16^2 rays (64^2 images), and the tiny
+    Live3D network sharing its weights: a fine-tuning step takes a fraction of a second on one CPU thread."""
+    torch.manual_seed(seed)
+    config = dataclasses.replace(
+        tiny_editor_config(), encoder=tiny_encoder_config(image_size=128),
+        rendering=RenderingConfig(depth_resolution=8, depth_resolution_importance=8, neural_rendering_resolution=16))
+    editor = EditorModel(config).eval()
+    with torch.no_grad():  # density around the surface level, so that renders depend on the tri-planes
+        editor.renderer.decoder.net[2].bias[0] = 10.0
+    return editor, tiny_reconstruction_model(editor)
+
+
+WARM_TINT = ((1.1, 0.1, 0.0), (0.05, 0.95, 0.0), (0.0, 0.05, 0.7)), (0.05, 0.02, 0.0)  # keeps the contrast
+
+
+class ColourEditor:
+    """Stand-in for a 2D instruction editor (``ImageEditor2D``): every image gets the same colour transform
+    ``clip(rgb @ matrix.T + offset)`` (default: a warm tint), whatever the instruction and seed.
+
+    ``failures`` maps the index of an edited image (counting every image this editor was given, from 0) to a
+    failure to simulate: ``"unchanged"`` returns the input, ``"uniform"`` a flat grey image. ``calls`` counts
+    the images edited."""
+
+    def __init__(self, matrix: Sequence[Sequence[float]] = WARM_TINT[0], offset: Sequence[float] = WARM_TINT[1],
+                 failures: Mapping[int, Literal["unchanged", "uniform"]] | None = None) -> None:
+        self.matrix = np.asarray(matrix, dtype=np.float32)
+        self.offset = np.asarray(offset, dtype=np.float32)
+        self.failures = dict(failures or {})
+        self.calls = 0
+
+    @property
+    def identity(self) -> str:
+        return f"stand-in colour transform {self.matrix.tolist()} + {self.offset.tolist()}"
+
+    def edit(self, images: list[Image.Image], instruction: str, settings: EditSettings, seed: int,
+             cancel: CancelSignal | None = None) -> list[Image.Image]:
+        check(cancel, "before the stand-in edit")
+        side = settings.resolution
+        edited = []
+        for image in images:
+            rgb = image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+            failure = self.failures.get(self.calls)
+            self.calls += 1
+            if failure == "unchanged":
+                edited.append(rgb)
+            elif failure == "uniform":
+                edited.append(Image.new("RGB", (side, side), (128, 128, 128)))
+            else:
+                values = np.asarray(rgb, dtype=np.float32) / 255 @ self.matrix.T + self.offset
+                edited.append(Image.fromarray((np.clip(values, 0, 1) * 255).round().astype(np.uint8)))
+        return edited
 
 
 def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
