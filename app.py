@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +24,13 @@ import gradio as gr
 from threedpe.anchors import shipped_anchors
 from threedpe.cancel import Cancelled
 from threedpe.checkpoints import CheckpointError
-from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, DemoRunner, OutputSettings, RateLimiter,
-                           RateLimitError, SessionFiles, StoredEdit, check_upload, disabled_reason, latest_edit,
-                           load_editor, load_text_model, permalink, public_message, publish_edit, record_markdown,
-                           status_markdown, weights_notice)
+from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL,
+                           DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, StoredEdit,
+                           StyleSession, check_upload, curve_table, disabled_reason, latest_edit, load_editor,
+                           load_text_model, permalink, photo_samples, public_message, publish_edit, record_markdown,
+                           sample_tiles, slug, snapshot_tiles, status_markdown, style_status, weights_notice)
+from threedpe.customize import CustomizeConfig, CustomizeError
+from threedpe.datagen import DataError, usable
 from threedpe.gallery import Gallery, GalleryError
 from threedpe.diffusion import EditSettings
 from threedpe.pipeline import USER_ERRORS, PortraitEditor
@@ -70,6 +73,13 @@ The EG3D and 3DPE weights are for **non-commercial research only** (NVIDIA Sourc
 terms); InstructPix2Pix weights: CreativeML OpenRAIL-M. Example photo: astronaut Eileen Collins (NASA, public domain).
 Photos you upload are kept in a temporary per-session folder that is deleted when you leave.
 """
+CUSTOMIZE_HOW = """
+**Teach the editor a new kind of edit.** Name it with an instruction: InstructPix2Pix applies it to EG3D portraits
+to make training pairs (or give your own before/after photos, matched by file name). **Adapt** then fine-tunes
+small adapters (LoRA) of the editor on those pairs, with the paper's objective; the held-out preview and the loss
+show how the style is learned (the paper: about 5 minutes on a GPU). The result is a style file you can use below,
+download, or upload later. Your style stays in your session: the shared model is never changed.
+"""
 TEXT_EXAMPLES = ["Turn her into a bronze statue", "Make her look like a Pixar character",
                  "Make it a watercolor painting", "Give her a zombie look"]
 STOPPED = "⏹️ Stopped."
@@ -85,7 +95,7 @@ def show_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except Cancelled:
             raise gr.Error(STOPPED, print_exception=False) from None
-        except (*USER_ERRORS, RateLimitError, GalleryError) as error:
+        except (*USER_ERRORS, RateLimitError, GalleryError, CustomizeError, DataError) as error:
             logger.info("user error in %s: %s", fn.__name__, error)
             raise gr.Error(public_message(str(error)), print_exception=False) from None
     return guarded
@@ -392,7 +402,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
             return refuse
         return spaces.GPU(duration=getattr(DemoRunner, f"{method}_duration"))(show_errors(getattr(runner, method)))
 
-    gpu_edit, gpu_view, gpu_video, gpu_mesh, gpu_anchor = (gpu(m) for m in ("edit", "view", "video", "mesh", "anchor"))
+    gpu_edit, gpu_view, gpu_video, gpu_mesh, gpu_anchor, gpu_samples, gpu_fine_tune = (
+        gpu(m) for m in ("edit", "view", "video", "mesh", "anchor", "samples", "fine_tune"))
 
     def run_edit(request: gr.Request, photo: dict | None, **kwargs) -> tuple:
         """Rate-limit, clear the stop flag, edit, and lay the result out for ``ResultPanel.edit_outputs``."""
@@ -449,20 +460,98 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                                   sessions.stop_flag(request.session_hash))
         return str(glb), [str(glb), str(ply)], status_markdown(edit), edit
 
+    def generate_pairs(source: str, instruction: str, before: list | None, after: list | None, count: int,
+                       seed: int, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+        """Training pairs for a new style: the instruction applied by InstructPix2Pix to EG3D portraits (shown as
+        they arrive), or the visitor's own before/after photos (matched by file name)."""
+        stop = sessions.stop_flag(request.session_hash)
+        stop.clear()
+        try:
+            if source == "pairs":
+                samples = show_errors(photo_samples)([f for f in before or []], [f for f in after or []],
+                                                     sessions.folder(request.session_hash) / "pairs")
+                name, origin = "my photo pairs", {"kind": "photo pairs", "count": len(samples)}
+            else:
+                instruction = " ".join((instruction or "").split())
+                if not instruction:
+                    raise gr.Error("Type the instruction that defines the new style.", print_exception=False)
+                limiter.take(request.session_hash or "anonymous", "customisations")
+                seeds, samples = list(range(int(seed) * 1000, int(seed) * 1000 + int(count))), []
+                for start in range(0, len(seeds), SAMPLES_PER_CALL):
+                    samples += gpu_samples(instruction, seeds[start:start + SAMPLES_PER_CALL], stop)
+                    yield sample_tiles(samples), f"⏳ {len(samples)} of {len(seeds)} pairs…", gr.skip()
+                name, origin = instruction, {"kind": "instruction", "instruction": instruction, "seeds": seeds}
+        except RateLimitError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        kept = len([s for s in samples if s.failure is None])
+        note = (f"✅ {kept} usable pairs of {len(samples)}; press **Adapt**." if kept >= 3 else
+                f"⚠️ Only {kept} usable pairs of {len(samples)}: adaptation needs 3 or more.")
+        yield sample_tiles(samples), note, StyleSession(samples, origin, name)
+
+    def customize(session: StyleSession | None, steps: int, rank: int, request: gr.Request,
+                  progress=gr.Progress()):
+        """Fine-tune the editor to the generated pairs for ``steps`` more steps (in chunks; the loss curve, the
+        held-out previews and the style file follow each chunk). Press again to continue training."""
+        if session is None or not session.samples:
+            raise gr.Error("Generate the training pairs first.", print_exception=False)
+        if session.state is None:
+            session = replace(session, config=CustomizeConfig(rank=int(rank), alpha=float(rank)))
+        stop = sessions.stop_flag(request.session_hash)
+        stop.clear()
+        target = session.steps + int(steps)
+        while session.steps < target and not stop():
+            progress((session.steps, target), desc="fine-tuning", unit="steps")
+            session = gpu_fine_tune(session, min(TUNE_STEPS_PER_CALL, target - session.steps), stop)
+            style_path = sessions.folder(request.session_hash) / f"style-{slug(session.name)}.safetensors"
+            session.style.save(style_path)
+            yield (curve_table(session), snapshot_tiles(session), style_status(session), str(style_path), session)
+        if stop():
+            yield gr.skip(), gr.skip(), STOPPED + " " + style_status(session), gr.skip(), session
+
+    def upload_style(path: str | None, session: StyleSession | None):
+        """Use an uploaded style file (it must have been made for this app's weights)."""
+        if not path:
+            return gr.skip(), gr.skip()
+        style = show_errors(runner.editor.load_style)(path) if runner else None
+        if style is None:
+            raise gr.Error(disabled_reason(editor), print_exception=False)
+        name = (style.metadata.get("source") or {}).get("instruction") or Path(path).stem
+        kept = session.samples if session is not None else []
+        return f"✅ Style **{name}** loaded ({style.mode}, {style.metadata.get('steps')} steps).", StyleSession(
+            kept, style.metadata.get("source") or {}, name, style=style)
+
+    @stoppable(status_index=5, count=7)
+    def apply_style(photo: dict | None, reference: dict | None, instruction: str, session: StyleSession | None,
+                    request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> tuple:
+        """Edit a portrait with the customised style: in the style of a reference (default: one of the training
+        edits) or by an instruction. Same outputs as ``edit_text``."""
+        require_photo(photo)
+        if session is None or session.style is None:
+            raise gr.Error("Adapt a style first (or upload a style file).", print_exception=False)
+        style = (session.name, session.style)
+        if instruction and instruction.strip():
+            return run_edit(request, photo, prompt=instruction, style=style)
+        if reference:
+            return run_edit(request, photo, reference=reference["path"], style=style)
+        if not usable(session.samples):
+            raise gr.Error("Give a reference image in the style (an uploaded style has no training pairs).",
+                           print_exception=False)
+        return run_edit(request, photo, reference=session.reference, style=style)
+
     def stop_work(request: gr.Request) -> str:
         """Ask the running computation of this session to stop (it checks between steps, frames and chunks)."""
         sessions.stop_flag(request.session_hash).set()
         return STOPPED
 
     def wire_outputs(run: list, stop: gr.Button, edit_fn: Callable, inputs: list, panel: ResultPanel,
-                     frames: gr.Slider, mesh_resolution: gr.Slider, name: str) -> None:
+                     frames: gr.Slider, mesh_resolution: gr.Slider, name: str, edit_api: str | None = None) -> None:
         """The events of one edit tab: clear stale outputs -> edit -> video -> mesh (``stop`` stops them), and the
-        free-view sliders. Progress shows once, on the status line."""
+        free-view sliders. Progress shows once, on the status line. ``edit_api``: the edit's api_name (edit_<name>)."""
         progress = {"show_progress_on": panel.status, "concurrency_id": "gpu"}
         cleared = gr.on(run, lambda: (None, None, None, 0, 0, "⏳ Working…"), None, panel.stale_outputs, queue=False,
                         show_progress="hidden", api_visibility="private")
-        edit = cleared.then(edit_fn, inputs, panel.edit_outputs, api_name=f"edit_{name}", preprocess=False,
-                            **progress)
+        edit = cleared.then(edit_fn, inputs, panel.edit_outputs, api_name=edit_api or f"edit_{name}",
+                            preprocess=False, **progress)
         video = edit.success(orbit_video, [panel.state, frames], [panel.video, panel.status, panel.state],
                              api_name=f"orbit_video_{name}", **progress)
         meshing = video.success(mesh, [panel.state, mesh_resolution],
@@ -555,6 +644,80 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                 panels.append(panel)
                 wire_outputs([button.click], stop, edit_reference, [photo, reference, align], panel, frames,
                              mesh_resolution, "reference")
+            with gr.Tab("Customize", id="customize"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=300):
+                        gr.Markdown(CUSTOMIZE_HOW)
+                        source = gr.Radio([("An instruction", "instruction"), ("My own before/after photos", "pairs")],
+                                          value="instruction", label="Training pairs from", elem_id="customize-source")
+                        instruction = gr.Textbox(label="Instruction that defines the style",
+                                                 placeholder="e.g. Turn her into a golden statue", max_lines=2,
+                                                 elem_id="customize-instruction")
+                        with gr.Group(visible=False) as own_pairs:
+                            before = gr.File(label="Before photos", file_count="multiple", file_types=["image"],
+                                             elem_id="customize-before")
+                            after = gr.File(label="After photos (the same file names, edited)", file_count="multiple",
+                                            file_types=["image"], elem_id="customize-after")
+                        count = gr.Slider(3, 32, value=8, step=1, label="Training pairs to generate",
+                                          elem_id="customize-count")
+                        generate = gr.Button("Generate pairs", variant="primary", interactive=runner is not None,
+                                             elem_id="customize-generate")
+                        steps = gr.Slider(1, 2000, value=defaults.fine_tune_steps, step=1,
+                                          label="Fine-tuning steps (press Adapt again to continue)",
+                                          elem_id="customize-steps")
+                        with gr.Row():
+                            adapt = gr.Button("Adapt", variant="primary", scale=3, interactive=runner is not None,
+                                              elem_id="customize-adapt")
+                            adapt_stop = gr.Button("Stop", variant="stop", scale=1, interactive=runner is not None,
+                                                   elem_id="customize-adapt-stop")
+                        with gr.Accordion("Settings", open=False):
+                            rank = gr.Slider(1, 64, value=8, step=1, label="LoRA rank (adapter size)",
+                                             elem_id="customize-rank")
+                            pair_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed of the EG3D portraits")
+                        style_file = gr.File(label="Style file (download it, or upload one to use it)",
+                                             file_types=[".safetensors"], elem_id="customize-style-file")
+                    with gr.Column(scale=3):
+                        tune_status = gr.Markdown("No style yet.", label="Customization status",
+                                                  elem_id="customize-tune-status", elem_classes="status")
+                        pair_tiles = gr.Gallery(label="Training pairs (edited portraits)", columns=4, height=240,
+                                                object_fit="contain", elem_id="customize-pairs")
+                        loss_plot = gr.LinePlot(x="step", y="loss", color="curve", label="Loss during adaptation",
+                                                height=220, elem_id="customize-loss")
+                        snapshot_gallery = gr.Gallery(label="Held-out preview during adaptation", columns=4,
+                                                      height=220, object_fit="contain", elem_id="customize-snapshots")
+                gr.Markdown("### Use this style")
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=300):
+                        photo = photo_input("customize")
+                        style_reference = gr.Image(label="Reference in the style (default: one of the training edits)",
+                                                   type="filepath", sources=["upload", "clipboard"], height=180,
+                                                   elem_id="customize-reference")
+                        style_instruction = gr.Textbox(label="…or an instruction instead of a reference (optional)",
+                                                       max_lines=2, elem_id="customize-style-instruction")
+                        button, stop = action_buttons("customize")
+                        with gr.Accordion("Settings", open=False):
+                            frames, mesh_resolution = output_settings("customize", defaults)
+                    with gr.Column(scale=3):
+                        panel = result_panel("customize", "Reference", gallery is not None)
+                style_session = gr.State()
+                panels.append(panel)
+                source.change(lambda chosen: (gr.Textbox(visible=chosen == "instruction"),
+                                              gr.Group(visible=chosen == "pairs")),
+                              source, [instruction, own_pairs], queue=False, api_visibility="private")
+                pairs_made = generate.click(generate_pairs, [source, instruction, before, after, count, pair_seed],
+                                            [pair_tiles, tune_status, style_session], api_name="generate_pairs",
+                                            concurrency_id="gpu", show_progress_on=tune_status)
+                adapt.click(customize, [style_session, steps, rank],
+                                    [loss_plot, snapshot_gallery, tune_status, style_file, style_session],
+                                    api_name="customize", concurrency_id="gpu", show_progress_on=tune_status)
+                # Stop ends the pair generation at once; a fine-tune stops after its current step and keeps its steps.
+                adapt_stop.click(stop_work, None, tune_status, cancels=[pairs_made], queue=False,
+                                 api_visibility="private")
+                style_file.upload(upload_style, [style_file, style_session], [tune_status, style_session],
+                                  api_visibility="private")
+                wire_outputs([button.click], stop, apply_style,
+                             [photo, style_reference, style_instruction, style_session], panel, frames,
+                             mesh_resolution, "customize", edit_api="apply_style")
             delete_edit = gallery_tab(gallery, sessions, tokens, tabs, demo) if gallery is not None else None
         if gallery is not None:
             wire_publishing(panels, gallery, sessions, tokens)

@@ -25,7 +25,9 @@ from threedpe.demo import DemoRunner, RateLimiter, RateLimitError, SessionFiles,
 from threedpe.diffusion import EditSettings
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
-             for tab in ("text", "reference")} | {"/publish", "/gallery_page", "/open_edit", "/delete_edit", "/flag_edit"}
+             for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
+    "/publish", "/gallery_page", "/open_edit", "/delete_edit", "/flag_edit", "/generate_pairs", "/customize",
+    "/apply_style"}
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +93,21 @@ def test_stop_buttons_cancel_the_edit_video_and_mesh_of_their_tab(server):
     config = server.demo.get_config_file()
     ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     names = {d["id"]: d.get("api_name") for d in config["dependencies"]}
-    for tab in ("text", "reference"):
+    for tab, edit in (("text", "edit_text"), ("reference", "edit_reference"), ("customize", "apply_style")):
         [stop] = [d for d in config["dependencies"] if d.get("cancels")
                   and any(ids.get(t[0]) == f"{tab}-stop" for t in d["targets"])]
-        assert {names[i] for i in stop["cancels"]} == {f"edit_{tab}", f"orbit_video_{tab}", f"mesh_{tab}"}
+        assert {names[i] for i in stop["cancels"]} == {edit, f"orbit_video_{tab}", f"mesh_{tab}"}
 
 
 def test_progress_shows_once_per_action_on_the_status_line(server):
     config = server.demo.get_config_file()
     ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     for dependency in config["dependencies"]:
-        if (dependency.get("api_name") or "").startswith(("edit_", "orbit_video_", "mesh_")):
-            targets = dependency["show_progress_on"]
-            assert [ids[t] for t in targets] == [f"{dependency['api_name'].split('_')[-1]}-status"], dependency
+        name = dependency.get("api_name") or ""
+        if name.startswith(("edit_", "orbit_video_", "mesh_", "apply_style", "generate_pairs", "customize")):
+            status = {"apply_style": "customize-status", "generate_pairs": "customize-tune-status",
+                      "customize": "customize-tune-status"}.get(name, f"{name.split('_')[-1]}-status")
+            assert [ids[t] for t in dependency["show_progress_on"]] == [status], dependency
 
 
 def test_page_says_the_weights_are_untrained_and_how_the_text_tab_works(server):
@@ -230,9 +234,12 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
         config = page_config(url)
         assert "Editing is disabled" in config and "3dpe.pt" in config and "tiny-weights" in config
         assert str(tmp_path) not in config and "/empty" not in config
-        buttons = [c["props"] for c in demo.get_config_file()["components"]
-                   if c.get("props", {}).get("elem_id", "").endswith(("-run", "-stop"))]
-        assert len(buttons) == 4 and not any(b["interactive"] for b in buttons)
+        buttons = {c["props"]["elem_id"]: c["props"]["interactive"] for c in demo.get_config_file()["components"]
+                   if (c.get("props", {}).get("elem_id") or "").endswith(("-run", "-stop", "-generate", "-adapt"))}
+        assert set(buttons) == {f"{tab}-{kind}" for tab in ("text", "reference", "customize")
+                                for kind in ("run", "stop")} | {"customize-generate", "customize-adapt",
+                                                                "customize-adapt-stop"}
+        assert not any(buttons.values())
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         with pytest.raises(AppError, match="Editing is disabled") as error:
             client.predict(handle_file(server.photo), handle_file(server.reference), False,
@@ -357,3 +364,35 @@ def test_a_published_text_edit_keeps_its_instruction_and_can_be_reported(server,
 def test_publish_before_any_edit_is_a_message(server, client):
     with pytest.raises(AppError, match="run an edit first"):
         client.predict(False, api_name="/publish")
+
+
+def test_customize_tab_generate_adapt_apply_and_publish_at_default_settings(server, client, tmp_path):
+    start = time.perf_counter()
+    tiles, status = timed(lambda: client.predict("instruction", "make it golden", None, None, api_name="/generate_pairs"), 300)
+    assert len(tiles) == 8 and "usable pairs of 8" in status  # the default number of pairs
+    loss, snapshots, status, style_file = timed(lambda: client.predict(api_name="/customize"), 600)
+    default_steps = app.OutputSettings.for_device(server.editor.device).fine_tune_steps
+    assert f"{default_steps} steps" in status and "held-out loss" in status
+    assert Path(style_file).suffix == ".safetensors" and Path(style_file).stat().st_size > 0
+    steps = [point["step"] for point in loss["data"]] if isinstance(loss, dict) and "data" in loss else None
+    assert steps is None or max(steps) == default_steps
+    style = server.editor.load_style(style_file)  # made for these weights
+    assert style.mode == "lora" and style.metadata["steps"] == default_steps
+    outputs = timed(lambda: client.predict(handle_file(server.photo), None, "", api_name="/apply_style"))
+    check_edit_outputs(outputs)
+    assert "make it golden" in outputs[5]  # the status names the style
+    published = client.predict(False, api_name="/publish")
+    assert server.gallery.get(published["id"]).style == "make it golden"
+    print(f"\ncustomize tab on tiny weights: pairs, {default_steps} steps, apply, publish in "
+          f"{time.perf_counter() - start:.0f} s")
+
+
+def test_customize_refuses_what_it_cannot_do(server, client):
+    with pytest.raises(AppError, match="Generate the training pairs first"):
+        client.predict(api_name="/customize")
+    with pytest.raises(AppError, match="Type the instruction"):
+        client.predict("instruction", "  ", None, None, api_name="/generate_pairs")
+    with pytest.raises(AppError, match="Adapt a style first"):
+        client.predict(handle_file(server.photo), None, "", api_name="/apply_style")
+    with pytest.raises(AppError, match="must hold the subfolders|no photos"):
+        client.predict("pairs", "", None, None, api_name="/generate_pairs")

@@ -35,7 +35,12 @@ from threedpe.diffusion import EditSettings
 from threedpe.files import atomic_write
 from threedpe.gallery import Gallery, GalleryError, Published, Record
 from threedpe.images import ImageInput, load_image
+from threedpe.customize import CustomizeConfig, CustomizeError, Snapshot, StyleTrainer, split_held_out
+from threedpe.datagen import StyleSample, SyntheticSamples, load_generator, photo_pairs, usable
+from threedpe.editor import ReconstructionModel
+from threedpe.generator import TriPlaneGenerator
 from threedpe.pipeline import EditResult, PortraitEditor, reference_notes
+from threedpe.styles import Style
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +50,23 @@ MAX_UPLOAD = "20mb"  # gradio's upload limit
 MAX_PIXELS = 25_000_000  # larger photos are refused before decoding
 EDITS_PER_WINDOW, RATE_WINDOW_S = 30, 600.0  # per browser session
 EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs besides the files
+SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL = 2, 10  # customisation work per GPU call (ZeroGPU quotas, visible progress)
 
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """The app's defaults for the rendering that follows an edit: orbit ``video_frames``, ``mesh_resolution``^3."""
+    """The app's defaults for the work that follows an edit: orbit ``video_frames``, ``mesh_resolution``^3, and the
+    customisation's ``fine_tune_steps``."""
 
     video_frames: int = 120
     mesh_resolution: int = 256
+    fine_tune_steps: int = 300
 
     @classmethod
     def for_device(cls, device: torch.device) -> OutputSettings:
-        """Full quality on a GPU; a shorter video and a coarser mesh on CPU, where both take minutes otherwise."""
-        return cls() if device.type == "cuda" else cls(video_frames=48, mesh_resolution=128)
+        """Full quality on a GPU; a shorter video, a coarser mesh and a short fine-tune on CPU, where each takes
+        minutes otherwise."""
+        return cls() if device.type == "cuda" else cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10)
 
 
 def load_editor(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
@@ -85,7 +94,7 @@ def load_text_model(editor: PortraitEditor) -> str | None:
     return None
 
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\"`()]+[/\\])+([^\s/\\'\"`()]*)")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\"`()]+[/\\])+([^\s/\\'\"`()]*)")
 
 
 def public_message(text: str) -> str:
@@ -189,6 +198,8 @@ def status_markdown(edit: StoredEdit) -> str:
     lines = ["⏱️ " + " · ".join(parts)] if parts else []
     if edit.anchor:
         lines.append(f"🧑 The instruction was applied to the anchor portrait: **{edit.anchor}**.")
+    if edit.style:
+        lines.append(f"🎨 With the customised style **{edit.style}**.")
     lines += [f"ℹ️ {note}" for note in edit.notes]
     return "\n\n".join(lines)
 
@@ -338,6 +349,76 @@ def record_markdown(record: Record, link: str) -> str:
     return "\n\n".join(lines)
 
 
+@dataclass
+class StyleSession:
+    """A visitor's customisation as CPU data (kept in the session between GPU calls): the training samples and what
+    produced them, the fine-tune's settings and state, its loss curves and snapshots, the style it made so far and
+    the style's display name."""
+
+    samples: list[StyleSample]
+    source: dict
+    name: str
+    config: CustomizeConfig = field(default_factory=CustomizeConfig)
+    state: dict | None = None
+    curve: list = field(default_factory=list)  # (step, seconds, training loss)
+    held_out_curve: list = field(default_factory=list)  # (step, seconds, held-out loss)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    style: Style | None = None
+
+    @property
+    def steps(self) -> int:
+        return self.curve[-1][0] if self.curve else 0
+
+    @property
+    def reference(self) -> Image.Image:
+        """An image in the style (the held-out sample's edit): the reference "Use this style" edits with."""
+        return usable(self.samples)[-1].after
+
+
+def sample_tiles(samples: list[StyleSample]) -> list[tuple[Image.Image, str]]:
+    """Gallery tiles of training samples: each edited image, captioned with its name or why it was dropped."""
+    return [(sample.after, sample.name if sample.failure is None else f"{sample.name}: dropped, {sample.failure}")
+            for sample in samples]
+
+
+def photo_samples(before: list[str], after: list[str], folder: Path) -> list[StyleSample]:
+    """The visitor's own (before, after) photos, matched by file name, as training samples (copied into
+    ``folder``'s ``before/`` and ``after/``, then aligned: one crop for both photos of a pair)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for side, paths in (("before", before), ("after", after)):
+        (folder / side).mkdir(parents=True)
+        for path in paths or []:
+            shutil.copy(path, folder / side / Path(path).name)
+    return photo_pairs(folder)
+
+
+def snapshot_tiles(session: StyleSession) -> list[tuple[Image.Image, str]]:
+    """Gallery tiles of the held-out previews: the image, when it was taken and its held-out loss."""
+    return [(shot.image, f"{shot.due} · step {shot.step} · {shot.seconds:.0f} s · loss {shot.loss:.4f}")
+            for shot in session.snapshots]
+
+
+def style_status(session: StyleSession) -> str:
+    """One line about a fine-tune: steps, seconds, held-out loss from start to now."""
+    if not session.held_out_curve:
+        return "No fine-tuning yet."
+    (_, _, start), (step, seconds, now) = session.held_out_curve[0], session.held_out_curve[-1]
+    return (f"🎨 Style **{session.name}**: {step} steps in {seconds:.1f} s of training; held-out loss {start:.4f} → "
+            f"{now:.4f}. Download the style file, or use it below.")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short form of ``text`` (lowercase letters, digits and dashes)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "style"
+
+
+def curve_table(session: StyleSession) -> dict:
+    """The loss curves as columns for a line plot: ``step``, ``loss`` and ``curve`` (training / held-out)."""
+    points = [(step, loss, "training") for step, _, loss in session.curve]
+    points += [(step, loss, "held-out") for step, _, loss in session.held_out_curve]
+    return {"step": [p[0] for p in points], "loss": [p[1] for p in points], "curve": [p[2] for p in points]}
+
+
 class DemoRunner:
     """The app's GPU work on one shared, read-only editor. Methods take and return picklable values; one runs at
     a time (a stopped computation finishes its current step before the next one starts)."""
@@ -345,18 +426,23 @@ class DemoRunner:
     def __init__(self, editor: PortraitEditor):
         self.editor = editor
         self._lock = threading.Lock()
+        self._generator: TriPlaneGenerator | None = None  # loaded on the first customisation
+        self._reconstruction: ReconstructionModel | None = None
 
     def edit(self, photo: ImageInput, session: Path, stop: StopFlag | None = None, reference: ImageInput | None = None,
              prompt: str | None = None, *, align_reference: bool = False, settings: EditSettings | None = None,
-             seed: int = 0, anchor: int | str = 0, use_own_photo: bool = False) -> EditFiles:
-        """Edit ``photo`` (reference image or instruction), then write the aligned input, the reference, the 3-view
-        strip, the frontal view, depth and ``edit.json`` into a new folder of ``session``."""
+             seed: int = 0, anchor: int | str = 0, use_own_photo: bool = False,
+             style: tuple[str, Style] | None = None) -> EditFiles:
+        """Edit ``photo`` (reference image or instruction; ``style``: a customised style and its name, applied for
+        this edit only), then write the aligned input, the reference, the 3-view strip, the frontal view, depth and
+        ``edit.json`` into a new folder of ``session``."""
         with self._lock:
             photo = load_image(photo, max_pixels=MAX_PIXELS)
             if reference is not None:
                 reference = load_image(reference, max_pixels=MAX_PIXELS)
             result = self.editor(photo, reference=reference, prompt=prompt, align_reference=align_reference,
-                                 settings=settings, seed=seed, anchor=anchor, use_own_photo=use_own_photo, cancel=stop)
+                                 settings=settings, seed=seed, anchor=anchor, use_own_photo=use_own_photo,
+                                 style=style[1] if style else None, cancel=stop)
             start = time.perf_counter()
             strip = result.strip(cancel=stop)
             view, depth = result.view(), result.depth()
@@ -365,8 +451,8 @@ class DemoRunner:
             else:
                 details = {**asdict(settings or EditSettings()), "seed": seed, "own_photo": use_own_photo,
                            "anchor": None if use_own_photo else anchor}
-            edit = StoredEdit.from_result(result, instruction=prompt, settings=details).timed(
-                render=time.perf_counter() - start)
+            edit = StoredEdit.from_result(result, instruction=prompt, settings=details,
+                                          style=style[0] if style else None).timed(render=time.perf_counter() - start)
         folder = edit.folder(session)
         files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
                  "views": folder / "views.png", "view": folder / view_name(0, 0), "depth": folder / "depth.png"}
@@ -406,6 +492,45 @@ class DemoRunner:
         edit.save_record(session)
         return glb, ply, edit
 
+    def samples(self, instruction: str, seeds: list[int], stop: StopFlag | None = None) -> list[StyleSample]:
+        """Training samples of an instruction: EG3D identities (one per seed) edited by InstructPix2Pix, cached."""
+        with self._lock:
+            if self._generator is None:
+                self._generator = load_generator(self._weights_folder("synthetic training pairs"))
+            source = SyntheticSamples(self._generator.to(self.editor.device), self.editor.text_reference.editor,
+                                      instruction, cache_dir=self.editor.cache_dir / "samples")
+            return list(source.samples(seeds, cancel=stop))
+
+    def fine_tune(self, session: StyleSession, steps: int, stop: StopFlag | None = None) -> StyleSession:
+        """``steps`` more fine-tuning steps of ``session`` (its state restored, then saved again: the session holds
+        only CPU data between calls); a stop keeps the steps done. Returns the session with its new state, curves,
+        snapshots and style."""
+        with self._lock:
+            if self._reconstruction is None:
+                self._reconstruction = ReconstructionModel.from_pretrained(self._weights_folder("fine-tuning"))
+            pairs, held_out = split_held_out(session.samples)
+            fingerprint = self.editor.fingerprint
+            with self.editor.style_lock:
+                trainer = StyleTrainer(self.editor.model, self._reconstruction, pairs, held_out, session.config,
+                                       weights_folder=self.editor.weights_folder, source=session.source,
+                                       base_fingerprint=fingerprint)
+            if session.state is not None:
+                trainer.load_state_dict(session.state)
+            try:
+                trainer.train(max_steps=trainer.step + steps, cancel=stop)
+            except Cancelled:
+                pass  # the finished steps are kept
+            snapshots = [*session.snapshots, *trainer.snapshots]
+            state, style = trainer.state_dict(), trainer.style()
+        return replace(session, state=state, curve=trainer.curve, held_out_curve=trainer.held_out_curve,
+                       snapshots=snapshots, style=style)
+
+    def _weights_folder(self, what: str) -> Path:
+        if self.editor.weights_folder is None:
+            raise CustomizeError(f"{what} needs the weights in a local folder (Live3D and EG3D files beside 3dpe.pt); "
+                                 "this app loaded its editor from the Hub")
+        return self.editor.weights_folder
+
     def anchor(self, name: str) -> Image.Image:
         """The anchor portrait ``name`` (an EG3D sample is rendered on first use, then cached on disk)."""
         with self._lock:
@@ -438,4 +563,12 @@ class DemoRunner:
     @staticmethod
     def anchor_duration(name: str) -> int:
         return 10
+
+    @staticmethod
+    def samples_duration(instruction: str, seeds: list[int], stop: StopFlag | None = None) -> int:
+        return 20 + 4 * len(seeds)  # an EG3D render and a 20-step InstructPix2Pix edit per sample
+
+    @staticmethod
+    def fine_tune_duration(session: StyleSession, steps: int, stop: StopFlag | None = None) -> int:
+        return 30 + math.ceil(steps * 0.6)  # model copies and Live3D targets, then about 0.5 s per step
 

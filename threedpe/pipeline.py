@@ -195,13 +195,15 @@ def local_eg3d_weights(folder: str | os.PathLike) -> Path | None:
 class PortraitEditor:
     """Real-time 3D-aware portrait editing (3DPE): ``editor(photo, reference=...)`` or ``editor(photo, prompt=...)``.
 
-    Loads on the CPU in float32 (diffusers' convention); move it with :meth:`to`.
+    Loads on the CPU in float32 (diffusers' convention); move it with :meth:`to`. ``weights_folder``: the local folder
+    it was loaded from (customisation finds the Live3D and EG3D files there), None for a Hub repository.
     """
 
     def __init__(self, model: EditorModel, text_model: str | os.PathLike | None = None,
                  text_revision: str | None = INSTRUCT_PIX2PIX_REVISION, cache_dir: str | os.PathLike | None = None,
-                 anchors: list[Anchor] | None = None):
+                 anchors: list[Anchor] | None = None, weights_folder: str | os.PathLike | None = None):
         self.model = model.eval()
+        self.weights_folder = Path(weights_folder) if weights_folder is not None else None
         self.text_model = text_model or INSTRUCT_PIX2PIX_REPO
         self.text_revision = text_revision
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -246,7 +248,7 @@ class PortraitEditor:
         local_text = folder / TEXT_MODEL_FOLDER
         text_model = local_text if (local_text / "model_index.json").is_file() else None
         editor = cls(model, text_model=text_model, text_revision=None if text_model else INSTRUCT_PIX2PIX_REVISION,
-                     cache_dir=cache_dir)
+                     cache_dir=cache_dir, weights_folder=folder if repo_id is None else None)
         generator = local_eg3d_weights(folder)
         if generator is not None:
             editor.anchors = eg3d_anchors(generator, editor.cache_dir / "anchors",
