@@ -240,3 +240,20 @@ def test_closing_the_page_removes_the_session_files(browser, server):
         time.sleep(0.5)
     assert not folder.exists(), "the session's temporary files outlived the page"
     print(f"\nsession folder removed {90 - (deadline - time.monotonic()):.1f} s after the page closed")
+
+
+def test_customize_tab_end_to_end(page, server):
+    open_tab(page, "Customize")
+    page.locator("#customize-instruction textarea").fill("make it golden")
+    page.locator("#customize-generate").click()
+    page.locator("#customize-tune-status").get_by_text("usable pairs").wait_for()
+    assert page.locator("#customize-pairs img").count() >= 3
+    page.locator("#customize-adapt").click()
+    page.locator("#customize-tune-status").get_by_text("held-out loss").wait_for()
+    page.locator("#customize-style-file").get_by_text(re.compile(r"\.safetensors")).wait_for()
+    page.locator("#customize-loss canvas, #customize-loss svg").first.wait_for()
+    screenshot(page, "app_customize_adapted.png")
+    edit(page, "customize", server.photo)  # Use this style: the reference defaults to a training edit
+    page.locator("#customize-strip img").wait_for()
+    page.locator("#customize-status").get_by_text("make it golden").wait_for()
+    screenshot(page, "app_customize.png")

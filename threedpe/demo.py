@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -412,11 +413,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "style"
 
 
-def curve_table(session: StyleSession) -> dict:
-    """The loss curves as columns for a line plot: ``step``, ``loss`` and ``curve`` (training / held-out)."""
+def curve_table(session: StyleSession) -> pd.DataFrame:
+    """The loss curves for a line plot: columns ``step``, ``loss`` and ``curve`` (training / held-out)."""
     points = [(step, loss, "training") for step, _, loss in session.curve]
     points += [(step, loss, "held-out") for step, _, loss in session.held_out_curve]
-    return {"step": [p[0] for p in points], "loss": [p[1] for p in points], "curve": [p[2] for p in points]}
+    return pd.DataFrame(points, columns=["step", "loss", "curve"])
 
 
 class DemoRunner:
