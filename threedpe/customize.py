@@ -10,6 +10,9 @@ launcher), in one of two modes:
   convolution adapters do not support; the style file holds only the adapters (a few MB at full size);
 * ``"full"``: the official trainable set itself (191 tensors at full size).
 
+Both modes are set up by :func:`trainable_set` and written as a style by :func:`make_style`, which training at
+scale (:mod:`threedpe.train`) uses as well.
+
 Training runs in chunks (:meth:`StyleTrainer.train` with step / second budgets counted from the start of the
 fine-tune), reports every step to a callback (the loss curve), takes preview snapshots of a fixed held-out pair
 at chosen training times or steps, stops between steps on a cancel signal, moves between devices between chunks

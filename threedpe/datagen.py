@@ -445,7 +445,7 @@ def finish_dataset(root: str | os.PathLike) -> DatasetSummary:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from threedpe.cli import DEFAULT_WEIGHTS, DEVICE_HELP
+    from threedpe.cli import DEFAULT_WEIGHTS
 
     parser = argparse.ArgumentParser(
         prog="torchrun --nproc_per_node N -m threedpe.datagen",
@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
                         help="weight folder with the EG3D generator and instruct-pix2pix/ (default: $THREEDPE_WEIGHTS "
                              "or checkpoints/; without instruct-pix2pix/ it is loaded from the Hub)")
-    parser.add_argument("--instruction", required=True, help="InstructPix2Pix instruction, e.g. 'make it a bronze statue'")
+    parser.add_argument("--instruction", required=True,
+                        help="InstructPix2Pix instruction, e.g. 'make it a bronze statue'")
     parser.add_argument("--count", type=int, required=True, help="number of seeds (identities) in all")
     parser.add_argument("--out", required=True, help="dataset folder (created; an existing one is extended)")
     parser.add_argument("--style", help="style folder name (default: a slug of the instruction)")

@@ -51,7 +51,8 @@ class World:
             torch.cuda.set_device(device)
         return device
 
-    def init(self, device: torch.device, backend: str | None = None, timeout: timedelta = timedelta(minutes=30)) -> None:
+    def init(self, device: torch.device, backend: str | None = None,
+             timeout: timedelta = timedelta(minutes=30)) -> None:
         """Join the process group (torchrun's ``env://`` rendezvous) when launched: NCCL on CUDA, else gloo."""
         if self.launched and not self.distributed:
             backend = backend or ("nccl" if device.type == "cuda" else "gloo")
