@@ -10,7 +10,8 @@ Formats read (never by full unpickling; nothing in a file is imported or execute
   ``G_init_kwargs``, ``G`` (state dict), ``G_neural_rendering_resolution``, ``G_renderinig_kwargs``
   (sic) and the discriminator's counterparts.
 * 3DPE / Live3D checkpoints (``3dpe.pt``, ``encoder_render_*.pt``): ``encoder_state_dict`` and
-  ``renderer_state_dict`` (training-only entries are ignored).
+  ``renderer_state_dict``, and ``config`` (the architecture, as in our JSON) when :mod:`threedpe.train` wrote
+  one for a model that is not the released one (training-only entries are ignored).
 * The project's own format: ``<name>.safetensors`` (tensors) next to ``<name>.json`` (config).
 
 Torch files are read with ``torch.load(weights_only=True)``; when that refuses a harmless type
@@ -35,6 +36,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from threedpe.files import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -401,8 +404,10 @@ def _interpret(obj: Any, path: Path) -> Checkpoint:
         state_dict = _tensor_dict(obj["G"], "G")
     elif isinstance(obj, dict) and "encoder_state_dict" in obj:
         _require(obj, ("renderer_state_dict",), path)
+        config = obj.get("config")  # written by threedpe.train: the architecture, when it is not the released one
         return ThreeDPECheckpoint(_tensor_dict(obj["encoder_state_dict"], "encoder_state_dict"),
-                                  _tensor_dict(obj["renderer_state_dict"], "renderer_state_dict"))
+                                  _tensor_dict(obj["renderer_state_dict"], "renderer_state_dict"),
+                                  _plain(config, "config") if isinstance(config, dict) else None)
     else:
         raise CheckpointError(f"{path} is not a known checkpoint: found {_describe(obj)}; expected "
                               f"{_KIND_NAMES['eg3d']} or {_KIND_NAMES['3dpe']}")
@@ -488,6 +493,19 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, source: str
     os.replace(staged_weights, weights_path)
     os.replace(staged_config, config_path)
     return weights_path
+
+
+def save_official(checkpoint: ThreeDPECheckpoint, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``checkpoint`` in the official layout, ``torch.save({"encoder_state_dict", "renderer_state_dict"})``
+    (as ``3dpe.pt``), with its ``config`` and the JSON-able ``extra`` entries beside them (the official code ignores
+    them); atomically. Returns ``path``."""
+    path = Path(path)
+    data = {"encoder_state_dict": {k: v.detach().cpu() for k, v in checkpoint.encoder_state_dict.items()},
+            "renderer_state_dict": {k: v.detach().cpu() for k, v in checkpoint.renderer_state_dict.items()},
+            "config": {**(checkpoint.config or {}), "model": checkpoint_model(checkpoint)}, **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda file: torch.save(data, file))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

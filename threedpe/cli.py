@@ -2,7 +2,9 @@
 
 A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
 a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
-diffusers) are imported only by the command that needs them, so ``--help`` is instant.
+diffusers) are imported only by the command that needs them, so ``--help`` is instant. The commands meant for
+``torchrun``, ``python -m threedpe.datagen`` and ``python -m threedpe.train``, report errors the same way
+(:func:`run_command`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_WEIGHTS = os.environ.get("THREEDPE_WEIGHTS", "checkpoints")
 DEVICE_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'"
@@ -297,13 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(run: Callable[[], None], *user_errors: type[Exception]) -> int:
+    """Run a command: 0 when it succeeds; a user error (:data:`~threedpe.pipeline.USER_ERRORS`, ``UsageError``, file
+    system refusals and ``user_errors``) prints ``error: <message>`` and gives 2; anything else keeps its traceback."""
     from threedpe.pipeline import USER_ERRORS
 
     try:
-        args.run(args)
-    except (*USER_ERRORS, UsageError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        run()
+    except (*USER_ERRORS, *user_errors, UsageError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: args.run(args))

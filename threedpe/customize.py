@@ -10,6 +10,9 @@ launcher), in one of two modes:
   convolution adapters do not support; the style file holds only the adapters (a few MB at full size);
 * ``"full"``: the official trainable set itself (191 tensors at full size).
 
+Both modes are set up by :func:`trainable_set` and written as a style by :func:`make_style`, which training at
+scale (:mod:`threedpe.train`) uses as well.
+
 Training runs in chunks (:meth:`StyleTrainer.train` with step / second budgets counted from the start of the
 fine-tune), reports every step to a callback (the loss curve), takes preview snapshots of a fixed held-out pair
 at chosen training times or steps, stops between steps on a cancel signal, moves between devices between chunks
@@ -133,6 +136,56 @@ def lora_targets(encoder: nn.Module) -> list[str]:
     return names
 
 
+def trainable_set(model: EditorModel, config: CustomizeConfig) -> list[tuple[str, nn.Parameter]]:
+    """Make ``model`` (modified in place) train in ``config.mode`` and return the (name, parameter) list the optimiser
+    trains, in a fixed order, named as in a style file. ``"full"``: :func:`prepare_for_training`; ``"lora"``: the
+    model frozen, peft adapters (rank, alpha; initialised from ``config.seed``) injected on :func:`lora_targets`.
+    The model is left in eval mode (see :func:`prepare_for_training`)."""
+    if config.mode == "full":
+        return prepare_for_training(model)
+    from peft import LoraConfig, inject_adapter_in_model  # peft takes seconds to import
+
+    model.requires_grad_(False).eval()
+    targets = lora_targets(model.encoder)
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, target_modules=targets)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        inject_adapter_in_model(lora, model.encoder)
+    parameters = []
+    for name in targets:
+        layer = model.encoder.get_submodule(name)
+        parameters += [(f"{name}.lora_A.weight", layer.lora_A["default"].weight),
+                       (f"{name}.lora_B.weight", layer.lora_B["default"].weight)]
+    model.eval()
+    return parameters
+
+
+def make_style(tensors: dict[str, torch.Tensor], config: CustomizeConfig, base_fingerprint: str, perceptual: str,
+               **record: Any) -> Style:
+    """The :class:`Style` of trained ``tensors`` (named as :func:`trainable_set` names them), with the settings of
+    ``config``, the base editor's fingerprint, the perceptual term used and what else the trainer ``record`` s
+    (source, steps, losses, ...) in its metadata."""
+    lora = config.mode == "lora"
+    metadata = {"mode": config.mode, "rank": config.rank if lora else None, "alpha": config.alpha if lora else None,
+                "base_fingerprint": base_fingerprint, **record, "learning_rate": config.learning_rate,
+                "batch_size": config.batch_size, "loss_weights": dataclasses.asdict(config.weights),
+                "perceptual": perceptual, "threedpe_version": __version__}
+    return Style(tensors, metadata)
+
+
+def cpu_tensors(parameters: Sequence[tuple[str, nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """Name -> CPU copy of each trained parameter (what a style or a training checkpoint stores)."""
+    return {name: parameter.detach().to("cpu", copy=True) for name, parameter in parameters}
+
+
+def cpu_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer.state_dict()`` with its tensors on the CPU (``load_state_dict`` moves them to the parameters')."""
+    state = optimizer.state_dict()
+    state["state"] = {key: {name: value.cpu() if torch.is_tensor(value) else value for name, value in entry.items()}
+                      for key, entry in state["state"].items()}
+    return state
+
+
 def data_fingerprint(pairs: Sequence[TrainingPair], held_out: TrainingPair) -> str:
     """sha256 of the training pairs and the held-out pair (what a resumed fine-tune must be given again)."""
     return hashlib.sha256("|".join(p.fingerprint() for p in (*pairs, held_out)).encode()).hexdigest()
@@ -180,7 +233,7 @@ class StyleTrainer:
         self.model = copy.deepcopy(base).float()
         self.objective = (objective or build_objective(config.weights, weights_folder, self.model)).to(device)
         self.reconstruction = reconstruction.requires_grad_(False).eval().to(device)
-        self.parameters = self._make_trainable()
+        self.parameters = trainable_set(self.model, config)
         self.optimizer = torch.optim.AdamW([p for _, p in self.parameters], lr=config.learning_rate)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
@@ -205,26 +258,6 @@ class StyleTrainer:
                        source=source, base_fingerprint=fingerprint)
 
     # --- set-up ---------------------------------------------------------------------------------------------------
-
-    def _make_trainable(self) -> list[tuple[str, nn.Parameter]]:
-        """Freeze the copy and return the (name, parameter) list the optimiser trains, in a fixed order."""
-        if self.config.mode == "full":
-            return prepare_for_training(self.model)
-        from peft import LoraConfig, inject_adapter_in_model  # peft takes seconds to import
-
-        self.model.requires_grad_(False).eval()
-        targets = lora_targets(self.model.encoder)
-        lora = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=0.0, target_modules=targets)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            inject_adapter_in_model(lora, self.model.encoder)
-        parameters = []
-        for name in targets:
-            layer = self.model.encoder.get_submodule(name)
-            parameters += [(f"{name}.lora_A.weight", layer.lora_A["default"].weight),
-                           (f"{name}.lora_B.weight", layer.lora_B["default"].weight)]
-        self.model.eval()
-        return parameters
 
     @property
     def device(self) -> torch.device:
@@ -333,36 +366,27 @@ class StyleTrainer:
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """The adapted tensors (CPU copies), named as in a style file."""
-        return {name: parameter.detach().to("cpu", copy=True) for name, parameter in self.parameters}
+        return cpu_tensors(self.parameters)
 
     def style(self) -> Style:
         """The style of the current state (held-out loss evaluated now if it is not yet)."""
         if not self.held_out_curve or self.held_out_curve[-1][0] != self.step:
             self.evaluate()
-        lora = self.config.mode == "lora"
-        metadata = {
-            "mode": self.config.mode, "rank": self.config.rank if lora else None,
-            "alpha": self.config.alpha if lora else None, "base_fingerprint": self.base_fingerprint,
-            "source": self.source, "steps": self.step, "seconds": round(self.seconds, 3),
-            "losses": {"held_out_start": self.held_out_curve[0][2], "held_out_end": self.held_out_curve[-1][2],
-                       "train_first": self.curve[0][2] if self.curve else None,
-                       "train_last": self.curve[-1][2] if self.curve else None},
-            "learning_rate": self.config.learning_rate, "batch_size": self.config.batch_size,
-            "loss_weights": dataclasses.asdict(self.config.weights),
-            "perceptual": self.objective.description["perceptual"], "threedpe_version": __version__,
-        }
-        return Style(self.trained_tensors(), metadata)
+        return make_style(
+            self.trained_tensors(), self.config, self.base_fingerprint, self.objective.description["perceptual"],
+            source=self.source, steps=self.step, seconds=round(self.seconds, 3),
+            losses={"held_out_start": self.held_out_curve[0][2], "held_out_end": self.held_out_curve[-1][2],
+                    "train_first": self.curve[0][2] if self.curve else None,
+                    "train_last": self.curve[-1][2] if self.curve else None})
 
     def state_dict(self) -> dict:
         """Everything a resumed fine-tune needs (tensors on the CPU; loadable with ``weights_only=True``)."""
-        optimizer = self.optimizer.state_dict()
-        optimizer["state"] = {k: {n: v.cpu() if torch.is_tensor(v) else v for n, v in s.items()}
-                              for k, s in optimizer["state"].items()}
         return {"format": STATE_FORMAT, "config": self.config.to_dict(), "base_fingerprint": self.base_fingerprint,
                 "data_fingerprint": self.data_fingerprint, "step": self.step, "seconds": self.seconds,
                 "curve": self.curve, "held_out_curve": self.held_out_curve,
                 "snapshots_taken": sorted(self._taken),
-                "trained": self.trained_tensors(), "optimizer": optimizer, "generator": self.generator.get_state()}
+                "trained": self.trained_tensors(), "optimizer": cpu_optimizer_state(self.optimizer),
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict` of the same fine-tune (same base, data and settings). Snapshot images

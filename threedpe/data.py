@@ -65,20 +65,33 @@ class Sample:
 
 
 class _Files:
-    """Read access to a dataset folder or zip by relative POSIX path."""
+    """Read access to a dataset folder or zip by relative POSIX path. A zip is opened once per process (data-loader
+    workers must not share one file position) and never pickled."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.zip = zipfile.ZipFile(root) if root.is_file() else None
-        if self.zip is None and not root.is_dir():
-            raise DatasetError(f"{root} is neither a dataset folder nor a zip file")
-        if self.zip is not None:
-            self.names = sorted(name for name in self.zip.namelist() if not name.endswith("/"))
-        else:
+        self.is_zip = root.is_file()
+        self._zip: tuple[int, zipfile.ZipFile] | None = None  # (process id, open archive)
+        if self.is_zip:
+            try:
+                self.names = sorted(name for name in self.archive().namelist() if not name.endswith("/"))
+            except zipfile.BadZipFile:
+                raise DatasetError(f"{root} is neither a dataset folder nor a zip file") from None
+        elif root.is_dir():
             self.names = sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file())
+        else:
+            raise DatasetError(f"{root} is neither a dataset folder nor a zip file")
+
+    def archive(self) -> zipfile.ZipFile:
+        if self._zip is None or self._zip[0] != os.getpid():
+            self._zip = (os.getpid(), zipfile.ZipFile(self.root))
+        return self._zip[1]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_zip": None}
 
     def read(self, name: str) -> bytes:
-        return self.zip.read(name) if self.zip is not None else (self.root / name).read_bytes()
+        return self.archive().read(name) if self.is_zip else (self.root / name).read_bytes()
 
     def image(self, name: str) -> Image.Image:
         with Image.open(io.BytesIO(self.read(name))) as image:
@@ -146,16 +159,18 @@ def read_samples(files: _Files, resolution: int = RESOLUTION) -> list[Sample]:
 class EditingDataset(torch.utils.data.Dataset):
     """Training items of a dataset folder or zip, validated on opening.
 
-    ``dataset[i]`` = dict with ``input`` (3, 512, 512) and ``target`` (3, 512, 512) in [-1, 1], ``reference`` the
-    MAE input (3, 224, 224), ``camera`` (25,), and ``path``/``style``/``reference_path``. The style (when an input has
-    several) and the reference (the same style on another input of the folder) are drawn from the seed, the epoch
-    (:meth:`set_epoch`) and the index, so that every process of a distributed run and a resumed run draw the same.
+    ``dataset[i]`` = dict with ``input`` (3, S, S) and ``target`` (3, S, S) in [-1, 1] (S = ``image_size``, the
+    editor's input size: 512 for the released model), ``reference`` the MAE input (3, 224, 224), ``camera`` (25,), and
+    ``path``/``style``/``reference_path``. The style (when an input has several) and the reference (the same style on
+    another input of the folder) are drawn from the seed, the epoch (:meth:`set_epoch`) and the index, so that every
+    process of a distributed run and a resumed run draw the same.
     """
 
-    def __init__(self, path: str | os.PathLike, resolution: int = RESOLUTION, seed: int = 0):
+    def __init__(self, path: str | os.PathLike, resolution: int = RESOLUTION, seed: int = 0,
+                 image_size: int = RESOLUTION):
         self.files = _Files(Path(path))
         self.samples = read_samples(self.files, resolution)
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.image_size = seed, 0, image_size
         self._folders: dict[str, list[str]] = {}
         for sample in self.samples:
             self._folders.setdefault(sample.path.split("/")[0], []).append(sample.path.split("/")[1])
@@ -173,8 +188,8 @@ class EditingDataset(torch.utils.data.Dataset):
         folder, name = sample.path.split("/")
         others = [other for other in self._folders[folder] if other != name] or [name]
         reference = f"{folder}_{style}/{others[int(rng.integers(len(others)))]}"
-        return {"input": preprocess_input(self.files.image(sample.path))[0],
-                "target": preprocess_input(self.files.image(edited_path(sample.path, style)))[0],
+        return {"input": preprocess_input(self.files.image(sample.path), self.image_size)[0],
+                "target": preprocess_input(self.files.image(edited_path(sample.path, style)), self.image_size)[0],
                 "reference": preprocess_reference(self.files.image(reference))[0],
                 "camera": torch.from_numpy(sample.camera), "path": sample.path, "style": style,
                 "reference_path": reference}

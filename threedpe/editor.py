@@ -97,11 +97,18 @@ class _TriplaneModel(nn.Module):
         load_into(model.renderer, checkpoint.renderer_state_dict, what=f"{cls.LABEL} renderer (renderer_state_dict)")
         return model.eval()
 
+    def checkpoint(self) -> ThreeDPECheckpoint:
+        """The weights (state dicts, not copies) and the architecture, as :func:`~threedpe.checkpoints.save_checkpoint`
+        and :func:`~threedpe.checkpoints.save_official` write them."""
+        return ThreeDPECheckpoint(self.encoder.state_dict(), self.renderer.state_dict(), self.config.to_dict())
+
     def render(self, planes: torch.Tensor, cams: torch.Tensor, deterministic: bool = True) -> dict[str, torch.Tensor]:
         """Tri-planes (B, 96, P, P) and cameras (B, 25) -> ``image`` (B, 3, 4R, 4R) in about [-1, 1],
         ``image_raw`` (B, 3, R, R), ``image_depth`` (B, 1, R, R), ``feature_image`` (B, 32, R, R),
-        ``weight_total`` (B, 1, R, R) (see :func:`threedpe.rendering.render_planes`)."""
-        return self.renderer(planes.float(), cams.float(), deterministic=deterministic)
+        ``weight_total`` (B, 1, R, R) (see :func:`threedpe.rendering.render_planes`). Always computed in float32,
+        also under an autocast region (mixed-precision training)."""
+        with torch.autocast(planes.device.type, enabled=False):
+            return self.renderer(planes.float(), cams.float(), deterministic=deterministic)
 
     def _encoder_dtype(self) -> torch.dtype:
         return next(self.encoder.parameters()).dtype

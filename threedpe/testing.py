@@ -11,6 +11,7 @@ and the CLI in seconds on a CPU; the outputs are noise (the weights are untraine
   factor (8), so a 512^2 edit runs on a 64^2 latent, and attention only at the UNet's lowest resolution;
 - :func:`save_tiny_weights`: all of them in one folder;
 - :func:`small_training_models`: a tiny editor and Live3D network at 128^2 input for fine-tuning tests in seconds;
+  :func:`save_editor_weights` writes such a pair as a weight folder (for training runs through the command line);
 - :class:`ColourEditor`: a deterministic stand-in for InstructPix2Pix (a fixed colour transform), with failures
   on request.
 """
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 
 from threedpe.cancel import CancelSignal, check
-from threedpe.checkpoints import EG3DCheckpoint, ThreeDPECheckpoint, save_checkpoint
+from threedpe.checkpoints import EG3DCheckpoint, save_checkpoint
 from threedpe.editor import RECONSTRUCTION_WEIGHTS, EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
 from threedpe.encoder import EncoderConfig
 from threedpe.generator import GeneratorConfig, TriPlaneGenerator
@@ -96,6 +97,16 @@ def small_training_models(seed: int = 0) -> tuple[EditorModel, ReconstructionMod
     return editor, tiny_reconstruction_model(editor)
 
 
+def save_editor_weights(folder: str | os.PathLike, editor: EditorModel, reconstruction: ReconstructionModel,
+                        source: str) -> Path:
+    """Write ``editor`` and ``reconstruction`` to ``folder`` as ``3dpe.safetensors`` / ``.json`` and
+    ``encoder_render_LT_90000.safetensors`` / ``.json`` (their architectures in the JSON); returns ``folder``."""
+    folder = Path(folder)
+    save_checkpoint(editor.checkpoint(), folder / "3dpe", source=source)
+    save_checkpoint(reconstruction.checkpoint(), folder / Path(RECONSTRUCTION_WEIGHTS[0]).stem, source=source)
+    return folder
+
+
 WARM_TINT = ((1.1, 0.1, 0.0), (0.05, 0.95, 0.0), (0.0, 0.05, 0.7)), (0.05, 0.02, 0.0)  # keeps the contrast
 
 
@@ -149,11 +160,7 @@ def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
     model = EditorModel(config)
     with torch.no_grad():  # density around the surface level so that meshes and depth have structure
         model.renderer.decoder.net[2].bias[0] = 10.0
-    save_checkpoint(ThreeDPECheckpoint(model.encoder.state_dict(), model.renderer.state_dict(), config.to_dict()),
-                    folder / "3dpe", source="threedpe tiny-weights (untrained)")
-    live3d = tiny_reconstruction_model(model)
-    save_checkpoint(ThreeDPECheckpoint(live3d.encoder.state_dict(), live3d.renderer.state_dict(), live3d.config.to_dict()),
-                    folder / Path(RECONSTRUCTION_WEIGHTS[0]).stem, source="threedpe tiny-weights (untrained)")
+    save_editor_weights(folder, model, tiny_reconstruction_model(model), "threedpe tiny-weights (untrained)")
     generator = TriPlaneGenerator(tiny_generator_config())
     save_checkpoint(EG3DCheckpoint(TINY_EG3D["init_kwargs"], generator.state_dict(),
                                    TINY_EG3D["neural_rendering_resolution"], TINY_EG3D["rendering_kwargs"]),
