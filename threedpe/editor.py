@@ -137,8 +137,10 @@ class _TriplaneModel(nn.Module):
         options = self.inference
         if torch.is_grad_enabled() or not options.fast:
             return self.encoder(x, *extra).float()
+        if x.shape[1] == 3:  # outside a compiled encoder: the coordinates are cached per size
+            x = append_pixel_coordinates(x)
         if x.device.type == "cuda":  # cuDNN's preferred layout; on the CPU channels-last measured no faster than NCHW
-            x = (append_pixel_coordinates(x) if x.shape[1] == 3 else x).contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         forward = self.encoder.forward
         if options.compile:
             if self._compiled is None or self._compiled[0] != forward:
