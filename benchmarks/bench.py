@@ -275,9 +275,9 @@ def editor_stages(bench: Bench, model: EditorModel, path: str, quick: bool,
                 "(EditResult.video: batch 1; uint8 frames, |diff| in levels)")
 
     mesh_resolution = 64 if quick else 256
-    grids = bench.compare(f"mesh density grid {mesh_resolution}³", path,
-                          lambda: density_grid(planes, model.renderer.decoder, mesh_resolution, fused=False),
-                          lambda: density_grid(planes, model.renderer.decoder, mesh_resolution), max_abs_diff, runs=1)
+    bench.compare(f"mesh density grid {mesh_resolution}³", path,
+                  lambda: density_grid(planes, model.renderer.decoder, mesh_resolution, fused=False),
+                  lambda: density_grid(planes, model.renderer.decoder, mesh_resolution), max_abs_diff, runs=1)
     grid = density_grid(planes, model.renderer.decoder, 32)
     level = 10.0 if grid.min() < 10.0 < grid.max() else float(np.quantile(grid, 0.9))
     mesh = bench.compare(f"mesh extraction {mesh_resolution}³ (grid + marching cubes + colours)", path,
@@ -285,7 +285,6 @@ def editor_stages(bench: Bench, model: EditorModel, path: str, quick: bool,
                          lambda: extract_mesh(planes, model.renderer.decoder, mesh_resolution, level), runs=1)
     mesh.note = (f"level {level:.3g}" + ("" if level == 10.0 else " (the recipe field never reaches 10)") +
                  "; scikit-image's marching cubes, the same in both, dominates on this noisy random field")
-    del grids
 
     # Opt-in variants of the optimised path, timed alone; the baseline column and |diff| refer to the baseline above.
     references = {"encode": base(lambda: model.encode(x, ref))(), "view": base(lambda: model.render(planes, front))()}
@@ -372,7 +371,6 @@ def ip2p_stages(bench: Bench, quick: bool) -> None:
         vae_row.baseline_s = times[512][1].optimised_s
         total = IP2P_STEPS * step_row.optimised_s + vae_row.optimised_s
         step_row.note += f"; baseline column = 512²; a {IP2P_STEPS}-step text reference ≈ {total:.1f} s"
-    del unet, vae
 
 
 def write_references(out: Path, device: torch.device) -> str:

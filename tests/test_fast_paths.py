@@ -11,7 +11,6 @@ import torch
 from threedpe import cameras
 from threedpe.diffusion import EditSettings, SettingsError
 from threedpe.editor import EditorModel
-from threedpe.encoder import Live3DEditingEncoder
 from threedpe.generator import TriPlaneGenerator
 from threedpe.mesh import density_grid
 from threedpe.rendering import (FoldedSuperresolution, OSGDecoder, PlaneField, RenderingConfig,
