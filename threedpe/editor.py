@@ -120,7 +120,9 @@ class _TriplaneModel(nn.Module):
         """The path encoding and rendering take without autograd, in words, e.g.
         ``"cpu fp32, fused volume rendering, folded channels-last SR"``."""
         device = next(self.encoder.parameters()).device.type
-        precision = PRECISION_NAMES.get(self._encoder_dtype(), str(self._encoder_dtype()))
+        precision = "fp32"
+        if self._encoder_dtype() != torch.float32:  # PortraitEditor.to(dtype=...): the renderer stays float32
+            precision = f"{PRECISION_NAMES.get(self._encoder_dtype(), str(self._encoder_dtype()))} encoder, fp32 rendering"
         if self.inference.autocast is not None:
             precision = f"{PRECISION_NAMES[self.inference.autocast]} autocast (pixel coordinates and volume rendering fp32)"
         if not self.inference.fast:
