@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.golden_compare import assert_close, assert_stats
+from tests.golden_compare import REDUCED_PRECISION_BOUNDS, assert_close, assert_stats, reduced_precision_errors
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
 from threedpe.cameras import camera
 from threedpe.checkpoints import load_3dpe
@@ -60,6 +60,34 @@ def test_editor_golden_views(editor_model, golden_dir):
                 for key in ("image", "image_raw", "image_depth", "weight_total"):
                     assert_close(f"view {i} {key}", out[key], case[key][i:i + 1])
                     assert_stats(f"view {i} {key}", out[key], stats["views"][i][key])
+
+
+@pytest.mark.golden
+def test_editor_golden_views_on_the_reference_path(editor_model, golden_dir):
+    """The baseline the benchmark compares against (``inference.fast = False``) stays golden-equal too."""
+    case = dict(np.load(editor_cases(golden_dir)[0]))
+    editor_model.inference.fast = False
+    try:
+        with torch.inference_mode():
+            planes = editor_model.encode(torch.from_numpy(case["input_tensor"]), torch.from_numpy(case["ref_tensor_mae"]))
+            out = editor_model.render(planes, torch.from_numpy(case["cams"][:1]))
+    finally:
+        editor_model.inference.fast = True
+    assert_close("triplanes_sub4", planes[:, :, ::4, ::4], case["triplanes_sub4"])
+    for key in ("image", "image_raw", "image_depth", "weight_total"):
+        assert_close(key, out[key], case[key][:1])
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_stays_within_its_stated_bound(editor_model, golden_dir, precision):
+    if precision == "bf16" and not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN: CPU bf16 autocast unavailable")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    errors = reduced_precision_errors(editor_model, dict(np.load(editor_cases(golden_dir)[0])), dtype)
+    bounds = REDUCED_PRECISION_BOUNDS[precision]
+    assert {k: v for k, v in errors.items() if v > bounds[k]} == {}, errors
+    assert errors["image"] > 1e-4  # the reduced precision really ran
 
 
 @pytest.mark.golden

@@ -67,15 +67,17 @@ def test_plane_axes_follow_eg3d():
     assert f[0, :, 0, 0].tolist() == [1.0, 2.0, 3.0]
 
 
-def test_renderer_deterministic_mode():
+@pytest.mark.parametrize("fast", [True, False])
+def test_renderer_is_deterministic_unless_asked_otherwise(fast):
     torch.manual_seed(0)
     cfg = RenderingConfig(depth_resolution=8, depth_resolution_importance=8, neural_rendering_resolution=16)
     renderer = TriplaneRenderer(cfg, w_dim=32, sr_widths=(8, 8)).eval()
+    renderer.inference.fast = fast
     planes = torch.randn(1, 96, 16, 16)
     cam = cameras.camera(1.3, 1.5)
     with torch.inference_mode():
-        a, b = renderer(planes, cam, deterministic=True), renderer(planes, cam, deterministic=True)
-        c = renderer(planes, cam)
+        a, b = renderer(planes, cam), renderer(planes, cam, deterministic=True)
+        c = renderer(planes, cam, deterministic=False)
     assert a["image"].shape == (1, 3, 64, 64) and a["image_depth"].shape == (1, 1, 16, 16)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["image_depth"], b["image_depth"])
     assert not torch.equal(a["image_depth"], c["image_depth"])

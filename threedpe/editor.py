@@ -21,10 +21,11 @@ from torch import nn
 
 from threedpe.checkpoints import (EDITOR_MODEL, RECONSTRUCTION_MODEL, ThreeDPECheckpoint, load_3dpe, load_into,
                                   require_model, resolve_first, resolve_weight)
-from threedpe.encoder import EncoderConfig, Live3DEditingEncoder, Live3DEncoder
-from threedpe.rendering import RenderingConfig, TriplaneRenderer
+from threedpe.encoder import EncoderConfig, Live3DEditingEncoder, Live3DEncoder, append_pixel_coordinates
+from threedpe.rendering import InferenceOptions, RenderingConfig, TriplaneRenderer
 
 RECONSTRUCTION_WEIGHTS = ("encoder_render_LT_90000.safetensors", "encoder_render_LT_90000.pt")  # converted first
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,12 @@ class ReconstructionConfig(EditorConfig):
 
 
 class _TriplaneModel(nn.Module):
-    """An image-to-triplane ``encoder`` and the ``renderer``, loaded from one ``ThreeDPECheckpoint``."""
+    """An image-to-triplane ``encoder`` and the ``renderer``, loaded from one ``ThreeDPECheckpoint``.
+
+    ``inference`` (:class:`~threedpe.rendering.InferenceOptions`, shared with the renderer) says how encoding and
+    rendering run without autograd; :meth:`describe_inference` says it in words. With autograd (training) both
+    always take the reference path.
+    """
 
     CONFIG: ClassVar[type[EditorConfig]]
     ENCODER: ClassVar[type[Live3DEncoder]]
@@ -84,6 +90,7 @@ class _TriplaneModel(nn.Module):
         self.encoder = self.ENCODER(self.config.encoder)
         self.renderer = TriplaneRenderer(self.config.rendering, w_dim=self.config.w_dim,
                                          sr_widths=self.config.sr_widths)
+        self._compiled: tuple[object, object] | None = None  # (encoder forward, its torch.compile)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: ThreeDPECheckpoint, config: EditorConfig | None = None) -> Self:
@@ -102,13 +109,54 @@ class _TriplaneModel(nn.Module):
         and :func:`~threedpe.checkpoints.save_official` write them."""
         return ThreeDPECheckpoint(self.encoder.state_dict(), self.renderer.state_dict(), self.config.to_dict())
 
-    def render(self, planes: torch.Tensor, cams: torch.Tensor, deterministic: bool = True) -> dict[str, torch.Tensor]:
-        """Tri-planes (B, 96, P, P) and cameras (B, 25) -> ``image`` (B, 3, 4R, 4R) in about [-1, 1],
-        ``image_raw`` (B, 3, R, R), ``image_depth`` (B, 1, R, R), ``feature_image`` (B, 32, R, R),
-        ``weight_total`` (B, 1, R, R) (see :func:`threedpe.rendering.render_planes`). Always computed in float32,
+    @property
+    def inference(self) -> InferenceOptions:
+        return self.renderer.inference
+
+    def render(self, planes: torch.Tensor, cams: torch.Tensor, deterministic: bool = True,
+               preview: bool = False) -> dict[str, torch.Tensor]:
+        """Tri-planes (B, 96, P, P), or (1, 96, P, P) for all cameras, and cameras (B, 25) -> ``image`` (B, 3, 4R, 4R)
+        in about [-1, 1], ``image_raw`` (B, 3, R, R), ``image_depth`` (B, 1, R, R), ``feature_image`` (B, 32, R, R),
+        ``weight_total`` (B, 1, R, R) (see :func:`threedpe.rendering.render_planes`); ``preview``: the draft quality of
+        :data:`threedpe.rendering.PREVIEW_RESOLUTION` (R = 64, the image still 4 * 128). Always computed in float32,
         also under an autocast region (mixed-precision training)."""
         with torch.autocast(planes.device.type, enabled=False):
-            return self.renderer(planes.float(), cams.float(), deterministic=deterministic)
+            return self.renderer(planes.float(), cams.float(), deterministic=deterministic, preview=preview)
+
+    def describe_inference(self) -> str:
+        """The path encoding and rendering take without autograd, in words, e.g.
+        ``"cpu fp32, fused volume rendering, folded channels-last SR"``."""
+        device = next(self.encoder.parameters()).device.type
+        precision = "fp32"
+        if self._encoder_dtype() != torch.float32:  # PortraitEditor.to(dtype=...): the renderer stays float32
+            precision = f"{PRECISION_NAMES.get(self._encoder_dtype(), str(self._encoder_dtype()))} encoder, fp32 rendering"
+        if self.inference.autocast is not None:
+            precision = f"{PRECISION_NAMES[self.inference.autocast]} autocast (pixel coordinates and volume rendering fp32)"
+        if not self.inference.fast:
+            return f"{device} {precision}, reference path"
+        encoder = ["channels-last encoder"] if device == "cuda" else []
+        encoder += ["compiled encoder"] if self.inference.compile else []
+        return ", ".join([f"{device} {precision}", *encoder, self.renderer.describe()])
+
+    def _encode(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        """The encoder on (x, *extra) in its dtype -> float32 tri-planes. Without autograd and with ``inference.fast`` it
+        runs under ``inference.autocast``, compiled with ``inference.compile``, and channels-last on CUDA."""
+        dtype = self._encoder_dtype()
+        x, extra = x.to(dtype), [t.to(dtype) for t in extra]
+        options = self.inference
+        if torch.is_grad_enabled() or not options.fast:
+            return self.encoder(x, *extra).float()
+        if x.shape[1] == 3:  # outside a compiled encoder: the coordinates are cached per size
+            x = append_pixel_coordinates(x)
+        if x.device.type == "cuda":  # cuDNN's preferred layout; on the CPU channels-last measured no faster than NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
+        forward = self.encoder.forward
+        if options.compile:
+            if self._compiled is None or self._compiled[0] != forward:
+                self._compiled = (forward, torch.compile(forward))
+            forward = self._compiled[1]
+        with torch.autocast(x.device.type, dtype=options.autocast, enabled=options.autocast is not None):
+            return forward(x, *extra).float()
 
     def _encoder_dtype(self) -> torch.dtype:
         return next(self.encoder.parameters()).dtype
@@ -141,8 +189,7 @@ class EditorModel(_TriplaneModel):
 
     def encode(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """x (B, 3, S, S) in [-1, 1], ref (B, 3, 224, 224) ImageNet-normalised -> tri-planes (B, 96, S/2, S/2)."""
-        dtype = self._encoder_dtype()
-        return self.encoder(x.to(dtype), ref.to(dtype)).float()
+        return self._encode(x, ref)
 
 
 class ReconstructionModel(_TriplaneModel):
@@ -160,7 +207,7 @@ class ReconstructionModel(_TriplaneModel):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, S, S) in [-1, 1] -> tri-planes (B, 96, S/2, S/2)."""
-        return self.encoder(x.to(self._encoder_dtype())).float()
+        return self._encode(x)
 
 
 def resolve_reconstruction_weights(folder: str | os.PathLike | None = None, *, repo_id: str | None = None,

@@ -20,6 +20,7 @@ The file also holds the official preprocessing of the input portrait and of the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -133,7 +134,7 @@ class ResNetEncoder(nn.Module):
         self.layer4 = _resnet_layer(w[2], w[3], n[3], stride=1, dilation=4)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        stem = F.relu(self.conv1(x))
+        stem = F.relu(coordinate_conv(self.conv1, x))
         stage1 = self.layer1(F.max_pool2d(stem, kernel_size=3, stride=2, padding=1))
         return [stem, stage1, self.layer2(stage1)]
 
@@ -293,7 +294,7 @@ class EncoderEhigh(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net[1:](coordinate_conv(self.net[0], x))
 
 
 class EncoderFinal(nn.Module):
@@ -502,9 +503,24 @@ class Live3DEditingEncoder(Live3DEncoder):
 def append_pixel_coordinates(x: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) -> (B,5,H,W): channel 3 = row index, channel 4 = column index (raw 0..H-1 / 0..W-1)."""
     b, _, h, w = x.shape
-    rows, cols = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
-                                torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
-    return torch.cat([x, rows.expand(b, 1, h, w), cols.expand(b, 1, h, w)], dim=1)
+    coordinates = pixel_coordinates(h, w, x.device, x.dtype).expand(b, -1, -1, -1)
+    return torch.cat([x, coordinates], dim=1)
+
+
+@functools.lru_cache(maxsize=8)
+def pixel_coordinates(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 2, H, W): row index, column index; constant per size, so cached (never modify the result)."""
+    with torch.inference_mode(False):
+        rows, cols = torch.meshgrid(torch.arange(height, device=device, dtype=dtype),
+                                    torch.arange(width, device=device, dtype=dtype), indexing="ij")
+        return torch.stack([rows, cols]).unsqueeze(0)
+
+
+def coordinate_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` on an input that carries the raw pixel-index channels (values up to S - 1), never under autocast:
+    bfloat16 holds integers exactly only up to 256. The float32 result is cast by the next autocast layer."""
+    with torch.autocast(x.device.type, enabled=False):
+        return conv(x)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from torch import nn
 
 from threedpe import cameras
 from threedpe.checkpoints import EG3DCheckpoint, load_eg3d, load_into
-from threedpe.rendering import OSGDecoder, RenderingConfig, SuperresolutionHybrid8XDC, render_planes
+from threedpe.rendering import InferenceOptions, OSGDecoder, RenderingConfig, SuperresolutionHybrid8XDC, render_planes
 from threedpe.stylegan2 import MappingNetwork, SynthesisNetwork
 
 SR_MODULE = "training.superresolution.SuperresolutionHybrid8XDC"
@@ -86,6 +86,7 @@ class TriPlaneGenerator(nn.Module):
             input_resolution=self.cfg.rendering.neural_rendering_resolution,
             antialias=self.cfg.rendering.sr_antialias)
         self.decoder = OSGDecoder(PLANE_CHANNELS, lr_multiplier=self.cfg.decoder_lr_multiplier)
+        self.inference = InferenceOptions()  # without autograd, ``fast`` renders with the fused volume rendering
 
     @classmethod
     def from_checkpoint(cls, checkpoint: EG3DCheckpoint) -> TriPlaneGenerator:
@@ -123,13 +124,19 @@ class TriPlaneGenerator(nn.Module):
         return self.backbone.synthesis(ws, noise_mode=noise_mode)
 
     def render(self, planes: torch.Tensor, ws: torch.Tensor, cams: torch.Tensor,
-               deterministic: bool = False) -> dict[str, torch.Tensor]:
-        """Tri-planes + ws + cameras (B, 25) -> dict of images (see :func:`threedpe.rendering.render_planes`)."""
-        return render_planes(planes, cams, self.decoder, self.superresolution, ws, self.cfg.rendering, deterministic)
+               deterministic: bool = True) -> dict[str, torch.Tensor]:
+        """Tri-planes + ws + cameras (B, 25) -> dict of images (see :func:`threedpe.rendering.render_planes`).
+
+        Deterministic unless asked otherwise; without autograd and with ``inference.fast`` the volume rendering is
+        the fused one (the super-resolution depends on ws, so it is never folded here)."""
+        fused = self.inference.fast and not torch.is_grad_enabled()
+        return render_planes(planes, cams, self.decoder,
+                             lambda rgb, x: self.superresolution(rgb, x, ws, noise_mode="none"),
+                             self.cfg.rendering, deterministic, fused=fused)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, noise_mode: str = "const",
-                deterministic: bool = False) -> dict[str, torch.Tensor]:
+                deterministic: bool = True) -> dict[str, torch.Tensor]:
         ws = self.mapping(z, c, truncation_psi, truncation_cutoff)
         planes = self.synthesize_planes(ws, noise_mode)
         out = self.render(planes, ws, c, deterministic)

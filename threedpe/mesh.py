@@ -8,6 +8,9 @@ need no rotation for viewers. Density grids are indexed ``grid[i, j, k]`` = sigm
 The official mesh (EG3D ``gen_samples`` / 3DPE inference) thresholds sigma at 10 on a 512^3 grid after
 clearing a border of 30/256 of the grid on every side; the same border is cleared here, which also
 closes the surface where the head meets the box.
+
+By default the decoder runs as a :class:`~threedpe.rendering.PlaneField` (``fused=True``: one table lookup per point,
+density alone for the grid), equal to the reference evaluation (``fused=False``) up to float rounding.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from skimage import measure
 from tqdm import tqdm
 
 from threedpe.cancel import CancelSignal, check
-from threedpe.rendering import OSGDecoder, sample_from_planes
+from threedpe.rendering import OSGDecoder, PlaneField, decoder_colours, sample_from_planes
 
 BORDER = 30 / 256
 MESH_FORMATS = (".glb", ".ply", ".obj")
@@ -41,28 +44,29 @@ def _grid_points(start: int, stop: int, resolution: int, box_warp: float, device
 
 
 def density_grid(planes: torch.Tensor, decoder: OSGDecoder, resolution: int = 256, box_warp: float = 1.0,
-                 chunk: int = 2 ** 18, cancel: CancelSignal | None = None) -> np.ndarray:
+                 chunk: int = 2 ** 18, cancel: CancelSignal | None = None, fused: bool = True) -> np.ndarray:
     """Raw density sigma (res, res, res) float32 of tri-planes (1, 96, P, P) on the grid of the module docstring.
 
     The decoder runs on at most ``chunk`` points at a time, so memory beyond the result is bounded; ``cancel`` is
-    checked before every chunk.
+    checked before every chunk. ``fused``: see the module docstring.
     """
     if resolution < 2 or chunk < 1:
         raise ValueError(f"need resolution >= 2 and chunk >= 1, got {resolution} and {chunk}")
     planes = _as_planes(planes)
     grid = np.empty(resolution ** 3, dtype=np.float32)
     with torch.inference_mode():
+        field = PlaneField(planes, decoder, box_warp) if fused else None
         for start in tqdm(range(0, grid.size, chunk), desc="density grid", unit="chunk"):
             check(cancel, f"the mesh after {start // chunk} of {-(-grid.size // chunk)} chunks")
             stop = min(start + chunk, grid.size)
-            points = _grid_points(start, stop, resolution, box_warp, planes.device)
-            sigma, _ = decoder(sample_from_planes(planes, points[None], box_warp))
+            points = _grid_points(start, stop, resolution, box_warp, planes.device)[None]
+            sigma = field.density(points) if field else decoder(sample_from_planes(planes, points, box_warp))[0]
             grid[start:stop] = sigma.reshape(-1).float().cpu().numpy()
     return grid.reshape(resolution, resolution, resolution)
 
 
 def _vertex_colors(planes: torch.Tensor, decoder: OSGDecoder, points: np.ndarray, box_warp: float,
-                   chunk: int) -> np.ndarray:
+                   chunk: int, fused: bool) -> np.ndarray:
     """RGBA (N, 4) uint8 of world points (N, 3): the decoder's first three features, clamped to [0, 1], alpha 255.
 
     These are the colours of the raw (pre-super-resolution) rendering.
@@ -70,27 +74,31 @@ def _vertex_colors(planes: torch.Tensor, decoder: OSGDecoder, points: np.ndarray
     planes = _as_planes(planes)
     colors = np.full((len(points), 4), 255, dtype=np.uint8)
     with torch.inference_mode():
+        field = PlaneField(planes, decoder, box_warp) if fused else None
         for start in range(0, len(points), chunk):
-            batch = torch.as_tensor(points[start:start + chunk], dtype=torch.float32, device=planes.device)
-            _, rgb = decoder(sample_from_planes(planes, batch[None], box_warp))
-            rgb = (rgb[0, :, :3].float().clamp(0, 1) * 255).round().to(torch.uint8)
-            colors[start:start + len(batch), :3] = rgb.cpu().numpy()
+            batch = torch.as_tensor(points[start:start + chunk], dtype=torch.float32, device=planes.device)[None]
+            if field:
+                rgb = decoder_colours(field(batch)[:, 1:4])
+            else:
+                rgb = decoder(sample_from_planes(planes, batch, box_warp))[1][0, :, :3]
+            colors[start:start + batch.shape[1], :3] = (rgb.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     return colors
 
 
 def extract_mesh(planes: torch.Tensor, decoder: OSGDecoder, resolution: int = 256, level: float = 10.0,
                  box_warp: float = 1.0, chunk: int = 2 ** 18, border: float = BORDER,
-                 cancel: CancelSignal | None = None) -> trimesh.Trimesh:
+                 cancel: CancelSignal | None = None, fused: bool = True) -> trimesh.Trimesh:
     """Vertex-coloured surface sigma = ``level`` of tri-planes (1, 96, P, P), in world coordinates.
 
     ``border``: fraction of the grid cleared on every side (``int(border * resolution)`` voxels, EG3D's
     30/256), which closes the surface at the box. Faces wind counter-clockwise seen from outside (normals
-    point out of the dense region). Raises ValueError when the density never crosses ``level``.
+    point out of the dense region). ``fused``: see the module docstring. Raises ValueError when the density never
+    crosses ``level``.
     """
     pad = int(border * resolution)
     if not 0 <= 2 * pad < resolution - 1:
         raise ValueError(f"border {border} leaves no grid inside it at resolution {resolution}")
-    grid = density_grid(planes, decoder, resolution, box_warp, chunk, cancel)
+    grid = density_grid(planes, decoder, resolution, box_warp, chunk, cancel, fused)
     inside = grid[pad:resolution - pad, pad:resolution - pad, pad:resolution - pad]
     low, high = float(inside.min()), float(inside.max())
     if pad:
@@ -107,7 +115,7 @@ def extract_mesh(planes: torch.Tensor, decoder: OSGDecoder, resolution: int = 25
     # and PLY viewers take counter-clockwise as front-facing, so reverse the winding.
     faces = np.ascontiguousarray(faces[:, ::-1])
     vertices = vertices - box_warp / 2
-    colors = _vertex_colors(planes, decoder, vertices, box_warp, chunk)
+    colors = _vertex_colors(planes, decoder, vertices, box_warp, chunk, fused)
     return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
 
 

@@ -4,6 +4,10 @@ modulation/demodulation, FIR up-sampling), written in plain PyTorch so they run 
 Parameter and buffer names follow EG3D's ``networks_stylegan2`` so that the official state dicts
 load unchanged. Only the inference path is kept; there are no custom CUDA kernels. Every layer runs
 in float32 (EG3D's fp16 layers run in float32 off CUDA too, and the golden tolerances assume it).
+
+:class:`FoldedSynthesisBlock` is the inference form of a block whose style never changes (3DPE's
+super-resolution is driven by a learned constant): its modulated weights are computed once and it runs
+plain channels-last convolutions.
 """
 from __future__ import annotations
 
@@ -78,11 +82,15 @@ class FullyConnectedLayer(nn.Module):
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.weight_gain
+    def effective(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight (out, in) and bias (out,) the layer applies, learning-rate gains included."""
         b = self.bias
         if b is not None and self.bias_gain != 1:
             b = b * self.bias_gain
+        return self.weight * self.weight_gain, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.effective()
         if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
         return bias_act(x.matmul(w.t()), b, act=self.activation)
@@ -119,6 +127,15 @@ class MappingNetwork(nn.Module):
         return ws
 
 
+def modulate(weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True) -> torch.Tensor:
+    """Per-sample conv weights (B, O, I, k, k): ``weight`` (O, I, k, k) scaled by ``styles`` (B, I) along the input
+    channels and, with ``demodulate``, normalised to unit L2 norm per output channel (eps 1e-8)."""
+    w = weight.unsqueeze(0) * styles.reshape(styles.shape[0], 1, -1, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(styles.shape[0], -1, 1, 1, 1)
+    return w
+
+
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, up: int = 1,
                      padding: int = 0, resample_filter: torch.Tensor | None = None,
                      demodulate: bool = True) -> torch.Tensor:
@@ -129,9 +146,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     """
     b = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
-    w = weight.unsqueeze(0) * styles.reshape(b, 1, -1, 1, 1)
-    if demodulate:
-        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(b, -1, 1, 1, 1)
+    w = modulate(weight, styles, demodulate)
     x = x.reshape(1, -1, *x.shape[2:])
     if up == 1:
         x = F.conv2d(x, w.reshape(-1, in_ch, kh, kw), padding=padding, groups=b)
@@ -247,3 +262,69 @@ class SynthesisNetwork(nn.Module):
             x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), noise_mode=noise_mode)
             w_idx += block.num_conv
         return img
+
+
+class FoldedSynthesisBlock:
+    """A :class:`SynthesisBlock` (``in_channels > 0``) with fixed styles and ``noise_mode='none'``, as plain convolutions.
+
+    Built once from the block and ws (1, num_conv + num_torgb, w_dim): the modulated (and demodulated) weights are
+    computed here; the lrelu gain sqrt(2) is folded into weights and biases (lrelu(g*y) = g*lrelu(y) for g > 0);
+    the FIR filter after the transposed convolution is a depthwise convolution carrying the bias, and the skip
+    image's 2x up-sampling is one depthwise stride-2 transposed convolution instead of zero insertion + filtering.
+    Weights are channels-last. Equal to ``block(x, img, ws, noise_mode='none')`` for every batch up to float
+    rounding. Holds plain tensors (no autograd): rebuild it when the block's weights or ws change.
+    """
+
+    def __init__(self, block: SynthesisBlock, ws: torch.Tensor):
+        if block.in_channels == 0 or ws.shape[0] != 1:
+            raise ValueError("folding needs a block with an input (in_channels > 0) and ws of batch 1")
+        with torch.no_grad():
+            w0, w1, w2 = ws.unbind(dim=1)
+            conv0, conv1 = block.conv0, block.conv1
+            self.up_weight = _channels_last(modulate(conv0.weight, conv0.affine(w0))[0].transpose(0, 1) * LRELU_GAIN)
+            self.up = conv0.up
+            f = conv0.resample_filter
+            k, kw = f.shape[-1], conv0.weight.shape[-1]
+            pad0 = 1 + (k + self.up - 1) // 2 - (kw - 1)  # modulated_conv2d's padding around the FIR filter
+            pad1 = 1 + (k - self.up) // 2 - (kw - self.up)
+            if pad0 != pad1 or pad0 < 0:
+                raise ValueError(f"folding needs a symmetric FIR padding, got {pad0}, {pad1}")
+            self.fir_padding = pad0
+            channels = conv0.weight.shape[0]
+            self.fir = _channels_last((f * self.up ** 2).flip([0, 1])[None, None].repeat(channels, 1, 1, 1))
+            self.fir_bias = conv0.bias * LRELU_GAIN
+            self.up_clamp = conv0.conv_clamp
+            self.weight = _channels_last(modulate(conv1.weight, conv1.affine(w1))[0] * LRELU_GAIN)
+            self.bias = conv1.bias * LRELU_GAIN
+            self.clamp = conv1.conv_clamp
+            torgb = block.torgb
+            self.rgb_weight = _channels_last(modulate(torgb.weight, torgb.affine(w2) * torgb.weight_gain,
+                                                      demodulate=False)[0])
+            self.rgb_bias = torgb.bias.clone()
+            self.rgb_clamp = torgb.conv_clamp
+            skip = block.resample_filter
+            if skip.shape[-1] % 2:
+                raise ValueError("folding needs an even FIR filter for the skip up-sampling")
+            # zero insertion, pad ((k+1)//2, (k-2)//2), conv with f  ==  stride-2 transposed conv with f, padding k/2 - 1
+            self.skip_padding = skip.shape[-1] // 2 - 1
+            self.skip_kernel = (skip * 4)[None, None].repeat(torgb.weight.shape[0], 1, 1, 1)
+
+    def _activate(self, x: torch.Tensor, clamp: float | None) -> torch.Tensor:
+        x = F.leaky_relu_(x, 0.2)
+        return x if clamp is None else x.clamp_(-clamp, clamp)
+
+    def __call__(self, x: torch.Tensor, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (B, in, R/2, R/2), img (B, img_ch, R/2, R/2)) -> (x (B, out, R, R), img (B, img_ch, R, R))."""
+        x = F.conv_transpose2d(x, self.up_weight, stride=self.up)
+        x = self._activate(F.conv2d(x, self.fir, self.fir_bias, padding=self.fir_padding, groups=x.shape[1]),
+                           self.up_clamp)
+        x = self._activate(F.conv2d(x, self.weight, self.bias, padding=1), self.clamp)
+        y = F.conv2d(x, self.rgb_weight, self.rgb_bias)
+        if self.rgb_clamp is not None:
+            y = y.clamp_(-self.rgb_clamp, self.rgb_clamp)
+        skip = F.conv_transpose2d(img, self.skip_kernel, stride=2, padding=self.skip_padding, groups=img.shape[1])
+        return x, y.add_(skip)
+
+
+def _channels_last(weight: torch.Tensor) -> torch.Tensor:
+    return weight.contiguous(memory_format=torch.channels_last)

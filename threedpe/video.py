@@ -33,11 +33,12 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return pixels.movedim(-3, -1).cpu().numpy()
 
 
-def triplane_view(renderer: TriplaneRenderer, planes: torch.Tensor, deterministic: bool = False
-                  ) -> Callable[[torch.Tensor], np.ndarray]:
+def triplane_view(renderer: TriplaneRenderer, planes: torch.Tensor, deterministic: bool = True,
+                  preview: bool = False) -> Callable[[torch.Tensor], np.ndarray]:
     """A ``render_view`` for :func:`render_orbit`: cameras (N, 25) -> frames (N, H, W, 3) uint8 of ``planes``.
 
-    planes (1, 96, P, P) on the renderer's device; each call renders N views of them (``renderer(...)['image']``).
+    planes (1, 96, P, P) on the renderer's device; each call renders N views of them in one batch that shares the
+    tri-plane (``renderer(...)['image']``, ``preview`` as there).
     """
     if planes.dim() != 4 or planes.shape[0] != 1:
         raise ValueError(f"expected one tri-plane (1, 96, P, P), got shape {tuple(planes.shape)}")
@@ -45,7 +46,7 @@ def triplane_view(renderer: TriplaneRenderer, planes: torch.Tensor, deterministi
     def render_view(cams: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             cams = cams.to(planes.device)
-            image = renderer(planes.expand(cams.shape[0], -1, -1, -1), cams, deterministic=deterministic)["image"]
+            image = renderer(planes, cams, deterministic=deterministic, preview=preview)["image"]
         return to_uint8(image)
 
     return render_view
