@@ -166,7 +166,7 @@ def test_strip_view_and_depth_share_their_renders(editor, astronaut_photo, monke
     calls = []
     render = editor.model.render
     monkeypatch.setattr(editor.model, "render", lambda *a, **k: calls.append(1) or render(*a, **k))
-    strip, front, depth = result.strip(), result.view(), result.depth()
+    strip, front, _ = result.strip(), result.view(), result.depth()
     assert len(calls) == 3  # the frontal view of the strip serves the view and the depth image
     assert np.array_equal(np.asarray(strip)[:, 128:256], np.asarray(front))
     result.view(12, 0)

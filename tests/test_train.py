@@ -199,11 +199,20 @@ def test_one_step_of_two_processes_equals_one_process_given_the_global_batch(run
                            *change]) == 0  # a later --batch-size wins
         single = torch.load(out / "checkpoints" / "step00000001.pt", weights_only=True)
         moved = max((single["trained"][name] - base[name]).abs().max().item() for name in single["trained"])
-        differ = max((single["trained"][name] - double["trained"][name]).abs().max().item()
-                     for name in single["trained"])
-        print(f"one step, 1 process ({label}) vs 2 processes x batch 1: largest update {moved:.2e}, largest "
-              f"difference {differ:.2e}; losses {single['losses']} vs {double['losses']}")
-        assert moved > 5e-5 and differ < 1e-6
+        # Adam's first step is lr * g / (|g| + eps): a float-rounding difference flips the sign of the update of a
+        # gradient that is ~0, so the step is compared through the gradients the optimiser saw (its first moment).
+        grad_single, grad_double = (torch.cat([entry["exp_avg"].flatten() for entry in run["optimizer"]["state"].values()])
+                                    for run in (single, double))
+        grad_gap = ((grad_single - grad_double).abs().max() / grad_double.abs().max()).item()
+        steps_apart = torch.cat([(single["trained"][name] - double["trained"][name]).abs().flatten()
+                                 for name in single["trained"]])
+        share_apart = (steps_apart > 1e-6).float().mean().item()
+        print(f"one step, 1 process ({label}) vs 2 processes x batch 1: largest update {moved:.2e}; gradient gap "
+              f"{grad_gap:.2e} of the largest gradient; {share_apart:.2e} of the weights more than 1e-6 apart; "
+              f"losses {single['losses']} vs {double['losses']}")
+        # float rounding of a batch of 2 against two batches of 1 measured ~6e-5 and ~5e-4 here; a missing or
+        # summed all-reduce would put both near 1
+        assert moved > 5e-5 and grad_gap < 1e-3 and share_apart < 1e-2
         np.testing.assert_allclose(single["losses"], double["losses"], rtol=1e-5)
 
 

@@ -4,7 +4,6 @@ Full-size forward and backward on the CPU: the module-scoped ``train_step_runs``
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

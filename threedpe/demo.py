@@ -56,18 +56,24 @@ SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL = 2, 10  # customisation work per GPU call
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """The app's defaults for the work that follows an edit: orbit ``video_frames``, ``mesh_resolution``^3, and the
-    customisation's ``fine_tune_steps``."""
+    """The app's defaults that depend on the device: orbit ``video_frames``, ``mesh_resolution``^3, the
+    customisation's ``fine_tune_steps``, the 2D edit's ``text_resolution``, and whether the free view shows drafts
+    while a slider is dragged (``preview_while_dragging``; the full view follows on release)."""
 
     video_frames: int = 120
     mesh_resolution: int = 256
     fine_tune_steps: int = 300
+    text_resolution: int = 512  # InstructPix2Pix; the editor's prompt encoder sees 224^2, so 256 loses little
+    preview_while_dragging: bool = False
 
     @classmethod
     def for_device(cls, device: torch.device) -> OutputSettings:
-        """Full quality on a GPU; a shorter video, a coarser mesh and a short fine-tune on CPU, where each takes
-        minutes otherwise."""
-        return cls() if device.type == "cuda" else cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10)
+        """Full quality on a GPU; on CPU, where each takes minutes otherwise, a shorter video, a coarser mesh, a short
+        fine-tune, 256^2 text references (about 4x faster) and draft views while a slider is dragged."""
+        if device.type == "cuda":
+            return cls()
+        return cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10, text_resolution=256,
+                   preview_while_dragging=True)
 
 
 def load_editor(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
@@ -145,13 +151,14 @@ class StoredEdit:
     instruction: str | None = None
     settings: dict = field(default_factory=dict)
     style: str | None = None
+    path: str = ""  # how the editor ran, e.g. "cpu fp32, fused volume rendering, folded channels-last SR"
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod
     def from_result(cls, result: EditResult, **details) -> StoredEdit:
         return cls(planes=result.planes.detach().float().cpu().numpy(), image=result.image,
                    reference=result.reference, timings=dict(result.timings), notes=list(result.warnings),
-                   anchor=result.anchor, **details)
+                   anchor=result.anchor, path=result.path, **details)
 
     def result(self, editor: PortraitEditor) -> EditResult:
         """An ``EditResult`` that renders these tri-planes with ``editor`` (no re-encoding)."""
@@ -196,7 +203,7 @@ STAGE_LABELS = {"align": "align", "reference": "reference", "encode": "encode", 
 def status_markdown(edit: StoredEdit) -> str:
     """Measured seconds per stage in pipeline order, the anchor a text instruction was applied to, and the notes."""
     parts = [f"{label} **{edit.timings[key]:.2f} s**" for key, label in STAGE_LABELS.items() if key in edit.timings]
-    lines = ["⏱️ " + " · ".join(parts)] if parts else []
+    lines = ["⏱️ " + " · ".join(parts) + (f" ({edit.path})" if edit.path else "")] if parts else []
     if edit.anchor:
         lines.append(f"🧑 The instruction was applied to the anchor portrait: **{edit.anchor}**.")
     if edit.style:
@@ -205,9 +212,10 @@ def status_markdown(edit: StoredEdit) -> str:
     return "\n\n".join(lines)
 
 
-def view_name(yaw: float, pitch: float) -> str:
-    """File name of a free view, e.g. ``view_yaw30_pitch-10.png`` (degrees from frontal)."""
-    return f"view_yaw{yaw:g}_pitch{pitch:g}.png"
+def view_name(yaw: float, pitch: float, preview: bool = False) -> str:
+    """File name of a free view, e.g. ``view_yaw30_pitch-10.png`` (degrees from frontal; ``..._preview.png`` for a
+    draft)."""
+    return f"view_yaw{yaw:g}_pitch{pitch:g}{'_preview' if preview else ''}.png"
 
 
 class StopFlag:
@@ -463,11 +471,12 @@ class DemoRunner:
         edit.save_record(session)
         return EditFiles(edit, **files)
 
-    def view(self, edit: StoredEdit, session: Path, yaw: float, pitch: float) -> Path:
-        """The stored edit seen from (yaw, pitch) in degrees from frontal, written as ``view_yaw.._pitch...png``."""
+    def view(self, edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> Path:
+        """The stored edit seen from (yaw, pitch) in degrees from frontal, written as ``view_yaw.._pitch...png``;
+        ``preview``: the draft quality used while a slider is dragged (``..._preview.png``)."""
         with self._lock:
-            image = edit.result(self.editor).view(yaw, pitch)
-        path = edit.folder(session) / view_name(yaw, pitch)
+            image = edit.result(self.editor).view(yaw, pitch, preview=preview)
+        path = edit.folder(session) / view_name(yaw, pitch, preview)
         image.save(path)
         return path
 
@@ -550,7 +559,7 @@ class DemoRunner:
         return 20 + math.ceil(settings.steps * 0.15 * (settings.resolution / 512) ** 2)
 
     @staticmethod
-    def view_duration(edit: StoredEdit, session: Path, yaw: float, pitch: float) -> int:
+    def view_duration(edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> int:
         return 5
 
     @staticmethod
