@@ -47,3 +47,14 @@ def astronaut_photo(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("photos") / "astronaut.png"
     Image.fromarray(data.astronaut()).save(path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (small models run faster so, and two processes share the 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,12 +25,7 @@ SEEDS = [0, 1, 2, 4, 5]  # four identities to train on, one held out
 LEARNING_RATES = {"lora": 1e-3, "full": 1e-4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ SMALL_EDITS = EditSettings(resolution=128)
 SEEDS = [0, 1, 2, 4, 5, 6]  # tiny random renders with some contrast (seeds 3 and 7 render nearly flat images)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

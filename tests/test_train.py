@@ -34,12 +34,7 @@ LAST_LINE = re.compile(r"steps=(\d+) loss_start=([\d.e-]+) loss_end=([\d.e-]+) c
 LAUNCH_TIMEOUT = 150  # seconds per torchrun launch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:
