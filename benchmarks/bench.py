@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.golden_recipe import recipe_tensor  # noqa: E402
 from threedpe import cameras  # noqa: E402
-from threedpe.editor import EditorConfig, EditorModel  # noqa: E402
-from threedpe.encoder import preprocess_input, preprocess_reference  # noqa: E402
+from threedpe.models.editor import EditorConfig, EditorModel  # noqa: E402
+from threedpe.models.encoder import preprocess_input, preprocess_reference  # noqa: E402
 from threedpe.mesh import density_grid, extract_mesh  # noqa: E402
 from threedpe.video import render_orbit, triplane_view  # noqa: E402
 
@@ -305,7 +305,7 @@ def editor_stages(bench: Bench, model: EditorModel, path: str, quick: bool,
 def generator_stage(bench: Bench, path: str) -> None:
     """An EG3D anchor portrait (the text route's anchors): mapping, synthesis and one 512^2 render; only the volume
     rendering has a fast path here (the super-resolution depends on ws)."""
-    from threedpe.generator import TriPlaneGenerator
+    from threedpe.models.generator import TriPlaneGenerator
 
     generator = TriPlaneGenerator()
     state = {name: value if RECIPE_EXCLUDED.search(name) else recipe_tensor(name, tuple(value.shape))

@@ -35,9 +35,9 @@ from threedpe.checkpoints import ThreeDPECheckpoint  # noqa: E402
 from threedpe.customize import CustomizeConfig, StyleTrainer, split_held_out  # noqa: E402
 from threedpe.datagen import StyleSample  # noqa: E402
 from threedpe.diffusion import EditSettings  # noqa: E402
-from threedpe.editor import EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel  # noqa: E402
+from threedpe.models.editor import EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel  # noqa: E402
 from threedpe.objective import EditingObjective  # noqa: E402
-from threedpe.perceptual import LPIPS, PromptEncoderDistance  # noqa: E402
+from threedpe.models.perceptual import LPIPS, PromptEncoderDistance  # noqa: E402
 from threedpe.testing import ColourEditor  # noqa: E402
 
 GOLDEN = Path(ROOT.parent / "shared" / "golden")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from threedpe.cli import main
-from threedpe.generator import TriPlaneGenerator
+from threedpe.models.generator import TriPlaneGenerator
 from threedpe.testing import TINY_EG3D, tiny_generator_config
 
 

@@ -14,7 +14,7 @@ from threedpe.cancel import Cancelled
 from threedpe.customize import CustomizeConfig, CustomizeError, StyleTrainer, lora_targets, split_held_out
 from threedpe.datagen import SyntheticSamples, load_generator
 from threedpe.diffusion import EditSettings
-from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.objective import trainable_parameters
 from threedpe.pipeline import PortraitEditor
 from threedpe.styles import Style, StyleError

@@ -13,8 +13,8 @@ from tests.golden_compare import REDUCED_PRECISION_BOUNDS, assert_close, assert_
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
 from threedpe.cameras import camera
 from threedpe.checkpoints import load_3dpe
-from threedpe.editor import EditorConfig, EditorModel
-from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.models.editor import EditorConfig, EditorModel
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.testing import tiny_editor_config
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
-from threedpe.encoder import (
+from threedpe.models.encoder import (
     EncoderConfig,
     Live3DEditingEncoder,
     append_pixel_coordinates,

@@ -10,13 +10,13 @@ import torch
 
 from threedpe import cameras
 from threedpe.diffusion import EditSettings, SettingsError
-from threedpe.editor import EditorModel
-from threedpe.generator import TriPlaneGenerator
+from threedpe.models.editor import EditorModel
+from threedpe.models.generator import TriPlaneGenerator
 from threedpe.mesh import density_grid
-from threedpe.rendering import (FoldedSuperresolution, OSGDecoder, PlaneField, RenderingConfig,
+from threedpe.models.rendering import (FoldedSuperresolution, OSGDecoder, PlaneField, RenderingConfig,
                                 SuperresolutionHybrid8XDC, TriplaneRenderer, render_rays, render_rays_fused,
                                 sample_from_planes, sample_rays)
-from threedpe.stylegan2 import FoldedSynthesisBlock, SynthesisBlock
+from threedpe.models.stylegan2 import FoldedSynthesisBlock, SynthesisBlock
 from threedpe.testing import tiny_editor_config, tiny_generator_config
 
 TOL = {"rtol": 1e-5, "atol": 2e-5}

@@ -9,7 +9,7 @@ import torch
 
 from tests.golden_compare import assert_close, assert_stats
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
-from threedpe.generator import GeneratorConfig, TriPlaneGenerator
+from threedpe.models.generator import GeneratorConfig, TriPlaneGenerator
 from threedpe.testing import tiny_generator_config
 
 

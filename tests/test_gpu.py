@@ -9,7 +9,7 @@ import torch
 
 from tests.golden_compare import REDUCED_PRECISION_BOUNDS, assert_close, reduced_precision_errors
 from tests.golden_recipe import recipe_encoder_renderer
-from threedpe.editor import EditorConfig, EditorModel
+from threedpe.models.editor import EditorConfig, EditorModel
 from threedpe.pipeline import PortraitEditor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

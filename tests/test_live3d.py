@@ -15,9 +15,9 @@ from tests.golden_recipe import recipe_encoder_renderer
 from threedpe.cameras import camera
 from threedpe.checkpoints import (CheckpointError, MissingWeightsError, ThreeDPECheckpoint, convert, load_3dpe,
                                   save_checkpoint)
-from threedpe.editor import (RECONSTRUCTION_WEIGHTS, EditorModel, ReconstructionConfig, ReconstructionModel,
+from threedpe.models.editor import (RECONSTRUCTION_WEIGHTS, EditorModel, ReconstructionConfig, ReconstructionModel,
                              resolve_reconstruction_weights)
-from threedpe.encoder import preprocess_input
+from threedpe.models.encoder import preprocess_input
 from threedpe.testing import tiny_editor_config, tiny_reconstruction_model
 
 

@@ -16,7 +16,7 @@ import trimesh
 
 from threedpe import cameras
 from threedpe.mesh import density_grid, export_mesh, extract_mesh
-from threedpe.rendering import OSGDecoder, RenderingConfig, TriplaneRenderer
+from threedpe.models.rendering import OSGDecoder, RenderingConfig, TriplaneRenderer
 from threedpe.cancel import Cancelled
 from threedpe.video import render_orbit, to_uint8, triplane_view, write_mp4
 

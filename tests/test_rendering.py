@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from threedpe import cameras
-from threedpe.rendering import RenderingConfig, TriplaneRenderer, sample_from_planes, sample_rays
+from threedpe.models.rendering import RenderingConfig, TriplaneRenderer, sample_from_planes, sample_rays
 
 
 def test_frontal_camera_matrix():

@@ -20,7 +20,7 @@ from threedpe.data import DatasetWriter, EditingDataset, edited_path, item_path
 from threedpe.datagen import (DataError, SyntheticSamples, finish_dataset, generate_shard, load_generator,
                               read_shards, shard_seeds, style_slug)
 from threedpe.diffusion import EditSettings
-from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.pipeline import PortraitEditor
 from threedpe.testing import ColourEditor, save_editor_weights, small_training_models
 from threedpe.train import main as train_main

@@ -16,8 +16,8 @@ from tests.golden_compare import assert_close
 from tests.golden_recipe import recipe_encoder_renderer
 from threedpe.cameras import camera
 from threedpe.checkpoints import ThreeDPECheckpoint
-from threedpe.editor import EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
-from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.models.editor import EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.objective import EditingObjective, LossWeights, prepare_for_training
 
 pytestmark = pytest.mark.golden

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from threedpe import cameras
-from threedpe.generator import TriPlaneGenerator
+from threedpe.models.generator import TriPlaneGenerator
 from threedpe.video import to_uint8
 
 ANCHOR_DIR = Path(__file__).resolve().parents[1] / "examples" / "anchors"

@@ -81,7 +81,7 @@ def _customize(args: argparse.Namespace) -> None:
     from threedpe.customize import CustomizeConfig, CustomizeError, Progress, StyleTrainer
     from threedpe.datagen import DataError, SyntheticSamples, load_generator, photo_pairs
     from threedpe.diffusion import EditSettings, normalise_instruction
-    from threedpe.editor import resolve_reconstruction_weights
+    from threedpe.models.editor import resolve_reconstruction_weights
     from threedpe.pipeline import PortraitEditor, default_cache_dir, resolve_device
 
     # Everything that can be checked without loading a model is checked first.
@@ -175,7 +175,7 @@ def _render(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from threedpe import cameras
-    from threedpe.generator import TriPlaneGenerator
+    from threedpe.models.generator import TriPlaneGenerator
     from threedpe.pipeline import resolve_device
     from threedpe.video import render_orbit, to_uint8, write_mp4
 

@@ -37,8 +37,8 @@ from torch import nn
 from threedpe import __version__, cameras
 from threedpe.cancel import CancelSignal, check
 from threedpe.datagen import DataError, StyleSample, TrainingPair, training_pairs, usable
-from threedpe.editor import EditorModel, ReconstructionModel
-from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.models.editor import EditorModel, ReconstructionModel
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.files import atomic_write
 from threedpe.objective import (OFFICIAL_LAUNCHER, TRAINABLE_MODULES, EditingObjective, LossWeights, build_objective,
                                 prepare_for_training, random_novel_camera)

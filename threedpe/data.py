@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.files import atomic_write
 
 LABELS = "dataset.json"

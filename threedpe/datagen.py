@@ -28,9 +28,7 @@ import hashlib
 import json
 import os
 import re
-import signal
 import sys
-import threading
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -47,7 +45,7 @@ from threedpe.cancel import CancelSignal, check
 from threedpe.checkpoints import MissingWeightsError
 from threedpe.data import LABELS, DatasetWriter, EditingDataset, check_style, edited_path, item_path
 from threedpe.diffusion import EditSettings, ImageEditor2D, ReferenceCache, image_fingerprint, normalise_instruction
-from threedpe.generator import TriPlaneGenerator
+from threedpe.models.generator import TriPlaneGenerator
 from threedpe.images import load_image
 from threedpe.objective import NovelViewRanges, random_novel_camera
 from threedpe.pipeline import EG3D_WEIGHTS, local_eg3d_weights
@@ -491,10 +489,8 @@ def _generate(args: argparse.Namespace) -> None:
         raise UsageError(f"the weight folder {args.weights} does not exist")
     world = World.from_env()
     device = world.device(args.device)
-    world.init(device, backend="gloo", timeout=BARRIER_TIMEOUT)  # gloo: the only collective is the final barrier
-    stop = threading.Event()  # Ctrl-C / SIGTERM stops between batches; what was written stays
-    handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    # gloo: the only collective is the final barrier; Ctrl-C / SIGTERM stops between batches, what was written stays
+    with world.running(device, backend="gloo", timeout=BARRIER_TIMEOUT) as stop:
         generator = load_generator(args.weights).to(device)
         local = Path(args.weights) / TEXT_MODEL_FOLDER
         text_model = local if (local / "model_index.json").is_file() else INSTRUCT_PIX2PIX_REPO
@@ -512,10 +508,6 @@ def _generate(args: argparse.Namespace) -> None:
             print(f"wrote {summary.labels}: {summary.samples} samples in the styles {', '.join(summary.styles)}; "
                   f"{summary.failed} failed edits left out ({summary.dropped} samples with other styles removed)")
             print(f"samples={summary.samples} style={style} out={Path(args.out)}")
-    finally:
-        world.close()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

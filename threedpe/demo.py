@@ -38,8 +38,8 @@ from threedpe.gallery import Gallery, GalleryError, Published, Record
 from threedpe.images import ImageInput, load_image
 from threedpe.customize import CustomizeConfig, CustomizeError, Snapshot, StyleTrainer, split_held_out
 from threedpe.datagen import StyleSample, SyntheticSamples, load_generator, photo_pairs, usable
-from threedpe.editor import ReconstructionModel
-from threedpe.generator import TriPlaneGenerator
+from threedpe.models.editor import ReconstructionModel
+from threedpe.models.generator import TriPlaneGenerator
 from threedpe.pipeline import EditResult, PortraitEditor, reference_notes
 from threedpe.styles import Style
 

@@ -7,6 +7,10 @@ NCCL for CUDA, gloo for the CPU (``init(backend="gloo")`` for CPU-only collectiv
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -73,3 +77,18 @@ class World:
     def close(self) -> None:
         if self.distributed:
             dist.destroy_process_group()
+
+    @contextmanager
+    def running(self, device: torch.device, backend: str | None = None,
+                timeout: timedelta = timedelta(minutes=30)) -> Iterator[threading.Event]:
+        """The process group for the block (left after it) and an event that Ctrl-C / SIGTERM set meanwhile, so that
+        the work stops at its next safe point; the previous signal handlers come back after the block."""
+        self.init(device, backend, timeout)
+        stop = threading.Event()
+        handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield stop
+        finally:
+            self.close()
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)

@@ -9,7 +9,7 @@ The official mesh (EG3D ``gen_samples`` / 3DPE inference) thresholds sigma at 10
 clearing a border of 30/256 of the grid on every side; the same border is cleared here, which also
 closes the surface where the head meets the box.
 
-By default the decoder runs as a :class:`~threedpe.rendering.PlaneField` (``fused=True``: one table lookup per point,
+By default the decoder runs as a :class:`~threedpe.models.rendering.PlaneField` (``fused=True``: one table lookup per point,
 density alone for the grid), equal to the reference evaluation (``fused=False``) up to float rounding.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from skimage import measure
 from tqdm import tqdm
 
 from threedpe.cancel import CancelSignal, check
-from threedpe.rendering import OSGDecoder, PlaneField, decoder_colours, sample_from_planes
+from threedpe.models.rendering import OSGDecoder, PlaneField, decoder_colours, sample_from_planes
 
 BORDER = 30 / 256
 MESH_FORMATS = (".glb", ".ply", ".obj")

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from threedpe.cameras import camera as make_camera
-from threedpe.editor import EditorModel, ReconstructionModel
-from threedpe.identity import IDENTITY_FILE, IdentityLoss
-from threedpe.perceptual import LPIPS, PromptEncoderDistance, load_perceptual
+from threedpe.models.editor import EditorModel, ReconstructionModel
+from threedpe.models.identity import IDENTITY_FILE, IdentityLoss
+from threedpe.models.perceptual import LPIPS, PromptEncoderDistance, load_perceptual
 
 LOG = logging.getLogger(__name__)
 TRAINABLE_MODULES = ("Final_encoder", "Ref_encoder")  # the official optimiser's list, in its order
@@ -198,7 +198,7 @@ def build_objective(weights: LossWeights, weights_folder: str | os.PathLike, bas
     """The objective with the official networks where their files are in ``weights_folder``:
 
     * perceptual (when ``weights.lpips`` > 0): LPIPS from ``alexnet-owt-4df8aa71.pth`` + ``alex_lin.pth``, else
-      the substitute :class:`~threedpe.perceptual.PromptEncoderDistance` of ``base_editor`` (logged);
+      the substitute :class:`~threedpe.models.perceptual.PromptEncoderDistance` of ``base_editor`` (logged);
     * identity (when ``weights.id`` > 0, official 0): IR-SE50 from ``model_ir_se50.pth``, else off (logged).
 
     Call it before training starts: the substitute copies the base editor's prompt encoder.

@@ -34,8 +34,8 @@ from threedpe.cancel import CancelSignal, Cancelled, check
 from threedpe.checkpoints import CheckpointError, MissingWeightsError, load_3dpe, resolve_first, resolve_weight
 from threedpe.diffusion import (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, EditSettings, InstructPix2PixEditor,
                                 PromptError, SettingsError, TextReference)
-from threedpe.editor import EditorModel
-from threedpe.encoder import preprocess_input, preprocess_reference
+from threedpe.models.editor import EditorModel
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.images import ImageError, ImageInput, frames_note, load_image
 from threedpe.mesh import export_mesh, extract_mesh
 from threedpe.styles import Style, StyleError, applied, model_fingerprint
@@ -156,7 +156,7 @@ class EditResult:
 
         ``preview=True``: a draft for interaction (slider drags, a first look on the CPU): neural rendering at
         64^2 with 24 + 24 samples per ray and super-resolution at that scale, upscaled to the full size (see
-        :data:`threedpe.rendering.PREVIEW_RESOLUTION`); several times faster than the full render, blurrier."""
+        :data:`threedpe.models.rendering.PREVIEW_RESOLUTION`); several times faster than the full render, blurrier."""
         return Image.fromarray(to_uint8(self._render(yaw, pitch, preview)["image"][0]))
 
     def views(self, views: list[tuple[float, float]], cancel: CancelSignal | None = None,

@@ -28,12 +28,12 @@ from PIL import Image
 
 from threedpe.cancel import CancelSignal, check
 from threedpe.checkpoints import EG3DCheckpoint, save_checkpoint
-from threedpe.editor import RECONSTRUCTION_WEIGHTS, EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
-from threedpe.encoder import EncoderConfig
-from threedpe.generator import GeneratorConfig, TriPlaneGenerator
+from threedpe.models.editor import RECONSTRUCTION_WEIGHTS, EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
+from threedpe.models.encoder import EncoderConfig
+from threedpe.models.generator import GeneratorConfig, TriPlaneGenerator
 from threedpe.diffusion import EditSettings
 from threedpe.pipeline import TEXT_MODEL_FOLDER, UNTRAINED_NOTE
-from threedpe.rendering import RenderingConfig
+from threedpe.models.rendering import RenderingConfig
 
 
 

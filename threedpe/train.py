@@ -13,7 +13,7 @@ as customisation), AdamW at 1e-4 (the official launcher), a :class:`~threedpe.da
 * The novel camera of step ``s`` is drawn from a generator seeded by (seed, s): every rank and every micro-step
   of a step uses the same one, so one step of N processes equals one process given the same global batch.
 * bf16 autocast on CUDA (``precision="auto"``): the encoders and the perceptual network; the tri-plane renderer
-  computes in float32 (see :meth:`~threedpe.editor.EditorModel.render`). Float32 on the CPU.
+  computes in float32 (see :meth:`~threedpe.models.editor.EditorModel.render`). Float32 on the CPU.
 * Rank 0 writes ``metrics.jsonl`` (and TensorBoard events when ``tensorboard`` is installed), checkpoints
   ``checkpoints/step<NNNNNNNN>.pt`` every ``save_every`` steps and at the end (atomically; the last ``keep``), the
   validation previews, and the product: ``3dpe.safetensors`` + ``3dpe.json`` and ``3dpe.pt`` (mode ``full``, a
@@ -33,9 +33,7 @@ import dataclasses
 import hashlib
 import json
 import random
-import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -57,8 +55,8 @@ from threedpe.customize import (HELD_OUT_NOVEL_VIEW, CustomizeConfig, cpu_optimi
                                 trainable_set)
 from threedpe.data import EditingDataset
 from threedpe.distributed import World
-from threedpe.editor import EditorModel, ReconstructionModel, resolve_reconstruction_weights
-from threedpe.encoder import IMAGENET_MEAN, IMAGENET_STD
+from threedpe.models.editor import EditorModel, ReconstructionModel, resolve_reconstruction_weights
+from threedpe.models.encoder import IMAGENET_MEAN, IMAGENET_STD
 from threedpe.files import atomic_write
 from threedpe.objective import EditingObjective, StepLosses, build_objective, random_novel_camera
 from threedpe.pipeline import EDITOR_WEIGHTS
@@ -520,10 +518,8 @@ def _train(args: argparse.Namespace) -> None:
                              val_data=args.val_data is not None)
     world = World.from_env()
     device = world.device(args.device)
-    world.init(device, timeout=PROCESS_TIMEOUT)
-    stop = threading.Event()  # Ctrl-C / SIGTERM: every process stops after the same step, which is saved
-    handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    # Ctrl-C / SIGTERM: every process stops after the same step, which is saved
+    with world.running(device, timeout=PROCESS_TIMEOUT) as stop:
         data = EditingDataset(args.data, seed=args.seed)
         val = EditingDataset(args.val_data, seed=args.seed) if args.val_data else None
         trainer = Trainer(settings, args.weights, data, args.out, world, device, val=val, precision=args.precision,
@@ -544,10 +540,6 @@ def _train(args: argparse.Namespace) -> None:
             start, end = trainer.loss_window()
             print(f"steps={trainer.step} loss_start={start:.6f} loss_end={end:.6f} checkpoint={product}", flush=True)
         world.barrier()
-    finally:
-        world.close()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

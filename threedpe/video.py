@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from threedpe import cameras
 from threedpe.cancel import CancelSignal, check
-from threedpe.rendering import TriplaneRenderer
+from threedpe.models.rendering import TriplaneRenderer
 
 ORBIT_FRAMES = 288
 ORBIT_FPS = 60

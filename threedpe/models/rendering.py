@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threedpe.stylegan2 import FoldedSynthesisBlock, FullyConnectedLayer, SynthesisBlock
+from threedpe.models.stylegan2 import FoldedSynthesisBlock, FullyConnectedLayer, SynthesisBlock
 
 # Preview quality: neural rendering at 64^2 with 24 coarse + 24 importance samples per ray (1/8 of the decoder
 # work), super-resolution run at that resolution (4x, 256^2, without first resizing its input to the trained

@@ -1,7 +1,7 @@
 """The 3DPE editing network and Live3D's reconstruction network: image(s) -> tri-planes -> images from any camera.
 
-``EditorModel`` pairs the editing encoder (:mod:`threedpe.encoder`, weights ``encoder_state_dict``
-of ``3dpe.pt``) with the tri-plane renderer (:mod:`threedpe.rendering`, ``renderer_state_dict``).
+``EditorModel`` pairs the editing encoder (:mod:`threedpe.models.encoder`, weights ``encoder_state_dict``
+of ``3dpe.pt``) with the tri-plane renderer (:mod:`threedpe.models.rendering`, ``renderer_state_dict``).
 The released file is all that inference needs; the EG3D generator file is not used.
 
 ``ReconstructionModel`` is Live3D's network (``encoder_render_LT_*.pt``): the same encoder without the
@@ -21,8 +21,8 @@ from torch import nn
 
 from threedpe.checkpoints import (EDITOR_MODEL, RECONSTRUCTION_MODEL, ThreeDPECheckpoint, load_3dpe, load_into,
                                   require_model, resolve_first, resolve_weight)
-from threedpe.encoder import EncoderConfig, Live3DEditingEncoder, Live3DEncoder, append_pixel_coordinates
-from threedpe.rendering import InferenceOptions, RenderingConfig, TriplaneRenderer
+from threedpe.models.encoder import EncoderConfig, Live3DEditingEncoder, Live3DEncoder, append_pixel_coordinates
+from threedpe.models.rendering import InferenceOptions, RenderingConfig, TriplaneRenderer
 
 RECONSTRUCTION_WEIGHTS = ("encoder_render_LT_90000.safetensors", "encoder_render_LT_90000.pt")  # converted first
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -75,7 +75,7 @@ class ReconstructionConfig(EditorConfig):
 class _TriplaneModel(nn.Module):
     """An image-to-triplane ``encoder`` and the ``renderer``, loaded from one ``ThreeDPECheckpoint``.
 
-    ``inference`` (:class:`~threedpe.rendering.InferenceOptions`, shared with the renderer) says how encoding and
+    ``inference`` (:class:`~threedpe.models.rendering.InferenceOptions`, shared with the renderer) says how encoding and
     rendering run without autograd; :meth:`describe_inference` says it in words. With autograd (training) both
     always take the reference path.
     """
@@ -117,8 +117,8 @@ class _TriplaneModel(nn.Module):
                preview: bool = False) -> dict[str, torch.Tensor]:
         """Tri-planes (B, 96, P, P), or (1, 96, P, P) for all cameras, and cameras (B, 25) -> ``image`` (B, 3, 4R, 4R)
         in about [-1, 1], ``image_raw`` (B, 3, R, R), ``image_depth`` (B, 1, R, R), ``feature_image`` (B, 32, R, R),
-        ``weight_total`` (B, 1, R, R) (see :func:`threedpe.rendering.render_planes`); ``preview``: the draft quality of
-        :data:`threedpe.rendering.PREVIEW_RESOLUTION` (R = 64, the image still 4 * 128). Always computed in float32,
+        ``weight_total`` (B, 1, R, R) (see :func:`threedpe.models.rendering.render_planes`); ``preview``: the draft quality of
+        :data:`threedpe.models.rendering.PREVIEW_RESOLUTION` (R = 64, the image still 4 * 128). Always computed in float32,
         also under an autocast region (mixed-precision training)."""
         with torch.autocast(planes.device.type, enabled=False):
             return self.renderer(planes.float(), cams.float(), deterministic=deterministic, preview=preview)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from threedpe.checkpoints import CheckpointError, load_into, read_state_dict
-from threedpe.encoder import IMAGENET_MEAN, IMAGENET_STD, MAEEncoder
+from threedpe.models.encoder import IMAGENET_MEAN, IMAGENET_STD, MAEEncoder
 
 LOG = logging.getLogger(__name__)
 LPIPS_FILES = ("alexnet-owt-4df8aa71.pth", "alex_lin.pth")

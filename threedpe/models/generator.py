@@ -1,7 +1,7 @@
 """EG3D's tri-plane generator (``TriPlaneGenerator``), inference only.
 
 z (B, z_dim) + camera c (B, 25) --mapping--> ws (B, num_ws, w_dim) --StyleGAN2 synthesis--> tri-planes
-(B, 96, 256, 256) --volume rendering + super-resolution--> images (see :mod:`threedpe.rendering`).
+(B, 96, 256, 256) --volume rendering + super-resolution--> images (see :mod:`threedpe.models.rendering`).
 State-dict keys are EG3D's (``backbone.*``, ``decoder.net.*``, ``superresolution.*``).
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torch import nn
 
 from threedpe import cameras
 from threedpe.checkpoints import EG3DCheckpoint, load_eg3d, load_into
-from threedpe.rendering import InferenceOptions, OSGDecoder, RenderingConfig, SuperresolutionHybrid8XDC, render_planes
-from threedpe.stylegan2 import MappingNetwork, SynthesisNetwork
+from threedpe.models.rendering import InferenceOptions, OSGDecoder, RenderingConfig, SuperresolutionHybrid8XDC, render_planes
+from threedpe.models.stylegan2 import MappingNetwork, SynthesisNetwork
 
 SR_MODULE = "training.superresolution.SuperresolutionHybrid8XDC"
 PLANE_RESOLUTION = 256  # EG3D's backbone always synthesises 3 planes x 32 channels at 256^2
@@ -125,7 +125,7 @@ class TriPlaneGenerator(nn.Module):
 
     def render(self, planes: torch.Tensor, ws: torch.Tensor, cams: torch.Tensor,
                deterministic: bool = True) -> dict[str, torch.Tensor]:
-        """Tri-planes + ws + cameras (B, 25) -> dict of images (see :func:`threedpe.rendering.render_planes`).
+        """Tri-planes + ws + cameras (B, 25) -> dict of images (see :func:`threedpe.models.rendering.render_planes`).
 
         Deterministic unless asked otherwise; without autograd and with ``inference.fast`` the volume rendering is
         the fused one (the super-resolution depends on ws, so it is never folded here)."""
