@@ -169,12 +169,16 @@ def test_fast_encoder_equals_the_reference_and_keeps_coordinates_in_float32():
     torch.manual_seed(0)
     model = EditorModel(tiny_editor_config()).eval()
     x, ref = torch.rand(1, 3, 512, 512) * 2 - 1, torch.randn(1, 3, 224, 224)
+    layouts = []
+    model.encoder.F_encoder.blocks[0].mlp.dwconv.dwconv.register_forward_pre_hook(
+        lambda conv, _inputs: layouts.append(conv.channels_last))
     with torch.inference_mode():
         fast = model.encode(x, ref)
         model.inference.fast = False
         reference = model.encode(x, ref)
         model.inference.fast = True
     torch.testing.assert_close(fast, reference, **TOL)
+    assert layouts == [True, False]  # the fast path's token grids are channels-last, the reference's are not
 
     seen = []
     for conv in (model.encoder.encoder.conv1, model.encoder.EHigh_encoder.net[0], model.encoder.Final_encoder.net[0]):
@@ -188,7 +192,8 @@ def test_fast_encoder_equals_the_reference_and_keeps_coordinates_in_float32():
 
 def test_the_path_is_described():
     model = EditorModel(tiny_editor_config())
-    assert model.describe_inference() == "cpu fp32, fused volume rendering, folded channels-last SR"
+    assert model.describe_inference() == ("cpu fp32, channels-last token grids, fused volume rendering, "
+                                          "folded channels-last SR")
     model.inference.autocast = torch.bfloat16
     assert model.describe_inference().startswith("cpu bf16 autocast (pixel coordinates and volume rendering fp32)")
     model.inference.fast = False

@@ -118,7 +118,7 @@ class EditResult:
     @property
     def path(self) -> str:
         """How this result's views, videos and meshes are computed, in words (for a timings panel), e.g.
-        ``"cpu fp32, fused volume rendering, folded channels-last SR"``."""
+        ``"cpu fp32, channels-last token grids, fused volume rendering, folded channels-last SR"``."""
         return self.editor.model.describe_inference()
 
     def _render(self, yaw: float, pitch: float, preview: bool = False) -> dict[str, torch.Tensor]:

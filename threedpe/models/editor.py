@@ -21,7 +21,8 @@ from torch import nn
 
 from threedpe.checkpoints import (EDITOR_MODEL, RECONSTRUCTION_MODEL, ThreeDPECheckpoint, load_3dpe, load_into,
                                   require_model, resolve_first, resolve_weight)
-from threedpe.models.encoder import EncoderConfig, Live3DEditingEncoder, Live3DEncoder, append_pixel_coordinates
+from threedpe.models.encoder import (EncoderConfig, Live3DEditingEncoder, Live3DEncoder, append_pixel_coordinates,
+                                     set_grid_layout)
 from threedpe.models.rendering import InferenceOptions, RenderingConfig, TriplaneRenderer
 
 RECONSTRUCTION_WEIGHTS = ("encoder_render_LT_90000.safetensors", "encoder_render_LT_90000.pt")  # converted first
@@ -125,7 +126,7 @@ class _TriplaneModel(nn.Module):
 
     def describe_inference(self) -> str:
         """The path encoding and rendering take without autograd, in words, e.g.
-        ``"cpu fp32, fused volume rendering, folded channels-last SR"``."""
+        ``"cpu fp32, channels-last token grids, fused volume rendering, folded channels-last SR"``."""
         device = next(self.encoder.parameters()).device.type
         precision = "fp32"
         if self._encoder_dtype() != torch.float32:  # PortraitEditor.to(dtype=...): the renderer stays float32
@@ -134,7 +135,7 @@ class _TriplaneModel(nn.Module):
             precision = f"{PRECISION_NAMES[self.inference.autocast]} autocast (pixel coordinates and volume rendering fp32)"
         if not self.inference.fast:
             return f"{device} {precision}, reference path"
-        encoder = ["channels-last encoder"] if device == "cuda" else []
+        encoder = ["channels-last encoder" if device == "cuda" else "channels-last token grids"]
         encoder += ["compiled encoder"] if self.inference.compile else []
         return ", ".join([f"{device} {precision}", *encoder, self.renderer.describe()])
 
@@ -144,7 +145,9 @@ class _TriplaneModel(nn.Module):
         dtype = self._encoder_dtype()
         x, extra = x.to(dtype), [t.to(dtype) for t in extra]
         options = self.inference
-        if torch.is_grad_enabled() or not options.fast:
+        fast = options.fast and not torch.is_grad_enabled()
+        set_grid_layout(self.encoder, fast)
+        if not fast:
             return self.encoder(x, *extra).float()
         if x.shape[1] == 3:  # outside a compiled encoder: the coordinates are cached per size
             x = append_pixel_coordinates(x)

@@ -175,8 +175,30 @@ def deeplabv3_decoder(config: EncoderConfig) -> nn.Sequential:
 # SegFormer (Mix-Transformer) pieces with smp 0.3.x parameter names. Tokens are (B, H*W, C), row-major.
 
 def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, H*W, C) row-major tokens -> (B, C, H, W)."""
+    """(B, H*W, C) row-major tokens -> (B, C, H, W) (for contiguous tokens a channels-last view, no copy)."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
+class GridConv(nn.Conv2d):
+    """A convolution of tokens laid out on their (H, W) grid: tokens (B, H*W, C) -> tokens (B, H'*W', C'), row-major.
+
+    ``channels_last`` (the fast inference path, :func:`set_grid_layout`): the weight is given channels-last like
+    the grid view, so no layout copy is made either way (the 3x3 depthwise conv of 2048 channels at 64^2 took ~90 ms
+    with the copies, ~13 ms without, on 2 CPU cores); equal up to float rounding.
+    """
+
+    channels_last = False
+
+    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        weight = self.weight.contiguous(memory_format=torch.channels_last) if self.channels_last else self.weight
+        return self._conv_forward(tokens_to_map(tokens, height, width), weight, self.bias).flatten(2).transpose(1, 2)
+
+
+def set_grid_layout(module: nn.Module, channels_last: bool) -> None:
+    """Switch every :class:`GridConv` in ``module`` to (or from) the copy-free channels-last layout."""
+    for layer in module.modules():
+        if isinstance(layer, GridConv):
+            layer.channels_last = channels_last
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -204,7 +226,7 @@ class EfficientSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+            self.sr = GridConv(dim, dim, sr_ratio, sr_ratio)
             self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -212,7 +234,7 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).reshape(b, n, self.num_heads, -1).transpose(1, 2)
         context = x
         if self.sr_ratio > 1:
-            context = self.norm(self.sr(tokens_to_map(x, height, width)).flatten(2).transpose(1, 2))
+            context = self.norm(self.sr(x, height, width))
         k, v = self.kv(context).reshape(b, -1, 2, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -223,10 +245,10 @@ class DepthwiseConv(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.dwconv = GridConv(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.dwconv(tokens_to_map(x, height, width)).flatten(2).transpose(1, 2)
+        return self.dwconv(x, height, width)
 
 
 class MixFFN(nn.Module):

@@ -90,7 +90,8 @@ class InferenceOptions:
     """How a model runs without autograd (training always takes the reference path).
 
     fast: the fused volume rendering, for 3DPE's renderer the folded channels-last super-resolution, and on CUDA a
-    channels-last encoder (equal to the reference up to float rounding, within the golden tolerance).
+    channels-last encoder, on the CPU channels-last token grids (equal to the reference up to float rounding, within
+    the golden tolerance).
     autocast: a reduced precision (``torch.bfloat16`` or ``torch.float16``) for the encoder and the super-resolution
     convolutions (the pixel-coordinate convolutions and the volume rendering stay float32); not golden-equal, opt-in.
     compile: ``torch.compile`` the encoder and the folded super-resolution (opt-in: minutes of compilation on the
