@@ -559,7 +559,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         """The events of one edit tab: clear stale outputs -> edit -> video -> mesh (``stop`` stops them), and the
         free-view sliders. Progress shows once, on the status line. ``edit_api``: the edit's api_name (edit_<name>)."""
         progress = {"show_progress_on": panel.status, "concurrency_id": "gpu"}
-        cleared = gr.on(run, lambda: (None, None, None, 0, 0, "⏳ Working…"), None, panel.stale_outputs, queue=False,
+        # in the browser, without a round trip (and without a progress flash on the cleared outputs)
+        cleared = gr.on(run, None, None, panel.stale_outputs, js='() => [null, null, null, 0, 0, "⏳ Working…"]',
                         show_progress="hidden", api_visibility="private")
         edit = cleared.then(edit_fn, inputs, panel.edit_outputs, api_name=edit_api or f"edit_{name}",
                             preprocess=False, **progress)

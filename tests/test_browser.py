@@ -113,6 +113,7 @@ def test_reference_edit_views_video_mesh_and_named_downloads(page, server):
 
 
 def test_text_edit_shows_one_progress_display_with_the_step_count(page, server):
+    page.locator("#text-anchor-image img").wait_for()  # the page has loaded the anchor portrait (its own progress)
     page.locator("#text-instruction textarea").fill("make it a bronze statue with a blue hat")
     edit(page, "text", server.photo)
     seen: list[list[str]] = []
@@ -147,7 +148,8 @@ def test_stop_stops_the_work_and_the_next_edit_runs_at_once(page, server):
     assert seconds < 20  # a 240-frame video left running would hold the worker far longer
     time.sleep(1)
     assert page.locator("#reference-video video").count() == 0  # the stopped video never appeared
-    assert page.get_by_text(re.compile(r"^Error$")).count() == 0
+    errors = page.get_by_text(re.compile(r"^Error$"))
+    assert errors.count() == 0, [toast.inner_text() for toast in errors.locator("xpath=../..").all()]
     screenshot(page, "app_stopped.png")
 
 
