@@ -7,18 +7,18 @@ values; ``tests/golden_recipe.py``). The **baseline** is the straightforward fp3
 the golden fixtures (``model.inference.fast = False``); the **optimised** path is the library's default. Both run
 in the same process, alternating (baseline first in even rounds, optimised first in odd ones), after warm-up; the
 table shows medians, the ratio, the largest |optimised - baseline| of the outputs and the peak memory of one call
-(process RSS; CUDA max allocated on a GPU). Rows: editor pass (encode 512^2), one 512^2 view, a 3-view batch, preview
-view, orbit-video frames, mesh at 256^3, an EG3D anchor portrait, one InstructPix2Pix denoising step at 256^2 and 512^2 (a full-size SD-1.5
-InstructPix2Pix UNet/VAE with random weights), customisation steps (when ``threedpe.customize`` exists), CPU bf16
-autocast (opt-in), and the same on CUDA in fp32 (TF32 off), bf16 and fp16 when a GPU is present. ``--out`` receives
-the 256^2 and 512^2 text references side by side. The last line printed is
+(process RSS; CUDA max allocated on a GPU). Rows: editor pass (encode 512^2), one 512^2 view, a 3-view batch,
+preview view, orbit-video frames, mesh at 256^3, an EG3D anchor portrait, one InstructPix2Pix denoising step at 256^2
+and 512^2 (a full-size SD-1.5 InstructPix2Pix UNet/VAE with random weights), CPU bf16 autocast (opt-in), and the
+same on CUDA in fp32 (TF32 off), bf16 and fp16 when a GPU is present; customisation steps are timed by
+``benchmarks/bench_customize.py``. ``--out`` receives the 256^2 and 512^2 text references side by side. The last
+line printed is
 ``speedup=<baseline / optimised, CPU editor pass + one 512^2 view> max_abs_diff=<optimised vs baseline>``.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import re
@@ -407,10 +407,9 @@ def write_references(out: Path, device: torch.device) -> str:
            f"reference_256_vs_512.png, {made}"
 
 
-def customization_note() -> str:
-    if importlib.util.find_spec("threedpe.customize") is None:
-        return "customisation steps: skipped (threedpe.customize is not in this checkout)"
-    return "customisation steps: threedpe.customize exists but this benchmark predates its API; not timed"
+CUSTOMIZATION_NOTE = ("customisation steps (LoRA and full, LPIPS or its substitute): `python "
+                      "benchmarks/bench_customize.py`, each mode in its own process so that its peak memory is its own "
+                      "(minutes per mode on a CPU)")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -468,7 +467,7 @@ def main() -> None:
     print(header(runs, warmup), flush=True)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows: list[Row] = []
-    notes = [customization_note()]
+    notes = [CUSTOMIZATION_NOTE]
     headline: dict[str, Row] = {}
     for device in devices:
         bench = Bench(device, runs, warmup)
