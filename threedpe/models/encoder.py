@@ -180,18 +180,19 @@ def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor
 
 
 class GridConv(nn.Conv2d):
-    """A convolution of tokens laid out on their (H, W) grid: tokens (B, H*W, C) -> tokens (B, H'*W', C'), row-major.
+    """A convolution of tokens laid out on their grid by :func:`tokens_to_map` (a channels-last view).
 
-    ``channels_last`` (the fast inference path, :func:`set_grid_layout`): the weight is given channels-last like
-    the grid view, so no layout copy is made either way (the 3x3 depthwise conv of 2048 channels at 64^2 took ~90 ms
-    with the copies, ~13 ms without, on 2 CPU cores); equal up to float rounding.
+    ``channels_last`` (the fast inference path, :func:`set_grid_layout`): the weight is given channels-last like the
+    grid, so the backend makes no layout copy of the grid or of the result (the 3x3 depthwise conv of 2048 channels at
+    64^2 took ~90 ms with the copies, ~13 ms without, on 2 CPU cores); equal up to float rounding.
     """
 
     channels_last = False
 
-    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        weight = self.weight.contiguous(memory_format=torch.channels_last) if self.channels_last else self.weight
-        return self._conv_forward(tokens_to_map(tokens, height, width), weight, self.bias).flatten(2).transpose(1, 2)
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.channels_last:
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        return super()._conv_forward(input, weight, bias)
 
 
 def set_grid_layout(module: nn.Module, channels_last: bool) -> None:
@@ -234,7 +235,7 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).reshape(b, n, self.num_heads, -1).transpose(1, 2)
         context = x
         if self.sr_ratio > 1:
-            context = self.norm(self.sr(x, height, width))
+            context = self.norm(self.sr(tokens_to_map(x, height, width)).flatten(2).transpose(1, 2))
         k, v = self.kv(context).reshape(b, -1, 2, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -248,7 +249,7 @@ class DepthwiseConv(nn.Module):
         self.dwconv = GridConv(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.dwconv(x, height, width)
+        return self.dwconv(tokens_to_map(x, height, width)).flatten(2).transpose(1, 2)
 
 
 class MixFFN(nn.Module):
