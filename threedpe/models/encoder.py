@@ -182,15 +182,16 @@ def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor
 class GridConv(nn.Conv2d):
     """A convolution of tokens laid out on their grid by :func:`tokens_to_map` (a channels-last view).
 
-    ``channels_last`` (the fast inference path, :func:`set_grid_layout`): the weight is given channels-last like the
-    grid, so the backend makes no layout copy of the grid or of the result (the 3x3 depthwise conv of 2048 channels at
-    64^2 took ~90 ms with the copies, ~13 ms without, on 2 CPU cores); equal up to float rounding.
+    ``channels_last`` (the fast inference path, :func:`set_grid_layout`; ignored under autograd): the weight is given
+    channels-last like the grid, so the backend makes no layout copy of the grid or of the result (the 3x3 depthwise
+    conv of 2048 channels at 64^2 took ~90 ms with the copies, ~13 ms without, on 2 CPU cores); equal up to float
+    rounding.
     """
 
     channels_last = False
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.channels_last:
+        if self.channels_last and not torch.is_grad_enabled():  # never in training: the gradient keeps its layout
             weight = weight.contiguous(memory_format=torch.channels_last)
         return super()._conv_forward(input, weight, bias)
 
