@@ -18,6 +18,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse  # noqa: E402 -- after the allocator setting above
 import functools
+import inspect
 import logging
 import sys
 from dataclasses import dataclass, replace
@@ -108,16 +109,28 @@ def show_errors(fn: Callable) -> Callable:
 
 def stoppable(status_index: int, count: int) -> Callable:
     """Decorate an event function of ``count`` outputs so that a stopped computation leaves the outputs as they were
-    and says "Stopped" at ``status_index`` (instead of an error)."""
+    and says "Stopped" at ``status_index`` (instead of an error); for a generator, as its last update."""
+    def stopped(error: gr.Error) -> tuple:
+        if error.message != STOPPED:
+            raise error
+        return tuple(STOPPED if index == status_index else gr.skip() for index in range(count))
+
     def decorate(fn: Callable) -> Callable:
+        if inspect.isgeneratorfunction(fn):  # an event that yields as it goes: the stop is its last update
+            @functools.wraps(fn)
+            def run_steps(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except gr.Error as error:
+                    yield stopped(error)
+            return run_steps
+
         @functools.wraps(fn)
         def run(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
             except gr.Error as error:
-                if error.message != STOPPED:
-                    raise
-                return tuple(STOPPED if index == status_index else gr.skip() for index in range(count))
+                return stopped(error)
         return run
     return decorate
 
@@ -413,10 +426,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
     def run_edit(request: gr.Request, photo: dict | None, **kwargs) -> tuple:
         """Rate-limit, clear the stop flag, edit, and lay the result out for ``ResultPanel.edit_outputs``."""
         path = require_photo(photo)
-        try:
-            limiter.take(request.session_hash or "anonymous")
-        except RateLimitError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+        show_errors(limiter.take)(request.session_hash or "anonymous")
         stop = sessions.stop_flag(request.session_hash)
         stop.clear()
         files = gpu_edit(path, sessions.folder(request.session_hash), stop, **kwargs)
@@ -471,29 +481,27 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                                   sessions.stop_flag(request.session_hash))
         return str(glb), [str(glb), str(ply)], status_markdown(edit), edit
 
+    @stoppable(status_index=1, count=3)
     def generate_pairs(source: str, instruction: str, before: list | None, after: list | None, count: int,
                        seed: int, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         """Training pairs for a new style: the instruction applied by InstructPix2Pix to EG3D portraits (shown as
         they arrive), or the visitor's own before/after photos (matched by file name)."""
         stop = sessions.stop_flag(request.session_hash)
         stop.clear()
-        try:
-            if source == "pairs":
-                samples = show_errors(photo_samples)([f for f in before or []], [f for f in after or []],
-                                                     sessions.folder(request.session_hash) / "pairs")
-                name, origin = "my photo pairs", {"kind": "photo pairs", "count": len(samples)}
-            else:
-                instruction = " ".join((instruction or "").split())
-                if not instruction:
-                    raise gr.Error("Type the instruction that defines the new style.", print_exception=False)
-                limiter.take(request.session_hash or "anonymous", "customisations")
-                seeds, samples = list(range(int(seed) * 1000, int(seed) * 1000 + int(count))), []
-                for start in range(0, len(seeds), SAMPLES_PER_CALL):
-                    samples += gpu_samples(instruction, seeds[start:start + SAMPLES_PER_CALL], stop)
-                    yield sample_tiles(samples), f"⏳ {len(samples)} of {len(seeds)} pairs…", gr.skip()
-                name, origin = instruction, {"kind": "instruction", "instruction": instruction, "seeds": seeds}
-        except RateLimitError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+        if source == "pairs":
+            samples = show_errors(photo_samples)([f for f in before or []], [f for f in after or []],
+                                                 sessions.folder(request.session_hash) / "pairs")
+            name, origin = "my photo pairs", {"kind": "photo pairs", "count": len(samples)}
+        else:
+            instruction = " ".join((instruction or "").split())
+            if not instruction:
+                raise gr.Error("Type the instruction that defines the new style.", print_exception=False)
+            show_errors(limiter.take)(request.session_hash or "anonymous", "customisations")
+            seeds, samples = list(range(int(seed) * 1000, int(seed) * 1000 + int(count))), []
+            for start in range(0, len(seeds), SAMPLES_PER_CALL):
+                samples += gpu_samples(instruction, seeds[start:start + SAMPLES_PER_CALL], stop)
+                yield sample_tiles(samples), f"⏳ {len(samples)} of {len(seeds)} pairs…", gr.skip()
+            name, origin = instruction, {"kind": "instruction", "instruction": instruction, "seeds": seeds}
         kept = len([s for s in samples if s.failure is None])
         note = (f"✅ {kept} usable pairs of {len(samples)}; press **Adapt**." if kept >= 3 else
                 f"⚠️ Only {kept} usable pairs of {len(samples)}: adaptation needs 3 or more.")

@@ -275,6 +275,19 @@ def test_the_app_refuses_an_edit_beyond_the_rate_limit(tmp_path, server):
         demo.close()
 
 
+def test_a_stopped_generator_event_ends_with_stopped_not_an_error():
+    """The pair generation yields as it goes: a stop (from any Stop button of the session) is its last update."""
+    def pairs(fail_with: str):
+        yield "tiles", "1 of 2", None
+        raise app.gr.Error(fail_with)
+
+    wrapped = app.stoppable(status_index=1, count=3)(pairs)
+    updates = list(wrapped(app.STOPPED))
+    assert updates[0] == ("tiles", "1 of 2", None) and updates[1][1] == app.STOPPED and len(updates[1]) == 3
+    with pytest.raises(app.gr.Error, match="no face"):
+        list(wrapped("no face"))
+
+
 def test_stop_flag_stops_the_running_video_within_a_frame(server, tmp_path):
     """The Stop button sets the session's flag; the work checks it between frames (and denoising steps, views,
     mesh chunks), so the worker is idle again at once and serves the next request."""
