@@ -414,11 +414,14 @@ class Gallery:
         return self._record(self._row(record.id)).flags
 
     def zip(self, record_id: str, dest_dir: str | os.PathLike) -> Path:
-        """``dest_dir/threedpe-edit-<id>.zip``: the record's asset files and ``metadata.json`` (public metadata)."""
+        """``dest_dir/threedpe-edit-<id>.zip``: the record's asset files and ``metadata.json`` (public metadata). A
+        published record never changes, so a zip already in ``dest_dir`` is returned as it is."""
         record = self.get(record_id)
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
         path = dest / f"threedpe-edit-{record.id}.zip"
+        if path.is_file():
+            return path
 
         def write(file: Any) -> None:
             with zipfile.ZipFile(file, "w") as archive:
