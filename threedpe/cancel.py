@@ -2,7 +2,10 @@
 fine-tuning steps) checks between units of work, and the one exception it raises."""
 from __future__ import annotations
 
+import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable
 
 CancelSignal = threading.Event | Callable[[], bool]
@@ -23,3 +26,16 @@ def check(cancel: CancelSignal | None, where: str) -> None:
     """Raise :class:`Cancelled` (``"<where>: stopped"``) when ``cancel`` is set."""
     if is_cancelled(cancel):
         raise Cancelled(f"stopped {where}")
+
+
+@contextmanager
+def stop_on_signals(*signums: int) -> Iterator[threading.Event]:
+    """An event that the given signals (e.g. ``signal.SIGINT`` for Ctrl-C) set while the block runs, for the work to
+    stop at its next safe point; the previous handlers come back after the block. Main thread only."""
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signums}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

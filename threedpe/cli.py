@@ -12,7 +12,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -77,7 +76,7 @@ def _edit(args: argparse.Namespace) -> None:
 
 
 def _customize(args: argparse.Namespace) -> None:
-    from threedpe.cancel import Cancelled
+    from threedpe.cancel import Cancelled, stop_on_signals
     from threedpe.customize import CustomizeConfig, CustomizeError, Progress, StyleTrainer
     from threedpe.datagen import DataError, SyntheticSamples, load_generator, photo_pairs
     from threedpe.diffusion import EditSettings, normalise_instruction
@@ -137,14 +136,13 @@ def _customize(args: argparse.Namespace) -> None:
             printed[0] = time.perf_counter()
             print(f"step {progress.step}  loss {progress.loss:.4f}  {progress.seconds:.1f} s", flush=True)
 
-    stop = threading.Event()  # Ctrl-C stops between steps; what was learnt so far is still written
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        trainer.train(args.steps, None if args.minutes is None else args.minutes * 60, callback=report, cancel=stop)
-    except Cancelled:
-        print(f"stopped after step {trainer.step}")
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    # Ctrl-C stops between steps; what was learnt so far is still written
+    with stop_on_signals(signal.SIGINT) as stop:
+        try:
+            trainer.train(args.steps, None if args.minutes is None else args.minutes * 60, callback=report,
+                          cancel=stop)
+        except Cancelled:
+            print(f"stopped after step {trainer.step}")
     style = trainer.style()
     out.parent.mkdir(parents=True, exist_ok=True)
     style.save(out)

@@ -17,6 +17,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from threedpe.cancel import stop_on_signals
 from threedpe.pipeline import resolve_device
 
 
@@ -84,11 +85,8 @@ class World:
         """The process group for the block (left after it) and an event that Ctrl-C / SIGTERM set meanwhile, so that
         the work stops at its next safe point; the previous signal handlers come back after the block."""
         self.init(device, backend, timeout)
-        stop = threading.Event()
-        handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
-            yield stop
+            with stop_on_signals(signal.SIGINT, signal.SIGTERM) as stop:
+                yield stop
         finally:
             self.close()
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
