@@ -15,9 +15,8 @@ scale (:mod:`threedpe.train`) uses as well.
 
 Training runs in chunks (:meth:`StyleTrainer.train` with step / second budgets counted from the start of the
 fine-tune), reports every step to a callback (the loss curve), takes preview snapshots of a fixed held-out pair
-at chosen training times or steps, stops between steps on a cancel signal, moves between devices between chunks
-(:meth:`StyleTrainer.to`), and saves / resumes its whole state (:meth:`save_state`, :meth:`load_state`) so that a
-resumed run continues the same loss curve. :meth:`StyleTrainer.style` gives the :class:`~threedpe.styles.Style`.
+at chosen training times or steps, stops between steps on a cancel signal, and saves / resumes its whole state
+(:meth:`save_state`, :meth:`load_state`) so that a resumed run continues the same loss curve. :meth:`StyleTrainer.style` gives the :class:`~threedpe.styles.Style`.
 """
 from __future__ import annotations
 
@@ -118,10 +117,6 @@ class _Tensors:
     references: dict[str, torch.Tensor] = field(default_factory=dict)
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def to(self, device: torch.device) -> None:
-        for table in (self.inputs, self.references, self.targets):
-            for key, value in table.items():
-                table[key] = value.to(device)
 
 
 def lora_targets(encoder: nn.Module) -> list[str]:
@@ -263,18 +258,6 @@ class StyleTrainer:
     def device(self) -> torch.device:
         return self.model.renderer.const.device
 
-    def to(self, device: str | torch.device) -> StyleTrainer:
-        """Move the models, the cached data and the optimiser state (between chunks, e.g. GPU <-> CPU)."""
-        device = torch.device(device)
-        for module in (self.model, self.reconstruction, self.objective):
-            module.to(device)
-        self._tensors.to(device)
-        for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if torch.is_tensor(value) and key != "step":  # AdamW keeps its step counts on the CPU
-                    state[key] = value.to(device)
-        return self
-
     # --- data -------------------------------------------------------------------------------------------------------
 
     def _prepare(self, pairs: Sequence[TrainingPair]) -> None:
@@ -403,7 +386,6 @@ class StyleTrainer:
             for name, parameter in self.parameters:
                 parameter.copy_(state["trained"][name])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.to(self.device)  # the optimiser state comes back on the CPU
         self.generator.set_state(state["generator"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.curve = [tuple(point) for point in state["curve"]]
