@@ -145,7 +145,7 @@ class _TriplaneModel(nn.Module):
         dtype = self._encoder_dtype()
         x, extra = x.to(dtype), [t.to(dtype) for t in extra]
         options = self.inference
-        fast = options.fast and not torch.is_grad_enabled()
+        fast = options.fast_now()
         set_grid_layout(self.encoder, fast)
         if not fast:
             return self.encoder(x, *extra).float()

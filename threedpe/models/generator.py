@@ -129,7 +129,7 @@ class TriPlaneGenerator(nn.Module):
 
         Deterministic unless asked otherwise; without autograd and with ``inference.fast`` the volume rendering is
         the fused one (the super-resolution depends on ws, so it is never folded here)."""
-        fused = self.inference.fast and not torch.is_grad_enabled()
+        fused = self.inference.fast_now()
         return render_planes(planes, cams, self.decoder,
                              lambda rgb, x: self.superresolution(rgb, x, ws, noise_mode="none"),
                              self.cfg.rendering, deterministic, fused=fused)

@@ -102,6 +102,10 @@ class InferenceOptions:
     autocast: torch.dtype | None = None
     compile: bool = False
 
+    def fast_now(self) -> bool:
+        """Whether a call made now takes the fast path: ``fast`` and no autograd."""
+        return self.fast and not torch.is_grad_enabled()
+
 
 def sample_rays(cams: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ray origins and unit directions (B, R*R, 3) through pixel centres, row-major over the image."""
@@ -520,10 +524,6 @@ class TriplaneRenderer(nn.Module):
         self.inference = InferenceOptions()
         self._folded: tuple[tuple, FoldedSuperresolution] | None = None
 
-    def fast_path(self) -> bool:
-        """Whether a call now takes the fast path: no autograd and ``inference.fast``."""
-        return self.inference.fast and not torch.is_grad_enabled()
-
     def folded_superresolution(self) -> Callable[..., torch.Tensor]:
         """The super-resolution folded with ``const`` (compiled with ``inference.compile``); cached, and rebuilt whenever
         one of the renderer's super-resolution weights or ``const`` was modified in place or replaced (see
@@ -544,7 +544,7 @@ class TriplaneRenderer(nn.Module):
         outputs at the preview resolution).
         """
         cfg = self.cfg.preview() if preview else self.cfg
-        fast = self.fast_path()
+        fast = self.inference.fast_now()
         if fast:
             folded = self.folded_superresolution()
 
