@@ -63,7 +63,7 @@ class OutputSettings:
     video_frames: int = 120
     mesh_resolution: int = 256
     fine_tune_steps: int = 300
-    text_resolution: int = 512  # InstructPix2Pix; the editor's prompt encoder sees 224^2, so 256 loses little
+    text_resolution: int = EditSettings.preset("quality").resolution  # InstructPix2Pix (EditSettings presets)
     preview_while_dragging: bool = False
 
     @classmethod
@@ -72,8 +72,8 @@ class OutputSettings:
         fine-tune, 256^2 text references (about 4x faster) and draft views while a slider is dragged."""
         if device.type == "cuda":
             return cls()
-        return cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10, text_resolution=256,
-                   preview_while_dragging=True)
+        return cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10,
+                   text_resolution=EditSettings.preset("fast").resolution, preview_while_dragging=True)
 
 
 def load_editor(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
@@ -170,9 +170,10 @@ class StoredEdit:
         return replace(self, timings={**self.timings, **seconds})
 
     def folder(self, session: Path) -> Path:
-        """This edit's output folder inside the session's folder."""
+        """This edit's output folder inside the session's folder (never re-creating a session folder that was removed
+        when its visitor left: that raises ``FileNotFoundError``)."""
         folder = session / self.id
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
         return folder
 
     def save_record(self, session: Path) -> None:
@@ -462,13 +463,14 @@ class DemoRunner:
                            "anchor": None if use_own_photo else anchor}
             edit = StoredEdit.from_result(result, instruction=prompt, settings=details,
                                           style=style[0] if style else None).timed(render=time.perf_counter() - start)
-        folder = edit.folder(session)
-        files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
-                 "views": folder / "views.png", "view": folder / view_name(0, 0), "depth": folder / "depth.png"}
-        for key, image in (("aligned", result.image), ("reference", result.reference), ("views", strip),
-                           ("view", view), ("depth", depth)):
-            image.save(files[key])
-        edit.save_record(session)
+        with stopped_if_gone(stop):
+            folder = edit.folder(session)
+            files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
+                     "views": folder / "views.png", "view": folder / view_name(0, 0), "depth": folder / "depth.png"}
+            for key, image in (("aligned", result.image), ("reference", result.reference), ("views", strip),
+                               ("view", view), ("depth", depth)):
+                image.save(files[key])
+            edit.save_record(session)
         return EditFiles(edit, **files)
 
     def view(self, edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> Path:
@@ -486,20 +488,20 @@ class DemoRunner:
         start = time.perf_counter()
         with self._lock, stopped_if_gone(stop):
             path = edit.result(self.editor).video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
-        edit = edit.timed(video=time.perf_counter() - start)
-        edit.save_record(session)
+            edit = edit.timed(video=time.perf_counter() - start)
+            edit.save_record(session)
         return path, edit
 
     def mesh(self, edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None
              ) -> tuple[Path, Path, StoredEdit]:
         """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply``; the edit with its timing."""
         start = time.perf_counter()
-        folder = edit.folder(session)
         with self._lock, stopped_if_gone(stop):
+            folder = edit.folder(session)
             glb, ply = edit.result(self.editor).mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution,
                                                      cancel=stop)
-        edit = edit.timed(mesh=time.perf_counter() - start)
-        edit.save_record(session)
+            edit = edit.timed(mesh=time.perf_counter() - start)
+            edit.save_record(session)
         return glb, ply, edit
 
     def samples(self, instruction: str, seeds: list[int], stop: StopFlag | None = None) -> list[StyleSample]:
