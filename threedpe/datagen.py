@@ -44,7 +44,8 @@ from threedpe.alignment import AlignedFace, NoFaceError, align_face, crop_aligne
 from threedpe.cancel import CancelSignal, check
 from threedpe.checkpoints import MissingWeightsError
 from threedpe.data import LABELS, DatasetWriter, EditingDataset, check_style, edited_path, item_path
-from threedpe.diffusion import EditSettings, ImageEditor2D, ReferenceCache, image_fingerprint, normalise_instruction
+from threedpe.diffusion import (EditSettings, ImageEditor2D, ReferenceCache, edit_key, image_fingerprint,
+                                normalise_instruction)
 from threedpe.models.generator import TriPlaneGenerator
 from threedpe.images import load_image
 from threedpe.objective import NovelViewRanges, random_novel_camera
@@ -229,9 +230,7 @@ class SyntheticSamples:
 
     def cache_key(self, image: Image.Image) -> tuple[str, dict]:
         """(hex key, hashed fields) of the edit of ``image``; the fields of ``TextReference.cache_key``."""
-        fields = {"instruction": self.instruction, "settings": asdict(self.settings),
-                  "anchor": image_fingerprint(image), "seed": self.edit_seed, "model": self.editor.identity}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest(), fields
+        return edit_key(self.instruction, self.settings, image_fingerprint(image), self.edit_seed, self.editor.identity)
 
     def samples(self, seeds: Sequence[int], cancel: CancelSignal | None = None, progress: bool = True,
                 desc: str = "training samples", position: int | None = None) -> Iterator[StyleSample]:

@@ -97,6 +97,14 @@ class EditSettings:
 SETTINGS_PRESETS = {"quality": EditSettings(), "fast": EditSettings(resolution=256)}
 
 
+def edit_key(instruction: str, settings: EditSettings, image_id: str, seed: int, model: str) -> tuple[str, dict]:
+    """(hex key, the fields it hashes) of one InstructPix2Pix edit of the image ``image_id`` (its fingerprint): the
+    key of the text-reference cache, which the training-data generator shares."""
+    fields = {"instruction": instruction, "settings": asdict(settings), "anchor": image_id, "seed": int(seed),
+              "model": model}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest(), fields
+
+
 def normalise_instruction(instruction: str) -> str:
     """Strip the instruction and collapse runs of whitespace; raise `PromptError` when nothing is left."""
     text = " ".join(instruction.split())
@@ -415,14 +423,8 @@ class TextReference:
         index = self.anchor_index(anchor)
         if index not in self._anchor_ids:
             self._anchor_ids[index] = image_fingerprint(self.anchors[index].image())
-        fields = {
-            "instruction": normalise_instruction(instruction),
-            "settings": asdict(settings),
-            "anchor": self._anchor_ids[index],
-            "seed": int(seed),
-            "model": self.editor.identity,
-        }
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest(), fields
+        return edit_key(normalise_instruction(instruction), settings, self._anchor_ids[index], seed,
+                        self.editor.identity)
 
     def reference(
         self,
