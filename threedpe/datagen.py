@@ -43,7 +43,8 @@ from threedpe import cameras
 from threedpe.alignment import AlignedFace, NoFaceError, align_face, crop_aligned
 from threedpe.cancel import CancelSignal, check
 from threedpe.checkpoints import MissingWeightsError
-from threedpe.data import LABELS, DatasetWriter, EditingDataset, check_style, edited_path, item_path
+from threedpe.data import (LABELS, PER_FOLDER, RESOLUTION, DatasetWriter, EditingDataset, check_style, edited_path,
+                           item_path)
 from threedpe.diffusion import (EditSettings, ImageEditor2D, ReferenceCache, edit_key, image_fingerprint,
                                 normalise_instruction)
 from threedpe.models.generator import TriPlaneGenerator
@@ -52,10 +53,9 @@ from threedpe.objective import NovelViewRanges, random_novel_camera
 from threedpe.pipeline import EG3D_WEIGHTS, local_eg3d_weights
 from threedpe.video import to_uint8
 
-SAMPLE_SIZE = 512
+SAMPLE_SIZE = RESOLUTION  # the dataset layout's image size
 POSE_RANGES = NovelViewRanges()  # Live3D draws its input views in the ranges of 3DPE's novel views
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-IDENTITIES_PER_FOLDER = 1000  # the official layout's NNNNN folders, as FFHQ's
 
 
 class DataError(ValueError):
@@ -120,8 +120,8 @@ class StyleSample:
     def relative_path(self, style: str | None = None) -> str:
         """Where the official layout keeps this image: ``NNNNN/<name>.png`` (before) or ``NNNNN_<style>/<name>.png``
         (after), NNNNN = seed // 1000 (0 for photos)."""
-        folder = f"{(self.seed or 0) // IDENTITIES_PER_FOLDER:05d}"
-        return f"{folder}{'_' + style if style else ''}/{self.name}.png"
+        path = f"{(self.seed or 0) // PER_FOLDER:05d}/{self.name}.png"
+        return edited_path(path, style) if style else path
 
 
 @dataclass(frozen=True)
