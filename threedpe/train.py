@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from threedpe import __version__, cameras
 from threedpe.cancel import CancelSignal, is_cancelled
-from threedpe.checkpoints import load_3dpe, resolve_first, save_checkpoint, save_official
+from threedpe.checkpoints import ThreeDPECheckpoint, load_3dpe, resolve_first, save_checkpoint, save_official
 from threedpe.customize import (HELD_OUT_NOVEL_VIEW, CustomizeConfig, cpu_optimizer_state, cpu_tensors, make_style,
                                 trainable_set)
 from threedpe.data import EditingDataset
@@ -106,15 +106,15 @@ class TrainSettings:
         return cls(**{**data, "tuning": CustomizeConfig.from_dict(data["tuning"])})
 
 
-def load_editor(weights_folder: str | Path, init: str, seed: int) -> EditorModel:
+def load_editor(weights_folder: str | Path, init: str, seed: int, live3d: ThreeDPECheckpoint) -> EditorModel:
     """The editor training starts from: ``3dpe.safetensors`` / ``3dpe.pt`` of ``weights_folder`` (``init="3dpe"``),
-    or :meth:`EditorModel.from_live3d` with ``Ref_encoder`` initialised from ``seed`` (``"live3d"``)."""
+    or :meth:`EditorModel.from_live3d` of the ``live3d`` checkpoint with ``Ref_encoder`` initialised from ``seed``
+    (``"live3d"``)."""
     if init == "3dpe":
         return EditorModel.from_checkpoint(load_3dpe(resolve_first(EDITOR_WEIGHTS, local_dir=weights_folder)))
-    checkpoint = load_3dpe(resolve_reconstruction_weights(weights_folder))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return EditorModel.from_live3d(checkpoint)
+        return EditorModel.from_live3d(live3d)
 
 
 def novel_camera(seed: int, step: int, batch_size: int) -> torch.Tensor:
@@ -181,12 +181,13 @@ class Trainer:
         self.val_items = Subset(validation, range(min(settings.val_items, len(validation))))
         self.data_fingerprint = data_fingerprint(data)
 
-        editor = load_editor(weights_folder, settings.init, tuning.seed)
+        live3d = load_3dpe(resolve_reconstruction_weights(weights_folder))  # the targets, and maybe the start
+        editor = load_editor(weights_folder, settings.init, tuning.seed, live3d)
         data.image_size = validation.image_size = editor.config.encoder.image_size
         self.base_fingerprint = model_fingerprint(editor)
         objective = build_objective(tuning.weights, weights_folder, editor)  # before training: it may copy the editor
         self.parameters = trainable_set(editor, tuning)
-        reconstruction = ReconstructionModel.from_pretrained(weights_folder)
+        reconstruction = ReconstructionModel.from_checkpoint(live3d)
         self.module = EditingStep(editor, reconstruction, objective).to(device)
         self.model = (DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None)
                       if world.distributed else self.module)
