@@ -98,7 +98,9 @@ class _Files:
             return image.convert("RGB")
 
     def size(self, name: str) -> tuple[int, int]:
-        with Image.open(io.BytesIO(self.read(name))) as image:
+        """The image's size, from its header only (the pixels are not read)."""
+        with (self.archive().open(name) if self.is_zip else open(self.root / name, "rb")) as file, \
+                Image.open(file) as image:
             return image.size
 
 
@@ -149,9 +151,9 @@ def read_samples(files: _Files, resolution: int = RESOLUTION) -> list[Sample]:
         if camera.shape != (25,) or not np.isfinite(camera).all():
             raise DatasetError(f"{name}: its camera in {LABELS} is not 25 finite numbers")
         for path in [name] + [edited_path(name, style) for style in styles[folder]]:
-            if files.size(path) != (resolution, resolution):
-                raise DatasetError(f"{path} is {files.size(path)[0]}x{files.size(path)[1]}, "
-                                   f"expected {resolution}x{resolution}")
+            width, height = files.size(path)
+            if (width, height) != (resolution, resolution):
+                raise DatasetError(f"{path} is {width}x{height}, expected {resolution}x{resolution}")
         samples.append(Sample(name, camera, tuple(styles[folder])))
     return samples
 
