@@ -181,6 +181,28 @@ def cpu_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     return state
 
 
+def read_state(path: str | os.PathLike, error: type[Exception], what: str) -> dict:
+    """A state file written with ``torch.save`` (tensors only); a truncated or foreign file raises ``error``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as failure:  # torch raises several kinds
+        raise error(f"{path} is not a readable {what} ({type(failure).__name__})") from None
+
+
+def changed(checks: Sequence[tuple[str, Any, Any]]) -> str | None:
+    """The first ``what`` of (what, this run's value, the state's value) that differs, else None."""
+    return next((what for what, mine, theirs in checks if mine != theirs), None)
+
+
+def restore_trained(parameters: Sequence[tuple[str, nn.Parameter]], optimizer: torch.optim.Optimizer,
+                    state: dict) -> None:
+    """Put back the trained values (``state["trained"]``) and the optimiser state (``state["optimizer"]``)."""
+    with torch.no_grad():
+        for name, parameter in parameters:
+            parameter.copy_(state["trained"][name])
+    optimizer.load_state_dict(state["optimizer"])
+
+
 def data_fingerprint(pairs: Sequence[TrainingPair], held_out: TrainingPair) -> str:
     """sha256 of the training pairs and the held-out pair (what a resumed fine-tune must be given again)."""
     return hashlib.sha256("|".join(p.fingerprint() for p in (*pairs, held_out)).encode()).hexdigest()
@@ -376,16 +398,13 @@ class StyleTrainer:
         are not part of the state; the snapshots already taken are not taken again."""
         if state.get("format") != STATE_FORMAT:
             raise CustomizeError("not a fine-tuning state file")
-        for what, mine, theirs in (("base editor", self.base_fingerprint, state["base_fingerprint"]),
-                                   ("training data", self.data_fingerprint, state["data_fingerprint"]),
-                                   ("settings", self.config.to_dict(), state["config"])):
-            if mine != theirs:
-                raise CustomizeError(f"the state file was saved by a fine-tune with other {what}; resume it with the "
-                                     "same weights, data and settings")
-        with torch.no_grad():
-            for name, parameter in self.parameters:
-                parameter.copy_(state["trained"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
+        what = changed((("base editor", self.base_fingerprint, state["base_fingerprint"]),
+                        ("training data", self.data_fingerprint, state["data_fingerprint"]),
+                        ("settings", self.config.to_dict(), state["config"])))
+        if what:
+            raise CustomizeError(f"the state file was saved by a fine-tune with other {what}; resume it with the "
+                                 "same weights, data and settings")
+        restore_trained(self.parameters, self.optimizer, state)
         self.generator.set_state(state["generator"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.curve = [tuple(point) for point in state["curve"]]
@@ -404,9 +423,6 @@ class StyleTrainer:
         path = Path(path)
         if not path.is_file():
             raise CustomizeError(f"the state file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a truncated or foreign file: torch raises several kinds
-            raise CustomizeError(f"{path} is not a readable fine-tuning state ({type(error).__name__})") from None
+        state = read_state(path, CustomizeError, "fine-tuning state")
         self.load_state_dict(state)
 

@@ -51,8 +51,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from threedpe import __version__, cameras
 from threedpe.cancel import CancelSignal, is_cancelled
 from threedpe.checkpoints import ThreeDPECheckpoint, load_3dpe, resolve_first, save_checkpoint, save_official
-from threedpe.customize import (HELD_OUT_NOVEL_VIEW, CustomizeConfig, cpu_optimizer_state, cpu_tensors, make_style,
-                                trainable_set)
+from threedpe.customize import (HELD_OUT_NOVEL_VIEW, CustomizeConfig, changed, cpu_optimizer_state, cpu_tensors,
+                                make_style, read_state, restore_trained, trainable_set)
 from threedpe.data import EditingDataset
 from threedpe.distributed import World
 from threedpe.models.editor import EditorModel, ReconstructionModel, resolve_reconstruction_weights
@@ -331,17 +331,14 @@ class Trainer:
         """Continue the run that wrote ``state`` (same settings, base weights, data and number of processes)."""
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise TrainError(f"not a version-{STATE_VERSION} training checkpoint")
-        for what, mine, theirs in (("settings", self.settings.to_dict(), state["settings"]),
-                                   ("base weights", self.base_fingerprint, state["base_fingerprint"]),
-                                   ("data", self.data_fingerprint, state["data_fingerprint"]),
-                                   ("number of processes", self.world.world_size, state["world_size"])):
-            if mine != theirs:
-                raise TrainError(f"the checkpoint was written by a run with other {what}; resume it with the same "
-                                 f"weights, data, settings and number of processes")
-        with torch.no_grad():
-            for name, parameter in self.parameters:
-                parameter.copy_(state["trained"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
+        what = changed((("settings", self.settings.to_dict(), state["settings"]),
+                        ("base weights", self.base_fingerprint, state["base_fingerprint"]),
+                        ("data", self.data_fingerprint, state["data_fingerprint"]),
+                        ("number of processes", self.world.world_size, state["world_size"])))
+        if what:
+            raise TrainError(f"the checkpoint was written by a run with other {what}; resume it with the same "
+                             f"weights, data, settings and number of processes")
+        restore_trained(self.parameters, self.optimizer, state)
         self.step, self.seconds, self.losses = int(state["step"]), float(state["seconds"]), list(state["losses"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -363,11 +360,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """:meth:`load_state_dict` from a checkpoint file."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a truncated or foreign file: torch raises several kinds
-            raise TrainError(f"{path} is not a readable training checkpoint ({type(error).__name__})") from None
-        self.load_state_dict(state)
+        self.load_state_dict(read_state(path, TrainError, "training checkpoint"))
 
     # --- the product --------------------------------------------------------------------------------------------------
 
