@@ -264,11 +264,13 @@ class StyleTrainer:
 
     @classmethod
     def for_editor(cls, editor: PortraitEditor, samples: Sequence[StyleSample], weights_folder: str | os.PathLike,
-                   config: CustomizeConfig = CustomizeConfig(), source: dict | None = None) -> StyleTrainer:
-        """A trainer for the shared ``editor``'s weights on ``samples`` (:func:`split_held_out`); Live3D and the
-        perceptual network come from ``weights_folder``. The editor is copied under its ``style_lock``."""
+                   config: CustomizeConfig = CustomizeConfig(), source: dict | None = None,
+                   reconstruction: ReconstructionModel | None = None) -> StyleTrainer:
+        """A trainer for the shared ``editor``'s weights on ``samples`` (:func:`split_held_out`); Live3D (unless
+        ``reconstruction`` is given, e.g. kept between calls) and the perceptual network come from
+        ``weights_folder``. The editor is copied under its ``style_lock``."""
         pairs, held_out = split_held_out(samples)
-        reconstruction = ReconstructionModel.from_pretrained(weights_folder).to(editor.device)
+        reconstruction = reconstruction or ReconstructionModel.from_pretrained(weights_folder)
         fingerprint = editor.fingerprint
         with editor.style_lock:
             return cls(editor.model, reconstruction, pairs, held_out, config, weights_folder=weights_folder,

@@ -36,7 +36,7 @@ from threedpe.diffusion import EditSettings
 from threedpe.files import atomic_write
 from threedpe.gallery import Gallery, GalleryError, Published, Record
 from threedpe.images import ImageInput, load_image
-from threedpe.customize import CustomizeConfig, CustomizeError, Snapshot, StyleTrainer, split_held_out
+from threedpe.customize import CustomizeConfig, CustomizeError, Snapshot, StyleTrainer
 from threedpe.datagen import StyleSample, SyntheticSamples, load_generator, photo_pairs, usable
 from threedpe.models.editor import ReconstructionModel
 from threedpe.models.generator import TriPlaneGenerator
@@ -518,14 +518,11 @@ class DemoRunner:
         only CPU data between calls); a stop keeps the steps done. Returns the session with its new state, curves,
         snapshots and style."""
         with self._lock:
+            folder = self._weights_folder("fine-tuning")
             if self._reconstruction is None:
-                self._reconstruction = ReconstructionModel.from_pretrained(self._weights_folder("fine-tuning"))
-            pairs, held_out = split_held_out(session.samples)
-            fingerprint = self.editor.fingerprint
-            with self.editor.style_lock:
-                trainer = StyleTrainer(self.editor.model, self._reconstruction, pairs, held_out, session.config,
-                                       weights_folder=self.editor.weights_folder, source=session.source,
-                                       base_fingerprint=fingerprint)
+                self._reconstruction = ReconstructionModel.from_pretrained(folder)
+            trainer = StyleTrainer.for_editor(self.editor, session.samples, folder, session.config,
+                                              source=session.source, reconstruction=self._reconstruction)
             if session.state is not None:
                 trainer.load_state_dict(session.state)
             try:
