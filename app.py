@@ -19,13 +19,17 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 import argparse  # noqa: E402 -- after the allocator setting above
 import functools
 import inspect
+import itertools
 import logging
 import sys
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_type_hints
 
 import gradio as gr
+from gradio.events import Dependency
 
 from threedpe.anchors import shipped_anchors
 from threedpe.cancel import Cancelled
@@ -89,6 +93,7 @@ download, or upload later. Your style stays in your session: the shared model is
 TEXT_EXAMPLES = ["Turn her into a bronze statue", "Make her look like a Pixar character",
                  "Make it a watercolor painting", "Give her a zombie look"]
 STOPPED = "⏹️ Stopped."
+UNEXPECTED = "Something went wrong on the server (it was logged); please try again."
 
 
 def show_errors(fn: Callable) -> Callable:
@@ -107,32 +112,93 @@ def show_errors(fn: Callable) -> Callable:
     return guarded
 
 
-def stoppable(status_index: int, count: int) -> Callable:
-    """Decorate an event function of ``count`` outputs so that a stopped computation leaves the outputs as they were
-    and says "Stopped" at ``status_index`` (instead of an error); for a generator, as its last update."""
-    def stopped(error: gr.Error) -> tuple:
-        if error.message != STOPPED:
-            raise error
-        return tuple(STOPPED if index == status_index else gr.skip() for index in range(count))
+class Refusals:
+    """The message of each refused event, kept per browser session and event until the event's failure handler puts
+    it into the status line (an event that fails cannot update its own outputs). At most ``limit`` are kept: API
+    callers, whose requests run no failure handler, never collect theirs."""
 
-    def decorate(fn: Callable) -> Callable:
-        if inspect.isgeneratorfunction(fn):  # an event that yields as it goes: the stop is its last update
-            @functools.wraps(fn)
-            def run_steps(*args, **kwargs):
-                try:
-                    yield from fn(*args, **kwargs)
-                except gr.Error as error:
-                    yield stopped(error)
-            return run_steps
+    def __init__(self, limit: int = 10_000):
+        self._messages: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+        self._limit = limit
 
+    def keep(self, request: gr.Request, event: int, message: str) -> None:
+        with self._lock:
+            self._messages[request.session_hash or "", event] = message
+            while len(self._messages) > self._limit:
+                self._messages.popitem(last=False)
+
+    def take(self, request: gr.Request, event: int) -> str | None:
+        with self._lock:
+            return self._messages.pop((request.session_hash or "", event), None)
+
+
+REFUSALS = Refusals()
+EVENT_NUMBERS = itertools.count()  # the events wired by ``listen``, numbered for ``REFUSALS``
+
+
+def reporting(fn: Callable, status: gr.components.Component | None, event: int) -> Callable:
+    """``fn`` (an event function or generator, given a ``gr.Request``) as an event whose refusal (``gr.Error``) still
+    fails it, so that API callers get the error and the events chained on success do not run, after keeping its
+    message in ``REFUSALS`` under ``event`` for the status line; an unexpected failure is refused the same way (its
+    traceback goes to the log). A stop ends the event with "Stopped" in ``status``, one of its outputs (the others
+    keep their values); without one (None), a stop is kept as a refusal is. A generator stays a generator and a
+    function a function: the page applies a generator's last output twice, and a 3D viewer given its file twice can
+    stay blank."""
+    def refused(error: Exception, args: tuple, kwargs: dict) -> gr.Error:
+        if not isinstance(error, gr.Error):
+            logger.error("unexpected failure in %s", fn.__name__, exc_info=error)
+            error = gr.Error(UNEXPECTED, print_exception=False)
+        request = next(value for value in (*args, *kwargs.values()) if isinstance(value, gr.Request))
+        REFUSALS.keep(request, event, error.message if error.message == STOPPED else f"⚠️ {error.message}")
+        return error
+
+    def stopped(error: Exception) -> bool:
+        return status is not None and isinstance(error, gr.Error) and error.message == STOPPED
+
+    if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
-        def run(*args, **kwargs):
+        def run_steps(*args, **kwargs):
             try:
-                return fn(*args, **kwargs)
-            except gr.Error as error:
-                return stopped(error)
-        return run
-    return decorate
+                yield from fn(*args, **kwargs)
+            except Exception as error:
+                if not stopped(error):
+                    raise refused(error, args, kwargs) from None
+                yield {status: STOPPED}
+        return run_steps
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            if not stopped(error):
+                raise refused(error, args, kwargs) from None
+            return {status: STOPPED}
+    return run
+
+
+def listen(listener: Callable, fn: Callable, inputs: list | None, outputs: list, status: gr.components.Component,
+           **kwargs) -> Dependency:
+    """``listener(fn, inputs, outputs, **kwargs)`` (``button.click``, ``event.then``, ``partial(gr.on, triggers)``,
+    ...) with the outcome of each run kept in the tab's ``status`` line until the next action: a refusal's message
+    (also a toast) or "Stopped" (see ``reporting``; ``fn`` takes a ``gr.Request``). Progress shows on ``status``
+    unless ``kwargs`` say otherwise. A failure handler shows the refusal, which also clears the error badge that the
+    page would leave where the progress showed."""
+    if gr.Request not in get_type_hints(fn).values():
+        raise ValueError(f"{fn.__name__} must take a gr.Request (its refusals are kept per session)")
+    event = next(EVENT_NUMBERS)
+    kwargs = {"show_progress_on": status, **kwargs}
+    dependency = listener(reporting(fn, status if status in outputs else None, event), inputs, outputs, **kwargs)
+    progress_on = kwargs["show_progress_on"] if isinstance(kwargs["show_progress_on"], list) else [
+        kwargs["show_progress_on"]]
+
+    def show_refusal(request: gr.Request) -> dict:
+        return {status: REFUSALS.take(request, event) or gr.skip()}
+
+    dependency.failure(show_refusal, None, [status, *(c for c in progress_on if c is not status)], queue=False,
+                       show_progress="hidden", api_visibility="private")
+    return dependency
 
 
 def checked_settings(**values) -> EditSettings:
@@ -274,8 +340,8 @@ def wire_publishing(panels: list[ResultPanel], gallery: Gallery, sessions: Sessi
             message = f"✅ Published: [{link}]({link}) — this browser keeps the key that can delete it."
             return message, {**(owned or {}), record: token}
 
-        panel.publish.click(publish_tab, [panel.state, panel.share_photo, tokens], [panel.link, tokens],
-                            api_visibility="private", show_progress_on=panel.link)
+        listen(panel.publish.click, publish_tab, [panel.state, panel.share_photo, tokens], [panel.link, tokens],
+               panel.link, api_visibility="private")
 
     @show_errors
     def publish(share_photo: bool = False, request: gr.Request = None) -> dict:
@@ -329,7 +395,7 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
         ids = gr.State([])
 
     @show_errors
-    def gallery_page(number: float) -> tuple:
+    def gallery_page(number: float, request: gr.Request) -> tuple:
         """Page ``number`` of published edits, newest first: tiles (strip, caption) and a line about the listing."""
         listing_page = gallery.page(max(1, int(number or 1)), per_page)
         tiles_value = [(str(record.strip), record.caption) for record in listing_page.items]
@@ -353,7 +419,7 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
         gallery.delete(target, (owner_token or "").strip())
         return f"🗑️ Deleted {target}."
 
-    def delete_in_browser(text: str, token: str, owned: dict | None) -> tuple:
+    def delete_in_browser(text: str, token: str, owned: dict | None, request: gr.Request) -> tuple:
         """The Delete button: the token this browser kept when it published the edit, unless one is typed."""
         target = record_id(text)
         done = delete_edit(target, (token or "").strip() or (owned or {}).get(target, ""))
@@ -361,7 +427,7 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
         return done, remaining, "Deleted.", None, None, None, None, None
 
     @show_errors
-    def flag_edit(text: str, why: str) -> str:
+    def flag_edit(text: str, why: str, request: gr.Request) -> str:
         """Report a published edit to the moderators with a short reason."""
         count = gallery.flag(record_id(text), why)
         return f"Thank you: the edit was reported ({count} report{'s' if count != 1 else ''} so far)."
@@ -369,8 +435,9 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
     listing_outputs = [tiles, listing, ids]
     opened = [info, strip, video, model, reference, download, edit_id]
     # The public events first: they take the functions' names as api_names, the private uses after them do not.
-    page.submit(gallery_page, page, listing_outputs, api_name="gallery_page")
-    gr.on([open_button.click, edit_id.submit], open_edit, edit_id, opened, api_name="open_edit")
+    listen(page.submit, gallery_page, page, listing_outputs, listing, api_name="gallery_page")
+    listen(functools.partial(gr.on, [open_button.click, edit_id.submit]), open_edit, edit_id, opened, info,
+           api_name="open_edit")
     for button, step in ((newer, -1), (older, 1)):
         button.click(lambda number, step=step: max(1, int(number or 1) + step), page, page, queue=False,
                      api_visibility="private").then(gallery_page, page, listing_outputs, api_visibility="private")
@@ -378,12 +445,12 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
     def pick(listed: list[str], event: gr.SelectData) -> str:
         return listed[event.index]
 
-    tiles.select(pick, [ids], edit_id, api_visibility="private", queue=False).then(
-        open_edit, edit_id, opened, api_visibility="private")
-    delete.click(delete_in_browser, [edit_id, owner_token, tokens],
-                 [message, tokens, info, strip, video, model, reference, download], api_visibility="private").then(
-        gallery_page, page, listing_outputs, api_visibility="private")
-    report.click(flag_edit, [edit_id, reason], message, api_name="flag_edit")
+    listen(tiles.select(pick, [ids], edit_id, api_visibility="private", queue=False).then, open_edit, edit_id, opened,
+           info, api_visibility="private")
+    listen(delete.click, delete_in_browser, [edit_id, owner_token, tokens],
+           [message, tokens, info, strip, video, model, reference, download], message,
+           api_visibility="private").then(gallery_page, page, listing_outputs, api_visibility="private")
+    listen(report.click, flag_edit, [edit_id, reason], [message], message, api_name="flag_edit")
 
     def open_permalink(request: gr.Request) -> tuple:
         """On page load, ``?edit=<id>`` opens that edit in the Gallery tab."""
@@ -392,7 +459,7 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
             return (gr.skip(),) * (len(opened) + 1)
         return (gr.Tabs(selected="gallery"), *open_edit(wanted, request))
 
-    demo.load(open_permalink, None, [tabs, *opened], api_visibility="private")
+    listen(demo.load, open_permalink, None, [tabs, *opened], info, api_visibility="private")
     return delete_edit
 
 
@@ -435,7 +502,6 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
 
     # The edit events skip gradio's preprocessing and receive uploads as FileData dicts (already checked and
     # moved to gradio's cache): threedpe reads the files itself and says what is wrong with an unreadable one.
-    @stoppable(status_index=5, count=7)
     def edit_text(photo: dict | None, instruction: str, use_own_photo: bool, anchor: str, steps: int,
                   text_guidance: float, image_guidance: float, resolution: int, seed: int, request: gr.Request,
                   progress=gr.Progress(track_tqdm=True)) -> tuple:
@@ -446,7 +512,6 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         return run_edit(request, photo, prompt=instruction or "", settings=settings, seed=int(seed), anchor=anchor,
                         use_own_photo=bool(use_own_photo))
 
-    @stoppable(status_index=5, count=7)
     def edit_reference(photo: dict | None, reference: dict | None, align_reference: bool, request: gr.Request,
                        progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Edit a portrait in the style of a reference image: same outputs as ``edit_text``."""
@@ -465,7 +530,6 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
             return gr.skip()
         return str(gpu_view(edit, sessions.folder(request.session_hash), float(yaw), float(pitch), True))
 
-    @stoppable(status_index=1, count=3)
     def orbit_video(edit: StoredEdit | None, frames: int, request: gr.Request,
                     progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Orbit video (mp4) of the last edit, and the status with its timing."""
@@ -473,7 +537,6 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                                sessions.stop_flag(request.session_hash))
         return str(path), status_markdown(edit), edit
 
-    @stoppable(status_index=2, count=4)
     def mesh(edit: StoredEdit | None, resolution: int, request: gr.Request,
              progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Coloured mesh of the last edit: the GLB for the viewer, [GLB, PLY] to download, and the status."""
@@ -481,7 +544,6 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                                   sessions.stop_flag(request.session_hash))
         return str(glb), [str(glb), str(ply)], status_markdown(edit), edit
 
-    @stoppable(status_index=1, count=3)
     def generate_pairs(source: str, instruction: str, before: list | None, after: list | None, count: int,
                        seed: int, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         """Training pairs for a new style: the instruction applied by InstructPix2Pix to EG3D portraits (shown as
@@ -527,7 +589,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         if stop():
             yield gr.skip(), gr.skip(), STOPPED + " " + style_status(session), gr.skip(), session
 
-    def upload_style(path: str | None, session: StyleSession | None):
+    def upload_style(path: str | None, session: StyleSession | None, request: gr.Request):
         """Use an uploaded style file (it must have been made for this app's weights)."""
         if not path:
             return gr.skip(), gr.skip()
@@ -539,7 +601,6 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         return f"✅ Style **{name}** loaded ({style.mode}, {style.metadata.get('steps')} steps).", StyleSession(
             kept, style.metadata.get("source") or {}, name, style=style)
 
-    @stoppable(status_index=5, count=7)
     def apply_style(photo: dict | None, reference: dict | None, instruction: str, session: StyleSession | None,
                     request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Edit a portrait with the customised style: in the style of a reference (default: one of the training
@@ -566,26 +627,25 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                      frames: gr.Slider, mesh_resolution: gr.Slider, name: str, edit_api: str | None = None) -> None:
         """The events of one edit tab: clear stale outputs -> edit -> video -> mesh (``stop`` stops them), and the
         free-view sliders. Progress shows once, on the status line. ``edit_api``: the edit's api_name (edit_<name>)."""
-        progress = {"show_progress_on": panel.status, "concurrency_id": "gpu"}
         # in the browser, without a round trip (and without a progress flash on the cleared outputs)
         cleared = gr.on(run, None, None, panel.stale_outputs, js='() => [null, null, null, 0, 0, "⏳ Working…"]',
                         show_progress="hidden", api_visibility="private")
-        edit = cleared.then(edit_fn, inputs, panel.edit_outputs, api_name=edit_api or f"edit_{name}",
-                            preprocess=False, **progress)
-        video = edit.success(orbit_video, [panel.state, frames], [panel.video, panel.status, panel.state],
-                             api_name=f"orbit_video_{name}", **progress)
-        meshing = video.success(mesh, [panel.state, mesh_resolution],
-                                [panel.model, panel.files, panel.status, panel.state], api_name=f"mesh_{name}",
-                                **progress)
+        edit = listen(cleared.then, edit_fn, inputs, panel.edit_outputs, panel.status,
+                      api_name=edit_api or f"edit_{name}", preprocess=False, concurrency_id="gpu")
+        video = listen(edit.success, orbit_video, [panel.state, frames], [panel.video, panel.status, panel.state],
+                       panel.status, api_name=f"orbit_video_{name}", concurrency_id="gpu")
+        meshing = listen(video.success, mesh, [panel.state, mesh_resolution],
+                         [panel.model, panel.files, panel.status, panel.state], panel.status,
+                         api_name=f"mesh_{name}", concurrency_id="gpu")
         stop.click(stop_work, None, panel.status, cancels=[edit, video, meshing], queue=False,
                    api_visibility="private")
         view_inputs = [panel.state, panel.yaw, panel.pitch]
-        gr.on([panel.yaw.release, panel.pitch.release], render_view, view_inputs, panel.view,
-              api_name=f"render_view_{name}", concurrency_id="view", trigger_mode="always_last",
-              show_progress="minimal")
+        views = {"show_progress_on": panel.view, "concurrency_id": "view", "trigger_mode": "always_last"}
+        listen(functools.partial(gr.on, [panel.yaw.release, panel.pitch.release]), render_view, view_inputs,
+               [panel.view], panel.status, api_name=f"render_view_{name}", show_progress="minimal", **views)
         if defaults.preview_while_dragging:  # one queue with the full views: a release is served after the drafts
-            gr.on([panel.yaw.input, panel.pitch.input], preview_view, view_inputs, panel.view,
-                  api_visibility="private", concurrency_id="view", trigger_mode="always_last", show_progress="hidden")
+            listen(functools.partial(gr.on, [panel.yaw.input, panel.pitch.input]), preview_view, view_inputs,
+                   [panel.view], panel.status, api_visibility="private", show_progress="hidden", **views)
 
     def photo_input(name: str) -> gr.Image:
         photo = gr.Image(label="Portrait photo", type="filepath", sources=["upload", "webcam", "clipboard"],
@@ -729,17 +789,18 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                 source.change(lambda chosen: (gr.Textbox(visible=chosen == "instruction"),
                                               gr.Group(visible=chosen == "pairs")),
                               source, [instruction, own_pairs], queue=False, api_visibility="private")
-                pairs_made = generate.click(generate_pairs, [source, instruction, before, after, count, pair_seed],
-                                            [pair_tiles, tune_status, style_session], api_name="generate_pairs",
-                                            concurrency_id="gpu", show_progress_on=tune_status)
-                adapt.click(customize, [style_session, steps, rank],
-                                    [loss_plot, snapshot_gallery, tune_status, style_file, style_session],
-                                    api_name="customize", concurrency_id="gpu", show_progress_on=tune_status)
+                pairs_made = listen(generate.click, generate_pairs,
+                                    [source, instruction, before, after, count, pair_seed],
+                                    [pair_tiles, tune_status, style_session], tune_status, api_name="generate_pairs",
+                                    concurrency_id="gpu")
+                listen(adapt.click, customize, [style_session, steps, rank],
+                       [loss_plot, snapshot_gallery, tune_status, style_file, style_session], tune_status,
+                       api_name="customize", concurrency_id="gpu")
                 # Stop ends the pair generation at once; a fine-tune stops after its current step and keeps its steps.
                 adapt_stop.click(stop_work, None, tune_status, cancels=[pairs_made], queue=False,
                                  api_visibility="private")
-                style_file.upload(upload_style, [style_file, style_session], [tune_status, style_session],
-                                  api_visibility="private")
+                listen(style_file.upload, upload_style, [style_file, style_session], [tune_status, style_session],
+                       tune_status, api_visibility="private")
                 wire_outputs([button.click], stop, apply_style,
                              [photo, style_reference, style_instruction, style_session], panel, frames,
                              mesh_resolution, "customize", edit_api="apply_style")

@@ -275,17 +275,42 @@ def test_the_app_refuses_an_edit_beyond_the_rate_limit(tmp_path, server):
         demo.close()
 
 
-def test_a_stopped_generator_event_ends_with_stopped_not_an_error():
-    """The pair generation yields as it goes: a stop (from any Stop button of the session) is its last update."""
-    def pairs(fail_with: str):
-        yield "tiles", "1 of 2", None
-        raise app.gr.Error(fail_with)
+def test_every_outcome_of_an_event_ends_in_its_status_line():
+    """``app.reporting``: a stop (from any Stop button of the session) is the last update of an event, in its status;
+    a refusal still fails the event (API callers get the error, chained events do not run) and leaves its message
+    for the event's failure handler, which shows it in the status; a result passes through as it is."""
+    gr = app.gr
+    status, request = gr.Markdown(), gr.Request(session_hash="session-1")
 
-    wrapped = app.stoppable(status_index=1, count=3)(pairs)
-    updates = list(wrapped(app.STOPPED))
-    assert updates[0] == ("tiles", "1 of 2", None) and updates[1][1] == app.STOPPED and len(updates[1]) == 3
-    with pytest.raises(app.gr.Error, match="no face"):
-        list(wrapped("no face"))
+    def pairs(fail_with: str | None, request: gr.Request):
+        yield "tiles", "1 of 2", None
+        if fail_with:
+            raise gr.Error(fail_with)
+        yield "tiles", "2 of 2", None
+
+    def edit(fail_with: str | None, request: gr.Request):
+        if fail_with == "bug":
+            raise KeyError("views")
+        if fail_with:
+            raise gr.Error(fail_with)
+        return "strip", "done"
+
+    steps, run = app.reporting(pairs, status, 0), app.reporting(edit, status, 1)
+    assert list(steps(app.STOPPED, request)) == [("tiles", "1 of 2", None), {status: app.STOPPED}]
+    assert list(steps(None, request))[-1] == ("tiles", "2 of 2", None)
+    assert run(app.STOPPED, request) == {status: app.STOPPED} and run(None, request) == ("strip", "done")
+    with pytest.raises(gr.Error, match="no face"):
+        list(steps("no face", request))
+    with pytest.raises(gr.Error, match="too small"):
+        run("too small", request)
+    assert app.REFUSALS.take(request, 0) == "⚠️ no face" and app.REFUSALS.take(request, 0) is None
+    assert app.REFUSALS.take(request, 1) == "⚠️ too small"
+    with pytest.raises(gr.Error, match="Something went wrong"):  # a bug: logged, and a message without details
+        run("bug", request)
+    assert app.REFUSALS.take(request, 1) == f"⚠️ {app.UNEXPECTED}"
+    with pytest.raises(gr.Error, match="Stopped"):  # an event without the status among its outputs
+        app.reporting(edit, None, 2)(app.STOPPED, request)
+    assert app.REFUSALS.take(request, 2) == app.STOPPED
 
 
 def test_stop_flag_stops_the_running_video_within_a_frame(server, tmp_path):

@@ -173,11 +173,48 @@ def test_a_noise_reference_gets_a_warning_on_upload(page, server, tmp_path):
     page.get_by_text(re.compile("looks like noise")).first.wait_for()
 
 
-def test_photo_without_a_face_shows_a_message(page, server):
+def test_each_tab_keeps_a_refused_actions_message_in_its_status_line(page, server):
+    """A refusal is a toast and, until the next action, a line in the status of its tab: no "Working…" and no error
+    badge left behind. Checked 20 s after the first refusal, when the toasts have long gone."""
+    refusals = {"text-status": "instruction is empty", "reference-status": "No face found",
+                "customize-tune-status": "Generate the training pairs first",
+                "customize-status": "Adapt a style first", "gallery-info": "There is no published edit",
+                "gallery-message": "There is no published edit"}
+    start = time.monotonic()
+    set_slider(page, "text-yaw", 20)  # there is no edit to turn yet
+    page.locator("#text-status").get_by_text("Run an edit first").wait_for()
+    page.locator("#text-instruction textarea").fill("   ")
+    edit(page, "text", server.photo)
+    page.get_by_text("instruction is empty").first.wait_for()  # the toast
     open_tab(page, "Reference edit")
     upload(page, "reference-reference", server.reference)
     edit(page, "reference", server.no_face)
-    page.get_by_text(re.compile("No (clear )?face found")).first.wait_for()
+    open_tab(page, "Customize")
+    page.locator("#customize-generate").click()
+    page.locator("#customize-tune-status").get_by_text("Type the instruction").wait_for()
+    page.locator("#customize-adapt").click()  # the latest outcome replaces the previous one
+    edit(page, "customize", server.photo)
+    open_tab(page, "Gallery")
+    page.locator("#gallery-id textarea").fill("0" * 32)
+    page.locator("#gallery-open").click()
+    page.get_by_text("Delete or report").click()
+    page.locator("#gallery-delete").click()
+    for elem_id, message in refusals.items():
+        page.locator(f"#{elem_id}").get_by_text(message).wait_for(state="attached")
+    time.sleep(max(0.0, start + 20 - time.monotonic()))
+    statuses = {}
+    for tab in ("Customize", "Reference edit", "Gallery", "Text edit"):  # what a person sees on each tab
+        open_tab(page, tab)
+        statuses |= {elem_id: page.locator(f"#{elem_id}").inner_text() for elem_id in refusals
+                     if page.locator(f"#{elem_id}").is_visible()}
+    assert set(statuses) == set(refusals), statuses
+    for elem_id, message in refusals.items():
+        assert message in statuses[elem_id] and "⚠️" in statuses[elem_id], statuses
+        assert "Working" not in statuses[elem_id], statuses
+    assert "Type the instruction" not in statuses["customize-tune-status"]
+    badges = page.get_by_text(re.compile(r"^Error$"))
+    assert badges.count() == 0, [badge.locator("xpath=../..").inner_text() for badge in badges.all()]
+    screenshot(page, "app_refused.png")
 
 
 def test_missing_weights_page_disables_the_actions_and_shows_no_server_path(browser, tmp_path):
