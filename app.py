@@ -432,34 +432,50 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
         count = gallery.flag(record_id(text), why)
         return f"Thank you: the edit was reported ({count} report{'s' if count != 1 else ''} so far)."
 
+    def wanted(request: gr.Request) -> str | None:
+        """The edit id of a permalink (``?edit=<id>`` in the page's address), if the page was opened on one."""
+        return request.query_params.get("edit") if request.query_params else None
+
+    def permalink_tab(request: gr.Request):
+        """A page opened on a permalink starts on the Gallery tab."""
+        return gr.Tabs(selected="gallery") if wanted(request) else gr.skip()
+
+    def open_permalink(request: gr.Request) -> tuple:
+        """A page opened on a permalink opens its edit."""
+        return open_edit(wanted(request), request) if wanted(request) else (gr.skip(),) * len(opened)
+
     listing_outputs = [tiles, listing, ids]
     opened = [info, strip, video, model, reference, download, edit_id]
+    quietly = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+
+    def opening(listener: Callable, **kwargs) -> None:
+        """``listener`` opens the edit named in ``edit_id``, after clearing the opened edit (a mesh viewer given the
+        same file again would not redraw) and the message about it."""
+        cleared = listener(None, None, [strip, video, model, reference, download, message],
+                           js="() => [null, null, null, null, null, '']", show_progress="hidden",
+                           api_visibility="private")
+        listen(cleared.then, open_edit, edit_id, opened, info, **kwargs)
+
     # The public events first: they take the functions' names as api_names, the private uses after them do not.
     listen(page.submit, gallery_page, page, listing_outputs, listing, api_name="gallery_page")
-    listen(functools.partial(gr.on, [open_button.click, edit_id.submit]), open_edit, edit_id, opened, info,
-           api_name="open_edit")
+    opening(functools.partial(gr.on, [open_button.click, edit_id.submit]), api_name="open_edit")
+    listen(report.click, flag_edit, [edit_id, reason], [message], message, api_name="flag_edit")
     for button, step in ((newer, -1), (older, 1)):
         button.click(lambda number, step=step: max(1, int(number or 1) + step), page, page, queue=False,
                      api_visibility="private").then(gallery_page, page, listing_outputs, api_visibility="private")
     tab.select(gallery_page, page, listing_outputs, api_visibility="private")
+
     def pick(listed: list[str], event: gr.SelectData) -> str:
         return listed[event.index]
 
-    listen(tiles.select(pick, [ids], edit_id, api_visibility="private", queue=False).then, open_edit, edit_id, opened,
-           info, api_visibility="private")
+    opening(tiles.select(pick, [ids], edit_id, queue=False, api_visibility="private").then,
+            api_visibility="private")
     listen(delete.click, delete_in_browser, [edit_id, owner_token, tokens],
            [message, tokens, info, strip, video, model, reference, download], message,
            api_visibility="private").then(gallery_page, page, listing_outputs, api_visibility="private")
-    listen(report.click, flag_edit, [edit_id, reason], [message], message, api_name="flag_edit")
-
-    def open_permalink(request: gr.Request) -> tuple:
-        """On page load, ``?edit=<id>`` opens that edit in the Gallery tab."""
-        wanted = request.query_params.get("edit") if request.query_params else None
-        if not wanted:
-            return (gr.skip(),) * (len(opened) + 1)
-        return (gr.Tabs(selected="gallery"), *open_edit(wanted, request))
-
-    listen(demo.load, open_permalink, None, [tabs, *opened], info, api_visibility="private")
+    # The tab is shown before its edit opens: a mesh viewer mounted with its file already set never draws it.
+    listen(demo.load(permalink_tab, None, tabs, **quietly).then, open_permalink, None, opened, info,
+           api_visibility="private")
     return delete_edit
 
 

@@ -253,6 +253,7 @@ def test_publish_open_the_permalink_and_delete_from_the_same_browser(page, serve
     visitor.locator("#gallery-strip img").wait_for()  # the permalink opened the Gallery tab on its edit
     assert visitor.locator("#gallery-info").get_by_text("Reference edit").count()
     visitor.locator("#gallery-video video").wait_for()
+    visitor.locator("#gallery-model canvas").wait_for()  # the mesh shows on a permalink
     visitor.locator("#gallery-tiles img").first.wait_for()
     screenshot(visitor, "app_gallery_permalink.png")
     visitor.get_by_text("Delete or report").click()
