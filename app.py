@@ -93,6 +93,7 @@ download, or upload later. Your style stays in your session: the shared model is
 TEXT_EXAMPLES = ["Turn her into a bronze statue", "Make her look like a Pixar character",
                  "Make it a watercolor painting", "Give her a zombie look"]
 STOPPED = "⏹️ Stopped."
+LISTING_REFRESH_S = 10.0  # how often the Gallery tab's listing refreshes itself while the tab is shown
 UNEXPECTED = "Something went wrong on the server (it was logged); please try again."
 
 
@@ -323,10 +324,11 @@ def record_id(text: str) -> str:
     return text.split("edit=")[-1].split("&")[0].split("#")[0] if "edit=" in text else text
 
 
-def wire_publishing(panels: list[ResultPanel], gallery: Gallery, sessions: SessionFiles,
-                    tokens: gr.BrowserState) -> None:
-    """The publish button of each result panel (its tab's edit), and the ``publish`` API: the session's latest edit.
-    Owner tokens stay in this browser (``tokens``: edit id -> token), so it can delete its edits later."""
+def wire_publishing(panels: list[ResultPanel], gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserState,
+                    listing: GalleryListing) -> None:
+    """The publish button of each result panel (its tab's edit; the Gallery's ``listing`` follows), and the
+    ``publish`` API: the session's latest edit. Owner tokens stay in this browser (``tokens``: edit id -> token), so
+    it can delete its edits later."""
 
     def published(edit_folder: Path, share_photo: bool, request: gr.Request) -> tuple[str, str, str]:
         record = publish_edit(gallery, edit_folder, request.session_hash, bool(share_photo))
@@ -340,8 +342,8 @@ def wire_publishing(panels: list[ResultPanel], gallery: Gallery, sessions: Sessi
             message = f"✅ Published: [{link}]({link}) — this browser keeps the key that can delete it."
             return message, {**(owned or {}), record: token}
 
-        listen(panel.publish.click, publish_tab, [panel.state, panel.share_photo, tokens], [panel.link, tokens],
-               panel.link, api_visibility="private")
+        listing.refresh_after(listen(panel.publish.click, publish_tab, [panel.state, panel.share_photo, tokens],
+                                     [panel.link, tokens], panel.link, api_visibility="private"))
 
     @show_errors
     def publish(share_photo: bool = False, request: gr.Request = None) -> dict:
@@ -353,11 +355,21 @@ def wire_publishing(panels: list[ResultPanel], gallery: Gallery, sessions: Sessi
     gr.api(publish, api_name="publish")
 
 
-def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserState, tabs: gr.Tabs,
-                demo: gr.Blocks) -> Callable:
-    """The Gallery tab (inside the current ``gr.Tabs``): the listing with paging, an opened edit with its files,
-    download, delete (owner) and report; a ``?edit=<id>`` permalink opens its edit when the page loads. Returns the
-    ``delete_edit`` API function, to be registered outside the tabs."""
+@dataclass
+class GalleryListing:
+    """What the rest of the page needs from the Gallery tab: ``refresh_after(event)`` chains a refresh of its
+    listing on an event (a publish, say), and ``delete_edit`` is the ``delete_edit`` API function."""
+
+    refresh_after: Callable[[Dependency], Dependency]
+    delete_edit: Callable
+
+
+def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserState, tabs: gr.Tabs, demo: gr.Blocks,
+                anchor_labels: dict[str, str]) -> GalleryListing:
+    """The Gallery tab (inside the current ``gr.Tabs``): the listing with paging, kept current (on selecting the
+    tab, after each publish, delete, report or open in this page, and every ``LISTING_REFRESH_S`` while the tab is
+    shown), an opened edit with its files, download, delete (owner) and report; a ``?edit=<id>`` permalink opens its
+    edit when the page loads. ``anchor_labels``: the anchors' names and labels, for the opened edits' summaries."""
     per_page = 12
     png = {"type": "filepath", "interactive": False, "format": "png"}
     with gr.Tab("Gallery", id="gallery") as tab:
@@ -393,6 +405,7 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
                     report = gr.Button("Report", elem_id="gallery-report")
                 message = gr.Markdown(label="Gallery message", elem_id="gallery-message")
         ids = gr.State([])
+        timer = gr.Timer(LISTING_REFRESH_S, active=False)
 
     @show_errors
     def gallery_page(number: float, request: gr.Request) -> tuple:
@@ -408,7 +421,7 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
         record = gallery.get(record_id(text))
         files = record.files
         archive = gallery.zip(record.id, sessions.folder(request.session_hash))
-        return (record_markdown(record, permalink(page_url(request), record.id)), str(record.strip),
+        return (record_markdown(record, permalink(page_url(request), record.id), anchor_labels), str(record.strip),
                 str(files["video"]) if "video" in files else None, str(files["mesh"]) if "mesh" in files else None,
                 str(files["reference"]) if "reference" in files else None, str(archive), record.id)
 
@@ -448,35 +461,45 @@ def gallery_tab(gallery: Gallery, sessions: SessionFiles, tokens: gr.BrowserStat
     opened = [info, strip, video, model, reference, download, edit_id]
     quietly = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
 
+    def refresh_after(event: Dependency) -> Dependency:
+        return event.then(gallery_page, page, listing_outputs, **quietly)
+
     def opening(listener: Callable, **kwargs) -> None:
         """``listener`` opens the edit named in ``edit_id``, after clearing the opened edit (a mesh viewer given the
-        same file again would not redraw) and the message about it."""
+        same file again would not redraw) and the message about it; the listing follows (a vanished edit leaves)."""
         cleared = listener(None, None, [strip, video, model, reference, download, message],
                            js="() => [null, null, null, null, null, '']", show_progress="hidden",
                            api_visibility="private")
-        listen(cleared.then, open_edit, edit_id, opened, info, **kwargs)
+        refresh_after(listen(cleared.then, open_edit, edit_id, opened, info, **kwargs))
 
     # The public events first: they take the functions' names as api_names, the private uses after them do not.
     listen(page.submit, gallery_page, page, listing_outputs, listing, api_name="gallery_page")
     opening(functools.partial(gr.on, [open_button.click, edit_id.submit]), api_name="open_edit")
-    listen(report.click, flag_edit, [edit_id, reason], [message], message, api_name="flag_edit")
+    refresh_after(listen(report.click, flag_edit, [edit_id, reason], [message], message, api_name="flag_edit"))
     for button, step in ((newer, -1), (older, 1)):
-        button.click(lambda number, step=step: max(1, int(number or 1) + step), page, page, queue=False,
-                     api_visibility="private").then(gallery_page, page, listing_outputs, api_visibility="private")
-    tab.select(gallery_page, page, listing_outputs, api_visibility="private")
+        refresh_after(button.click(lambda number, step=step: max(1, int(number or 1) + step), page, page,
+                                   queue=False, api_visibility="private"))
 
     def pick(listed: list[str], event: gr.SelectData) -> str:
         return listed[event.index]
 
     opening(tiles.select(pick, [ids], edit_id, queue=False, api_visibility="private").then,
             api_visibility="private")
-    listen(delete.click, delete_in_browser, [edit_id, owner_token, tokens],
-           [message, tokens, info, strip, video, model, reference, download], message,
-           api_visibility="private").then(gallery_page, page, listing_outputs, api_visibility="private")
+    refresh_after(listen(delete.click, delete_in_browser, [edit_id, owner_token, tokens],
+                         [message, tokens, info, strip, video, model, reference, download], message,
+                         api_visibility="private"))
+    # The listing refreshes itself while the tab is shown (a select fires also when a permalink selects the tab).
+    refresh_after(tab.select(lambda: gr.Timer(active=True), None, timer, **quietly))
+
+    def follow_tabs(event: gr.SelectData) -> gr.Timer:
+        return gr.Timer(active=event.value == tab.label)
+
+    tabs.select(follow_tabs, None, timer, **quietly)
+    timer.tick(gallery_page, page, listing_outputs, **quietly)
     # The tab is shown before its edit opens: a mesh viewer mounted with its file already set never draws it.
     listen(demo.load(permalink_tab, None, tabs, **quietly).then, open_permalink, None, opened, info,
            api_visibility="private")
-    return delete_edit
+    return GalleryListing(refresh_after, delete_edit)
 
 
 def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None = None,
@@ -820,10 +843,11 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                 wire_outputs([button.click], stop, apply_style,
                              [photo, style_reference, style_instruction, style_session], panel, frames,
                              mesh_resolution, "customize", edit_api="apply_style")
-            delete_edit = gallery_tab(gallery, sessions, tokens, tabs, demo) if gallery is not None else None
-        if gallery is not None:
-            wire_publishing(panels, gallery, sessions, tokens)
-            gr.api(delete_edit, api_name="delete_edit")
+            listing = (gallery_tab(gallery, sessions, tokens, tabs, demo, {a.name: a.label for a in anchors})
+                       if gallery is not None else None)
+        if listing is not None:
+            wire_publishing(panels, gallery, sessions, tokens, listing)
+            gr.api(listing.delete_edit, api_name="delete_edit")
         gr.Markdown(CREDITS)
 
         def start_session(request: gr.Request) -> None:

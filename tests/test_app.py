@@ -376,6 +376,9 @@ def test_publish_permalink_open_and_delete_through_the_api(server, client, tmp_p
     assert any(tile["caption"] == "Reference edit" for tile in tiles) and "published edits" in listing
     info, strip, video, mesh, reference, archive, opened = client.predict(url, api_name="/open_edit")
     assert opened == record and "Reference edit" in info and record in info
+    # a readable summary: the settings in words and the seconds of each stage, no raw keys
+    assert "aligned portrait" in info and "align_reference" not in info
+    assert re.search(r"orbit video \*\*[\d.]+ s\*\* · mesh \*\*[\d.]+ s", info), info
     assert png(strip).width == 3 * png(strip).height and Path(video).suffix == ".mp4" and Path(mesh).suffix == ".glb"
     import zipfile
 
@@ -395,7 +398,8 @@ def test_a_published_text_edit_keeps_its_instruction_and_can_be_reported(server,
     edit_text(client, server, "make it a marble statue")
     published = client.predict(True, api_name="/publish")
     info = client.predict(published["id"], api_name="/open_edit")[0]
-    assert "make it a marble statue" in info and "steps 20" in info
+    assert "make it a marble statue" in info and "InstructPix2Pix steps 20 · text guidance 7.5" in info
+    assert "anchor portrait **EG3D sample, seed 0**" in info and "image_guidance" not in info and "Published" in info
     assert "photo" in server.gallery.get(published["id"]).files  # shared on request, as a thumbnail
     assert "1 report" in client.predict(published["id"], "test report", api_name="/flag_edit")
 

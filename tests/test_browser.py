@@ -236,7 +236,7 @@ def test_missing_weights_page_disables_the_actions_and_shows_no_server_path(brow
         demo.close()
 
 
-def test_publish_open_the_permalink_and_delete_from_the_same_browser(page, server):
+def test_publish_open_the_permalink_and_delete_from_the_same_browser(browser, page, server):
     open_tab(page, "Reference edit")
     upload(page, "reference-reference", server.reference)
     edit(page, "reference", server.photo)
@@ -247,22 +247,41 @@ def test_publish_open_the_permalink_and_delete_from_the_same_browser(page, serve
     url = link.get_attribute("href")
     assert url.startswith(server.url) and "?edit=" in url
 
+    watcher = open_page(browser, server.url)  # another browser, on the Gallery tab
+    open_tab(watcher, "Gallery")
+    total = server.gallery.page(1, 1).total
+    watcher.locator("#gallery-listing").get_by_text(f"· {total} published edits").wait_for()
+
     visitor = page.context.new_page()  # same browser: it keeps the owner token
     visitor.set_default_timeout(TIMEOUT_MS)
     visitor.goto(url)
     visitor.locator("#gallery-strip img").wait_for()  # the permalink opened the Gallery tab on its edit
-    assert visitor.locator("#gallery-info").get_by_text("Reference edit").count()
+    info = visitor.locator("#gallery-info").inner_text()
+    assert "Reference edit" in info and "mesh" in info and "align_reference" not in info, info
     visitor.locator("#gallery-video video").wait_for()
     visitor.locator("#gallery-model canvas").wait_for()  # the mesh shows on a permalink
     visitor.locator("#gallery-tiles img").first.wait_for()
     screenshot(visitor, "app_gallery_permalink.png")
     visitor.get_by_text("Delete or report").click()
+    message = visitor.locator("#gallery-message")
+    visitor.locator("#gallery-reason textarea").fill("a test report")
+    visitor.locator("#gallery-report").click()
+    message.get_by_text("Thank you").wait_for()
+    visitor.locator("#gallery-reason textarea").fill("")
+    visitor.locator("#gallery-report").click()
+    message.get_by_text("the reason is empty").wait_for()  # the latest outcome replaces the thanks
+    assert "Thank you" not in message.inner_text()
     visitor.locator("#gallery-delete").click()
-    visitor.locator("#gallery-message").get_by_text("Deleted").wait_for()
+    message.get_by_text("Deleted").wait_for()
     record = url.split("edit=")[1]
     with pytest.raises(RecordNotFound, match="no published edit"):
         server.gallery.get(record)
     visitor.close()
+    # the other browser's listing drops the deleted edit by itself, within a refresh interval
+    watcher.locator("#gallery-listing").get_by_text(f"· {total - 1} published edits").wait_for(
+        timeout=(app.LISTING_REFRESH_S + 20) * 1000)
+    assert watcher.locator("#gallery-tiles img").count() == min(total - 1, 12)
+    watcher.context.close()
 
 
 def test_closing_the_page_removes_the_session_files(browser, server):

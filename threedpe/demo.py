@@ -23,7 +23,7 @@ import uuid
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -201,10 +201,20 @@ STAGE_LABELS = {"align": "align", "reference": "reference", "encode": "encode", 
                 "video": "orbit video", "mesh": "mesh"}
 
 
+SETTING_LABELS = {"steps": "InstructPix2Pix steps", "text_guidance": "text guidance",
+                  "image_guidance": "image guidance", "resolution": "2D edit resolution", "seed": "seed"}
+
+
+def timings_line(timings: Mapping[str, float]) -> str:
+    """"⏱️ align **0.12 s** · ..." for the stages in ``timings`` (seconds), in pipeline order; "" for none."""
+    parts = [f"{label} **{timings[key]:.2f} s**" for key, label in STAGE_LABELS.items() if key in timings]
+    return "⏱️ " + " · ".join(parts) if parts else ""
+
+
 def status_markdown(edit: StoredEdit) -> str:
     """Measured seconds per stage in pipeline order, the anchor a text instruction was applied to, and the notes."""
-    parts = [f"{label} **{edit.timings[key]:.2f} s**" for key, label in STAGE_LABELS.items() if key in edit.timings]
-    lines = ["⏱️ " + " · ".join(parts) + (f" ({edit.path})" if edit.path else "")] if parts else []
+    timings = timings_line(edit.timings)
+    lines = [timings + (f" ({edit.path})" if edit.path else "")] if timings else []
     if edit.anchor:
         lines.append(f"🧑 The instruction was applied to the anchor portrait: **{edit.anchor}**.")
     if edit.style:
@@ -346,16 +356,38 @@ def permalink(page_url: str, record_id: str) -> str:
     return f"{page_url.split('#')[0].split('?')[0]}?edit={record_id}"
 
 
-def record_markdown(record: Record, link: str) -> str:
-    """What an opened gallery item says: the instruction or "reference edit", style, date, settings, link."""
-    lines = [f"### {record.instruction or 'Reference edit'}"]
+def record_markdown(record: Record, link: str, anchor_labels: Mapping[str, str] | None = None) -> str:
+    """What an opened gallery edit says: the kind of edit with its instruction (and the portrait it was applied to) or
+    reference, the style, the settings the person chose (named as on the page), the seconds each stage took, the date
+    and the link. ``anchor_labels``: anchor names -> labels (a name without one shows as it is)."""
+    settings = dict(record.settings)
+    if record.instruction is not None:
+        lines = [f"### Text edit: “{record.instruction}”"]
+        anchor, own_photo = settings.pop("anchor", None), settings.pop("own_photo", False)
+        if own_photo:
+            lines.append("🧑 The instruction was applied to the photo itself.")
+        elif anchor is not None:
+            label = (anchor_labels or {}).get(str(anchor), anchor)
+            lines.append(f"🧑 The instruction was applied to the anchor portrait **{label}**, which then served as "
+                         "the style reference.")
+    else:
+        lines = ["### Reference edit"]
+        aligned = settings.pop("align_reference", False)
+        lines.append("In the style of the reference image below " + (
+            "(its face was detected and aligned first)." if aligned else "(used as an aligned portrait)."))
     if record.style:
-        lines.append(f"Style: **{record.style}**")
+        lines.append(f"🎨 With the customised style **{record.style}**.")
+    page_order = list(SETTING_LABELS)  # the page's settings in its order, then any others
+    order = sorted(settings, key=lambda key: page_order.index(key) if key in page_order else len(page_order))
+    chosen = [f"{SETTING_LABELS.get(key, key.replace('_', ' '))} {settings[key]}" for key in order
+              if settings[key] is not None]
+    if chosen:
+        lines.append("Settings: " + " · ".join(chosen))
+    timings = timings_line(record.timings)
+    if timings:
+        lines.append(timings)
     lines.append(f"Published {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(record.created))} · "
                  f"[permalink]({link})")
-    settings = ", ".join(f"{key} {value}" for key, value in record.settings.items() if value is not None)
-    if settings:
-        lines.append(f"Settings: {settings}")
     return "\n\n".join(lines)
 
 
