@@ -38,7 +38,8 @@ from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, SAMPL
                            DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, StoredEdit,
                            StyleSession, check_upload, curve_table, disabled_reason, latest_edit, load_editor,
                            load_text_model, permalink, photo_samples, public_message, publish_edit, record_markdown,
-                           sample_tiles, slug, snapshot_tiles, status_markdown, style_status, weights_notice)
+                           sample_tiles, slug, snapshot_tiles, status_markdown, style_status, tuning_status,
+                           weights_notice)
 from threedpe.customize import CustomizeConfig, CustomizeError
 from threedpe.datagen import DataError, usable
 from threedpe.gallery import Gallery, GalleryError
@@ -95,6 +96,7 @@ TEXT_EXAMPLES = ["Turn her into a bronze statue", "Make her look like a Pixar ch
 STOPPED = "⏹️ Stopped."
 LISTING_REFRESH_S = 10.0  # how often the Gallery tab's listing refreshes itself while the tab is shown
 UNEXPECTED = "Something went wrong on the server (it was logged); please try again."
+CURVE_COLOURS = {"training": "#6366f1", "held-out": "#f97316"}  # the loss chart's legend (curve_table's names)
 
 
 def show_errors(fn: Callable) -> Callable:
@@ -526,8 +528,23 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
             return refuse
         return spaces.GPU(duration=getattr(DemoRunner, f"{method}_duration"))(show_errors(getattr(runner, method)))
 
-    gpu_edit, gpu_view, gpu_video, gpu_mesh, gpu_anchor, gpu_samples, gpu_fine_tune = (
-        gpu(m) for m in ("edit", "view", "video", "mesh", "anchor", "samples", "fine_tune"))
+    gpu_edit, gpu_view, gpu_video, gpu_mesh, gpu_anchor, gpu_samples = (
+        gpu(m) for m in ("edit", "view", "video", "mesh", "anchor", "samples"))
+
+    def stream_fine_tune(*args, **kwargs):
+        """``runner.fine_tune``'s updates as they come, user errors as page messages. A generator function: on
+        ZeroGPU, ``spaces`` runs it in one GPU call and forwards each update as it is yielded."""
+        updates = runner.fine_tune(*args, **kwargs)
+
+        @show_errors
+        def fine_tune_step():
+            return next(updates, None)
+
+        while (update := fine_tune_step()) is not None:
+            yield update
+
+    gpu_fine_tune = (spaces.GPU(duration=DemoRunner.fine_tune_duration)(stream_fine_tune) if runner is not None
+                     else gpu("fine_tune"))
 
     def run_edit(request: gr.Request, photo: dict | None, **kwargs) -> tuple:
         """Rate-limit, clear the stop flag, edit, and lay the result out for ``ResultPanel.edit_outputs``."""
@@ -610,8 +627,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
 
     def customize(session: StyleSession | None, steps: int, rank: int, request: gr.Request,
                   progress=gr.Progress()):
-        """Fine-tune the editor to the generated pairs for ``steps`` more steps (in chunks; the loss curve, the
-        held-out previews and the style file follow each chunk). Press again to continue training."""
+        """Fine-tune the editor to the generated pairs for ``steps`` more steps: the progress, the loss curve and the
+        held-out previews follow every step, the style file every chunk. Press again to continue training."""
         if session is None or not session.samples:
             raise gr.Error("Generate the training pairs first.", print_exception=False)
         if session.state is None:
@@ -620,13 +637,24 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         stop.clear()
         target = session.steps + int(steps)
         while session.steps < target and not stop():
+            # until the chunk's first step (the trainer's set-up); then the status line says each step
             progress((session.steps, target), desc="fine-tuning", unit="steps")
-            session = gpu_fine_tune(session, min(TUNE_STEPS_PER_CALL, target - session.steps), stop)
+            for update in gpu_fine_tune(session, min(TUNE_STEPS_PER_CALL, target - session.steps), stop,
+                                        request.session_hash):
+                session = session.advanced(update)
+                if update.state is None:  # a step: the session (its state) is stored once the chunk is done
+                    yield (loss_chart(session, target), snapshot_tiles(session) if update.snapshot else gr.skip(),
+                           tuning_status(session, target), gr.skip(), gr.skip())
             style_path = sessions.folder(request.session_hash) / f"style-{slug(session.name)}.safetensors"
             session.style.save(style_path)
-            yield (curve_table(session), snapshot_tiles(session), style_status(session), str(style_path), session)
+            yield (loss_chart(session, target), snapshot_tiles(session), style_status(session), str(style_path),
+                   session)
         if stop():
             yield gr.skip(), gr.skip(), STOPPED + " " + style_status(session), gr.skip(), session
+
+    def loss_chart(session: StyleSession, target: int) -> gr.LinePlot:
+        """The loss curves, on an x axis spanning the steps asked for (the curve grows towards its end)."""
+        return gr.LinePlot(curve_table(session), x_lim=[0, max(target, session.steps)])
 
     def upload_style(path: str | None, session: StyleSession | None, request: gr.Request):
         """Use an uploaded style file (it must have been made for this app's weights)."""
@@ -805,8 +833,10 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                                                   elem_id="customize-tune-status", elem_classes="status")
                         pair_tiles = gr.Gallery(label="Training pairs (edited portraits)", columns=4, height=240,
                                                 object_fit="contain", elem_id="customize-pairs")
+                        # no fixed height (it would clip the legend); integer steps (the "d" format)
                         loss_plot = gr.LinePlot(x="step", y="loss", color="curve", label="Loss during adaptation",
-                                                height=220, elem_id="customize-loss")
+                                                color_map=CURVE_COLOURS, color_title="", x_title="step",
+                                                y_title="loss", x_axis_format="d", elem_id="customize-loss")
                         snapshot_gallery = gr.Gallery(label="Held-out preview during adaptation", columns=4,
                                                       height=220, object_fit="contain", elem_id="customize-snapshots")
                 gr.Markdown("### Use this style")
@@ -856,6 +886,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
 
         def end_session(request: gr.Request) -> None:
             sessions.close(request.session_hash)
+            if runner is not None:
+                runner.release(request.session_hash)  # its kept fine-tune
 
         demo.load(start_session, api_visibility="private")
         demo.unload(end_session)

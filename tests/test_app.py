@@ -413,13 +413,24 @@ def test_customize_tab_generate_adapt_apply_and_publish_at_default_settings(serv
     start = time.perf_counter()
     tiles, status = timed(lambda: client.predict("instruction", "make it golden", None, None, api_name="/generate_pairs"), 300)
     assert len(tiles) == 8 and "usable pairs of 8" in status  # the default number of pairs
-    loss, snapshots, status, style_file = timed(lambda: client.predict(api_name="/customize"), 600)
+    adapting = client.submit(api_name="/customize")
+    loss, snapshots, status, style_file = timed(adapting.result, 600)
     default_steps = app.OutputSettings.for_device(server.editor.device).fine_tune_steps
     assert f"{default_steps} steps" in status and "held-out loss" in status
     assert Path(style_file).suffix == ".safetensors" and Path(style_file).stat().st_size > 0
-    table = loss.get("value", loss)  # the LinePlot's data: {"columns": [...], "data": [[step, loss, curve], ...]}
-    steps = [row[table["columns"].index("step")] for row in table["data"]]
-    assert max(steps) == default_steps
+
+    def training_steps(plot: dict) -> list[int]:
+        table = plot.get("value", plot)  # the LinePlot's data: {"columns": [...], "data": [[step, loss, curve], ...]}
+        return [row[0] for row in table["data"] if row[table["columns"].index("curve")] == "training"]
+
+    assert training_steps(loss) == list(range(1, default_steps + 1))
+    # During the chunk (the CPU default is one chunk): every step, before the style file, with the curve so far.
+    *during, _ = adapting.outputs()
+    assert [re.search(r"step (\d+) of (\d+)", update[2]).groups() for update in during] == [
+        (str(step), str(default_steps)) for step in range(1, default_steps + 1)]
+    assert [training_steps(update[0]) for update in during] == [list(range(1, step + 1))
+                                                                for step in range(1, default_steps + 1)]
+    assert not any(isinstance(update[3], str) for update in during)  # the style file comes with the chunk's end
     style = server.editor.load_style(style_file)  # made for these weights
     assert style.mode == "lora" and style.metadata["steps"] == default_steps
     outputs = timed(lambda: client.predict(handle_file(server.photo), None, "", api_name="/apply_style"))

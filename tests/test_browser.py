@@ -22,6 +22,23 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 120_000
+# The loss chart of the Customize tab (vega-lite, drawn as SVG): its lines' paths; its legend (where not clipped)
+# and its x-axis labels.
+LOSS_LINES = """() => Array.from(document.querySelectorAll('#customize-loss svg.marks .mark-line path'))
+    .map(path => path.getAttribute('d')).join('|')"""
+LOSS_LABELS = """() => {
+    const chart = document.querySelector('#customize-loss svg.marks');
+    const shown = document.querySelector('#customize-loss').getBoundingClientRect();  // what is not clipped
+    const legend = Array.from(chart.querySelectorAll('.role-legend-label text'))
+        .filter(text => text.getBoundingClientRect().bottom <= shown.bottom).map(text => text.textContent);
+    const labels = Array.from(chart.querySelectorAll('.role-axis-label text')).map(text => {
+        const box = text.getBoundingClientRect();
+        return [text.textContent, box.left, box.right, box.top];
+    });
+    const bottom = Math.max(...labels.map(label => label[3]));  // the x axis is the lowest row of labels
+    const x = labels.filter(label => Math.abs(label[3] - bottom) < 2).sort((a, b) => a[1] - b[1]);
+    return [legend, x.map(label => label.slice(0, 3))];
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -308,9 +325,22 @@ def test_customize_tab_end_to_end(page, server):
     page.locator("#customize-tune-status").get_by_text("usable pairs").wait_for()
     assert page.locator("#customize-pairs img").count() >= 3
     page.locator("#customize-adapt").click()
-    page.locator("#customize-tune-status").get_by_text("held-out loss").wait_for()
+    steps, curves = [], set()  # the steps the status line named during the fine-tune, the loss curves drawn meanwhile
+    status, deadline = page.locator("#customize-tune-status"), time.monotonic() + 600
+    while "held-out loss" not in (text := status.inner_text()) and time.monotonic() < deadline:
+        step = re.search(r"step (\d+) of \d+", text)
+        if step and int(step[1]) not in steps:
+            steps.append(int(step[1]))
+        curves.add(page.evaluate(LOSS_LINES))
+        time.sleep(0.2)
+    print(f"\nAdapt named steps {steps} before it ended, and drew {len(curves - {''})} different loss curves")
+    assert len(steps) >= 3 and steps == sorted(steps) and len(curves - {""}) >= 3  # it reports during the chunk
     page.locator("#customize-style-file").get_by_text(re.compile(r"\.safetensors")).wait_for()
-    page.locator("#customize-loss canvas, #customize-loss svg").first.wait_for()
+    time.sleep(1)  # the last chart drawn
+    legend, x_labels = page.evaluate(LOSS_LABELS)
+    assert legend == ["training", "held-out"]
+    assert all(re.fullmatch(r"\d+", label) for label, _, _ in x_labels) and len(x_labels) >= 3, x_labels  # steps
+    assert all(right < left for (_, _, right), (_, left, _) in zip(x_labels, x_labels[1:])), x_labels  # apart
     screenshot(page, "app_customize_adapted.png")
     edit(page, "customize", server.photo)  # Use this style: the reference defaults to a training edit
     page.locator("#customize-strip img").wait_for()

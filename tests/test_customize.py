@@ -18,7 +18,7 @@ from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.objective import trainable_parameters
 from threedpe.pipeline import PortraitEditor
 from threedpe.styles import Style, StyleError
-from threedpe.testing import ColourEditor, small_training_models
+from threedpe.testing import ColourEditor, save_editor_weights, small_training_models
 
 SEEDS = [0, 1, 2, 4, 5]  # four identities to train on, one held out
 # The tiny models learn slowly through LoRA at the default 1e-4 (held-out loss -10% in 20 steps, -44% at 1e-3).
@@ -177,6 +177,58 @@ def test_snapshots_are_taken_at_the_requested_times_and_steps(models, samples):
     taken = len(trainer.snapshots)
     trainer.train(max_steps=trainer.step + 2, **marks)
     assert len(trainer.snapshots) == taken  # each mark is served once
+
+
+@pytest.mark.parametrize("zero_gpu", [False, True])
+def test_the_app_streams_every_step_and_keeps_each_visitors_trainer_except_on_zero_gpu(models, samples, tmp_path,
+                                                                                       monkeypatch, zero_gpu):
+    """``DemoRunner.fine_tune`` yields an update after every step and the state at the end. Off ZeroGPU (the
+    ``spaces`` flag) it keeps a visitor's trainer for that visitor's next call; on ZeroGPU it rebuilds it from the
+    session's state every call. Either way the curve is that of one uninterrupted fine-tune."""
+    from spaces.config import Config
+
+    from threedpe.demo import KEPT_TRAINERS, DemoRunner, StyleSession
+
+    monkeypatch.setattr(Config, "zero_gpu", zero_gpu)
+    builds = []
+    for_editor = StyleTrainer.for_editor
+    monkeypatch.setattr(StyleTrainer, "for_editor",
+                        staticmethod(lambda *args, **kwargs: builds.append(args) or for_editor(*args, **kwargs)))
+    editor = PortraitEditor(models[0], weights_folder=save_editor_weights(tmp_path, *models, source="test"))
+    runner = DemoRunner(editor)
+    assert runner.kept_trainers == (0 if zero_gpu else KEPT_TRAINERS)
+    config = CustomizeConfig(batch_size=1, learning_rate=LEARNING_RATES["lora"])
+
+    def tune(session: StyleSession, steps: int, owner: str) -> StyleSession:
+        updates = list(runner.fine_tune(session, steps, owner=owner))
+        assert [update.state is None for update in updates] == [True] * steps + [False]  # streamed, then the state
+        assert [update.curve[-1][0] for update in updates[:-1]] == list(range(session.steps + 1,
+                                                                               session.steps + steps + 1))
+        for update in updates:
+            session = session.advanced(update)
+        return session
+
+    session = StyleSession(samples, {"kind": "test"}, "golden", config)
+    session = tune(session, 2, "visitor")
+    session = tune(session, 1, "visitor")
+    assert len(builds) == (2 if zero_gpu else 1)
+    whole = for_editor(editor, samples, tmp_path, config)
+    whole.train(max_steps=3, snapshot_seconds=())
+    np.testing.assert_allclose([loss for *_, loss in session.curve], [loss for *_, loss in whole.curve], rtol=1e-5)
+    assert session.style.metadata["steps"] == 3 and session.state["step"] == 3
+    if zero_gpu:
+        return
+    builds.clear()
+    other = tune(StyleSession(samples, {"kind": "test"}, "other", config), 1, "another visitor")  # a trainer of its own
+    session = tune(session, 1, "visitor")  # the visitor's own, kept
+    assert len(builds) == 1
+    runner.release("visitor")  # the visitor's page closed
+    session = tune(session, 1, "visitor")
+    assert len(builds) == 2
+    runner.kept_trainers = 1  # room for one: the other visitor's call drops this visitor's trainer
+    tune(other, 1, "another visitor")
+    tune(session, 1, "visitor")
+    assert len(builds) == 3
 
 
 def test_a_style_for_another_base_or_a_foreign_file_is_refused(trained, tmp_path):

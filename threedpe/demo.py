@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -51,7 +51,8 @@ MAX_UPLOAD = "20mb"  # gradio's upload limit
 MAX_PIXELS = 25_000_000  # larger photos are refused before decoding
 EDITS_PER_WINDOW, RATE_WINDOW_S = 30, 600.0  # per browser session
 EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs besides the files
-SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL = 2, 10  # customisation work per GPU call (ZeroGPU quotas, visible progress)
+SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL = 2, 10  # customisation work per GPU call (ZeroGPU quotas)
+KEPT_TRAINERS = 4  # off ZeroGPU: fine-tunes kept between calls (one per browser session, the least recent dropped)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,14 @@ class OutputSettings:
             return cls()
         return cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10,
                    text_resolution=EditSettings.preset("fast").resolution, preview_while_dragging=True)
+
+
+def on_zero_gpu() -> bool:
+    """Whether this process serves a ZeroGPU Space (the ``spaces`` package's own setting): each GPU call then runs
+    in a forked worker, and nothing it builds outlives the call."""
+    from spaces.config import Config
+
+    return Config.zero_gpu
 
 
 def load_editor(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
@@ -391,11 +400,24 @@ def record_markdown(record: Record, link: str, anchor_labels: Mapping[str, str] 
     return "\n\n".join(lines)
 
 
+@dataclass(frozen=True)
+class TuneUpdate:
+    """What a fine-tune reports after each step (small and picklable: ZeroGPU ships each from its worker): the loss
+    curves so far, the held-out snapshot that step took, and, in a call's last update only, the fine-tune's
+    ``state`` and ``style``."""
+
+    curve: list  # (step, seconds, training loss)
+    held_out_curve: list  # (step, seconds, held-out loss)
+    snapshot: Snapshot | None = None
+    state: dict | None = None
+    style: Style | None = None
+
+
 @dataclass
 class StyleSession:
     """A visitor's customisation as CPU data (kept in the session between GPU calls): the training samples and what
     produced them, the fine-tune's settings and state, its loss curves and snapshots, the style it made so far and
-    the style's display name."""
+    the style's display name. ``id`` names this customisation (new pairs or an uploaded style start another)."""
 
     samples: list[StyleSample]
     source: dict
@@ -406,6 +428,7 @@ class StyleSession:
     held_out_curve: list = field(default_factory=list)  # (step, seconds, held-out loss)
     snapshots: list[Snapshot] = field(default_factory=list)
     style: Style | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def steps(self) -> int:
@@ -415,6 +438,14 @@ class StyleSession:
     def reference(self) -> Image.Image:
         """An image in the style (the held-out sample's edit): the reference "Use this style" edits with."""
         return usable(self.samples)[-1].after
+
+    def advanced(self, update: TuneUpdate) -> StyleSession:
+        """This session with a fine-tune's update: its curves, its snapshot added, its state and style if it has
+        them."""
+        return replace(self, curve=update.curve, held_out_curve=update.held_out_curve,
+                       snapshots=[*self.snapshots, update.snapshot] if update.snapshot else self.snapshots,
+                       state=self.state if update.state is None else update.state,
+                       style=self.style if update.style is None else update.style)
 
 
 def sample_tiles(samples: list[StyleSample]) -> list[tuple[Image.Image, str]]:
@@ -449,6 +480,14 @@ def style_status(session: StyleSession) -> str:
             f"{now:.4f}. Download the style file, or use it below.")
 
 
+def tuning_status(session: StyleSession, target: int) -> str:
+    """One line while a fine-tune runs (after a step): the step reached of ``target``, its training loss, the
+    training time."""
+    step, seconds, loss = session.curve[-1]
+    return (f"⏳ Fine-tuning **{session.name}**: step {step} of {target} · training loss {loss:.4f} · "
+            f"{seconds:.1f} s of training")
+
+
 def slug(text: str) -> str:
     """A file-name-safe short form of ``text`` (lowercase letters, digits and dashes)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "style"
@@ -463,13 +502,18 @@ def curve_table(session: StyleSession) -> pd.DataFrame:
 
 class DemoRunner:
     """The app's GPU work on one shared, read-only editor. Methods take and return picklable values; one runs at
-    a time (a stopped computation finishes its current step before the next one starts)."""
+    a time (a stopped computation finishes its current step before the next one starts).
 
-    def __init__(self, editor: PortraitEditor):
+    ``kept_trainers``: how many fine-tunes stay in memory between calls, one per browser session (default
+    :data:`KEPT_TRAINERS`; none on ZeroGPU, where every call rebuilds its trainer from the session's state)."""
+
+    def __init__(self, editor: PortraitEditor, kept_trainers: int | None = None):
         self.editor = editor
         self._lock = threading.Lock()
         self._generator: TriPlaneGenerator | None = None  # loaded on the first customisation
         self._reconstruction: ReconstructionModel | None = None
+        self.kept_trainers = (0 if on_zero_gpu() else KEPT_TRAINERS) if kept_trainers is None else kept_trainers
+        self._trainers: OrderedDict[str, tuple[str, StyleTrainer]] = OrderedDict()  # owner -> (StyleSession.id, ...)
 
     def edit(self, photo: ImageInput, session: Path, stop: StopFlag | None = None, reference: ImageInput | None = None,
              prompt: str | None = None, *, align_reference: bool = False, settings: EditSettings | None = None,
@@ -545,11 +589,40 @@ class DemoRunner:
                                       instruction, cache_dir=self.editor.cache_dir / "samples")
             return list(source.samples(seeds, cancel=stop))
 
-    def fine_tune(self, session: StyleSession, steps: int, stop: StopFlag | None = None) -> StyleSession:
-        """``steps`` more fine-tuning steps of ``session`` (its state restored, then saved again: the session holds
-        only CPU data between calls); a stop keeps the steps done. Returns the session with its new state, curves,
-        snapshots and style."""
+    def fine_tune(self, session: StyleSession, steps: int, stop: StopFlag | None = None,
+                  owner: str | None = None) -> Iterator[TuneUpdate]:
+        """``steps`` more fine-tuning steps of ``session``, reported as they go: an update after every step, then
+        one with the state and style (the session holds only CPU data between calls). The trainer is the one kept
+        from ``owner``'s (a browser session's) previous call on this customisation, else rebuilt from
+        ``session.state``; it is kept for the next call unless stopped. A stop keeps the steps done."""
+        trainer = self._trainer(session, owner)
+        target = trainer.step + steps
+        try:
+            while trainer.step < target:
+                with self._lock:  # per step: other visitors' views are served between the steps
+                    [progress] = trainer.train(max_steps=trainer.step + 1, cancel=stop)
+                yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), progress.snapshot)
+        except Cancelled:
+            pass  # the finished steps are kept
         with self._lock:
+            style = trainer.style()  # first: it may add the held-out loss of this step, which the state then holds
+            state = trainer.state_dict()
+        if owner and self.kept_trainers > 0 and not (stop is not None and stop()):
+            with self._lock:
+                self._trainers[owner] = (session.id, trainer)
+                self._trainers.move_to_end(owner)
+                while len(self._trainers) > self.kept_trainers:
+                    self._trainers.popitem(last=False)
+        yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), state=state, style=style)
+
+    def _trainer(self, session: StyleSession, owner: str | None) -> StyleTrainer:
+        """``owner``'s kept trainer when it is at ``session``'s last step, else a new one from ``session.state``
+        (a copy of the editor, the objective's networks read from the weight folder, Live3D targets)."""
+        with self._lock:
+            kept = self._trainers.pop(owner, None) if owner else None  # taken out while it trains
+            if kept is not None and kept[0] == session.id and session.state is not None \
+                    and kept[1].step == session.steps:
+                return kept[1]
             folder = self._weights_folder("fine-tuning")
             if self._reconstruction is None:
                 self._reconstruction = ReconstructionModel.from_pretrained(folder)
@@ -557,14 +630,12 @@ class DemoRunner:
                                               source=session.source, reconstruction=self._reconstruction)
             if session.state is not None:
                 trainer.load_state_dict(session.state)
-            try:
-                trainer.train(max_steps=trainer.step + steps, cancel=stop)
-            except Cancelled:
-                pass  # the finished steps are kept
-            snapshots = [*session.snapshots, *trainer.snapshots]
-            state, style = trainer.state_dict(), trainer.style()
-        return replace(session, state=state, curve=trainer.curve, held_out_curve=trainer.held_out_curve,
-                       snapshots=snapshots, style=style)
+            return trainer
+
+    def release(self, owner: str | None) -> None:
+        """Drop ``owner``'s kept fine-tune (its browser session ended)."""
+        with self._lock:
+            self._trainers.pop(owner, None)
 
     def _weights_folder(self, what: str) -> Path:
         if self.editor.weights_folder is None:
@@ -610,6 +681,7 @@ class DemoRunner:
         return 20 + 4 * len(seeds)  # an EG3D render and a 20-step InstructPix2Pix edit per sample
 
     @staticmethod
-    def fine_tune_duration(session: StyleSession, steps: int, stop: StopFlag | None = None) -> int:
+    def fine_tune_duration(session: StyleSession, steps: int, stop: StopFlag | None = None,
+                           owner: str | None = None) -> int:
         return 30 + math.ceil(steps * 0.6)  # model copies and Live3D targets, then about 0.5 s per step
 
