@@ -188,8 +188,8 @@ def _render(args: argparse.Namespace) -> None:
         def render_view(cams: torch.Tensor) -> np.ndarray:
             n = cams.shape[0]
             with torch.inference_mode():
-                image = generator.render(planes.expand(n, -1, -1, -1), ws.expand(n, -1, -1), cams.to(device),
-                                         deterministic=True)["image"]
+                # one tri-plane for all n views: the fast path decodes it once per call
+                image = generator.render(planes, ws.expand(n, -1, -1), cams.to(device), deterministic=True)["image"]
             return to_uint8(image)
 
         views = [render_view(cameras.camera(yaw, pitch))[0] for yaw, pitch in cameras.three_views()]
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--frames", type=int, default=120, help="orbit video frames (default 120)")
     edit.add_argument("--fps", type=float, default=30, help="orbit video frame rate (default 30)")
     edit.add_argument("--mesh", action="store_true", help="also write mesh.glb and mesh.ply")
-    edit.add_argument("--mesh-resolution", type=int, default=256, help="density grid size for the mesh")
+    edit.add_argument("--mesh-resolution", type=int, default=None,
+                      help="density grid side for the mesh (default: the tri-planes' side, 256 for the released weights)")
     edit.add_argument("--steps", type=int, default=20, help="InstructPix2Pix steps")
     edit.add_argument("--text-guidance", type=float, default=7.5)
     edit.add_argument("--image-guidance", type=float, default=1.5)

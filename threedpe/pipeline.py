@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from threedpe import cameras
-from threedpe.alignment import AlignedFace, NoFaceError, align_face
+from threedpe.alignment import AlignConfig, AlignedFace, NoFaceError, align_face
 from threedpe.alignment import align_reference as align_reference_photo
 from threedpe.anchors import Anchor, eg3d_anchors, shipped_anchors
 from threedpe.cancel import CancelSignal, Cancelled, check
@@ -195,13 +195,14 @@ class EditResult:
         render_view = triplane_view(self.editor.model.renderer, self.planes, preview=preview)
         return write_mp4(render_orbit(render_view, num_frames, batch=batch, cancel=cancel), path, fps=fps)
 
-    def mesh(self, *paths: str | os.PathLike, resolution: int = 256, level: float = 10.0,
+    def mesh(self, *paths: str | os.PathLike, resolution: int | None = None, level: float = 10.0,
              cancel: CancelSignal | None = None) -> list[Path]:
-        """Coloured mesh of the density surface sigma = ``level`` on a ``resolution``^3 grid, extracted once
-        and written to every path (.glb, .ply or .obj by suffix)."""
+        """Coloured mesh of the density surface sigma = ``level`` on a ``resolution``^3 grid (default: as fine as the
+        tri-planes, 256 for the released weights), extracted once and written to every path (.glb, .ply or .obj by
+        suffix)."""
         model = self.editor.model
-        mesh = extract_mesh(self.planes, model.renderer.decoder, resolution=resolution, level=level,
-                            box_warp=model.config.rendering.box_warp, cancel=cancel)
+        mesh = extract_mesh(self.planes, model.renderer.decoder, resolution=resolution or self.planes.shape[-1],
+                            level=level, box_warp=model.config.rendering.box_warp, cancel=cancel)
         return [export_mesh(mesh, path) for path in paths]
 
 
@@ -330,11 +331,12 @@ class PortraitEditor:
         return self._text
 
     def align(self, image: ImageInput, aligned: bool = False) -> tuple[Image.Image, AlignedFace | None, list[str]]:
-        """The editor's input crop, the detection (None when ``aligned``) and notes for the user: detected +
-        EG3D-aligned, or (``aligned=True``) the photo resized as it is."""
+        """The editor's input crop (512^2, the EG3D crop size; the encoder resizes it to its input), the detection
+        (None when ``aligned``) and notes for the user: detected + EG3D-aligned, or (``aligned=True``) the photo
+        resized as it is."""
         if aligned:
             photo = load_image(image)
-            size = self.model.config.encoder.image_size
+            size = AlignConfig().output_size
             return photo.resize((size, size), Image.Resampling.BICUBIC), None, [n for n in (frames_note(photo),) if n]
         face = align_face(image)
         return face.image, face, list(face.warnings)
