@@ -50,10 +50,15 @@ def test_views_strip_and_depth(result):
     assert np.array_equal(np.asarray(strip)[:, 128:256], np.asarray(front))
     depth = result.depth()
     assert depth.mode == "L" and depth.size == (128, 128) and np.asarray(depth).max() > 0
+    rendered = result.timings["render"]  # every view rendered so far, summed
+    assert set(result.timings) == {"align", "reference", "encode", "render"} and rendered > 0
+    result.view(-20, 10)
+    assert result.timings["render"] > rendered
 
 
 def test_video_and_mesh(result, tmp_path, monkeypatch):
     video = result.video(tmp_path / "orbit.mp4", num_frames=6, fps=12)
+    assert result.timings["video"] > 0
     reader = imageio_ffmpeg.read_frames(str(video))
     meta = next(reader)
     frames = list(reader)
@@ -62,6 +67,7 @@ def test_video_and_mesh(result, tmp_path, monkeypatch):
         [path] = result.mesh(tmp_path / f"head{suffix}", resolution=32)
         mesh = trimesh.load(path, force="mesh", process=False)
         assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+    assert {"video", "mesh"} <= set(result.timings) and result.timings["mesh"] > 0
     grids = []  # the default grid is as fine as the tri-planes
     monkeypatch.setattr(pipeline, "extract_mesh", lambda *args, **kwargs: grids.append(kwargs["resolution"])
                         or extract_mesh(*args, **kwargs))

@@ -45,25 +45,18 @@ def _edit(args: argparse.Namespace) -> None:
                     settings=settings, seed=args.seed, style=style)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings = dict(result.timings)
     written = [out / "input_aligned.png", out / "reference.png", out / "views.png", out / "depth.png"]
-    start = time.perf_counter()
     result.image.save(written[0])
     result.reference.save(written[1])
     result.strip().save(written[2])
     result.depth().save(written[3])
-    timings["render"] = time.perf_counter() - start
     if result.edited_2d is not None:
         written.append(out / "edited_2d.png")
         result.edited_2d.save(written[-1])
     if args.video:
-        start = time.perf_counter()
         written.append(result.video(out / "orbit.mp4", num_frames=args.frames, fps=args.fps))
-        timings["video"] = time.perf_counter() - start
     if args.mesh:
-        start = time.perf_counter()
         written += result.mesh(out / "mesh.glb", out / "mesh.ply", resolution=args.mesh_resolution)
-        timings["mesh"] = time.perf_counter() - start
     if result.anchor:
         print(f"the instruction was applied to the anchor portrait: {result.anchor}")
     if style is not None:
@@ -72,7 +65,7 @@ def _edit(args: argparse.Namespace) -> None:
         print(f"note: {note}", file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
-    print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
+    print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()))
 
 
 def _customize(args: argparse.Namespace) -> None:

@@ -453,7 +453,6 @@ class DemoRunner:
             result = self.editor(photo, reference=reference, prompt=prompt, align_reference=align_reference,
                                  settings=settings, seed=seed, anchor=anchor, use_own_photo=use_own_photo,
                                  style=style[1] if style else None, cancel=stop)
-            start = time.perf_counter()
             strip = result.strip(cancel=stop)
             view, depth = result.view(), result.depth()
             if prompt is None:
@@ -462,7 +461,7 @@ class DemoRunner:
                 details = {**asdict(settings or EditSettings()), "seed": seed, "own_photo": use_own_photo,
                            "anchor": None if use_own_photo else anchor}
             edit = StoredEdit.from_result(result, instruction=prompt, settings=details,
-                                          style=style[0] if style else None).timed(render=time.perf_counter() - start)
+                                          style=style[0] if style else None)
         with stopped_if_gone(stop):
             folder = edit.folder(session)
             files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
@@ -485,22 +484,21 @@ class DemoRunner:
     def video(self, edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None
               ) -> tuple[Path, StoredEdit]:
         """An orbit video (``orbit.mp4``, ``frames`` frames) of the stored edit; the edit with its timing."""
-        start = time.perf_counter()
         with self._lock, stopped_if_gone(stop):
-            path = edit.result(self.editor).video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
-            edit = edit.timed(video=time.perf_counter() - start)
+            result = edit.result(self.editor)
+            path = result.video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
+            edit = edit.timed(video=result.timings["video"])
             edit.save_record(session)
         return path, edit
 
     def mesh(self, edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None
              ) -> tuple[Path, Path, StoredEdit]:
         """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply``; the edit with its timing."""
-        start = time.perf_counter()
         with self._lock, stopped_if_gone(stop):
             folder = edit.folder(session)
-            glb, ply = edit.result(self.editor).mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution,
-                                                     cancel=stop)
-            edit = edit.timed(mesh=time.perf_counter() - start)
+            result = edit.result(self.editor)
+            glb, ply = result.mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution, cancel=stop)
+            edit = edit.timed(mesh=result.timings["mesh"])
             edit.save_record(session)
         return glb, ply, edit
 
