@@ -71,7 +71,7 @@ def _edit(args: argparse.Namespace) -> None:
 def _customize(args: argparse.Namespace) -> None:
     from threedpe.cancel import Cancelled, stop_on_signals
     from threedpe.customize import CustomizeConfig, CustomizeError, Progress, StyleTrainer
-    from threedpe.datagen import DataError, SyntheticSamples, load_generator, photo_pairs
+    from threedpe.datagen import DataError, SyntheticSamples, load_generator, photo_pairs, usable
     from threedpe.diffusion import EditSettings, normalise_instruction
     from threedpe.models.editor import resolve_reconstruction_weights
     from threedpe.pipeline import PortraitEditor, default_cache_dir, resolve_device
@@ -114,8 +114,11 @@ def _customize(args: argparse.Namespace) -> None:
             print(f"resumed from {args.resume} at step {trainer.step} ({trainer.seconds:.1f} s)")
     except (CustomizeError, DataError) as error:
         raise UsageError(str(error)) from None
-    print(f"fine-tuning {len(trainer.parameters)} tensors ({config.mode}) on {len(trainer.pairs)} pairs; "
-          f"perceptual term: {trainer.objective.description['perceptual']}")
+    kept = len(usable(samples))
+    print(f"fine-tuning {len(trainer.parameters)} tensors ({config.mode}) on {kept} of {len(samples)} "
+          f"{'EG3D identities' if instruction is not None else 'before/after photos'}: {kept - 1} to train on, as "
+          f"{len(trainer.pairs)} pairs (each with every other one's edit as its reference), 1 held out for the "
+          f"previews and the held-out loss; perceptual term: {trainer.objective.description['perceptual']}")
 
     printed = [0.0]
 
@@ -127,7 +130,7 @@ def _customize(args: argparse.Namespace) -> None:
             print(f"wrote {path} (held-out loss {progress.snapshot.loss:.4f})")
         if time.perf_counter() - printed[0] >= 2.0 or progress.step in (1, args.steps):
             printed[0] = time.perf_counter()
-            print(f"step {progress.step}  loss {progress.loss:.4f}  {progress.seconds:.1f} s", flush=True)
+            print(f"step {progress.step}  training loss {progress.loss:.4f}  {progress.seconds:.1f} s", flush=True)
 
     # Ctrl-C stops between steps; what was learnt so far is still written
     with stop_on_signals(signal.SIGINT) as stop:
@@ -142,8 +145,8 @@ def _customize(args: argparse.Namespace) -> None:
     state = trainer.save_state(out.with_name(out.stem + ".state.pt"))
     print(f"wrote {state} (continue with --resume {state})")
     losses = style.metadata["losses"]
-    print(f"steps={trainer.step} seconds={trainer.seconds:.1f} loss_start={losses['held_out_start']:.4f} "
-          f"loss_end={losses['held_out_end']:.4f} style={out} bytes={out.stat().st_size}")
+    print(f"steps={trainer.step} seconds={trainer.seconds:.1f} held_out_loss_start={losses['held_out_start']:.4f} "
+          f"held_out_loss_end={losses['held_out_end']:.4f} style={out} bytes={out.stat().st_size}")
 
 
 def _eg3d_weights(path: str) -> Path:
@@ -243,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
         "customize", help="fine-tune the editor to a new edit and write a style file",
         description="Fine-tune the editor to a new edit (from an instruction, or from your own before/after photos) "
                     "and write the result as a style file for `edit --style`. The last line printed is "
-                    "`steps=<n> seconds=<s> loss_start=<a> loss_end=<b> style=<path> bytes=<size>`, where the "
-                    "losses are those of a held-out pair before and after the fine-tune.")
+                    "`steps=<n> seconds=<s> held_out_loss_start=<a> held_out_loss_end=<b> style=<path> bytes=<size>`: "
+                    "the loss of the held-out pair (never trained on) before and after the fine-tune; the lines "
+                    "before it show the training loss of each step's batch.")
     custom.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)")
     data = custom.add_mutually_exclusive_group(required=True)
     data.add_argument("--instruction", help="InstructPix2Pix instruction applied to EG3D samples (needs the EG3D file)")
