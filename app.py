@@ -39,7 +39,7 @@ from threedpe.customize import CustomizeConfig, CustomizeError
 from threedpe.datagen import DataError, usable
 from threedpe.gallery import Gallery, GalleryError
 from threedpe.diffusion import EditSettings
-from threedpe.pipeline import USER_ERRORS, PortraitEditor
+from threedpe.pipeline import USER_ERRORS, PortraitEditor, resolve_device
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLE_PHOTO = str(ROOT / "examples" / "astronaut.jpg")
@@ -203,9 +203,9 @@ class ResultPanel:
         return [self.video, self.model, self.files, self.yaw, self.pitch, self.status]
 
 
-def result_panel(name: str, reference_label: str, publishing: bool) -> ResultPanel:
+def result_panel(name: str, reference_label: str, publishing: bool, editing: bool) -> ResultPanel:
     """Lay out the outputs of an edit (inside the current column); elem_ids start with ``name``. ``publishing``:
-    whether the publish controls show (there is a gallery)."""
+    whether the publish controls show (there is a gallery); ``editing``: whether they can be used (weights loaded)."""
     png = {"type": "filepath", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
     status = gr.Markdown("Results appear here.", label="Status", elem_id=f"{name}-status", elem_classes="status")
     with gr.Row(equal_height=True):
@@ -229,8 +229,8 @@ def result_panel(name: str, reference_label: str, publishing: bool) -> ResultPan
                     elem_id=f"{name}-files")
     with gr.Row(equal_height=True, visible=publishing):
         share_photo = gr.Checkbox(False, label="Also publish a small thumbnail of my photo", scale=2,
-                                  elem_id=f"{name}-share-photo")
-        publish = gr.Button("Publish to the gallery", scale=1, elem_id=f"{name}-publish")
+                                  interactive=editing, elem_id=f"{name}-share-photo")
+        publish = gr.Button("Publish to the gallery", scale=1, interactive=editing, elem_id=f"{name}-publish")
     link = gr.Markdown(elem_id=f"{name}-link")
     return ResultPanel(status, aligned, reference, strip, view, yaw, pitch, depth, video, model, files, share_photo,
                        publish, link, gr.State())
@@ -408,7 +408,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
     sessions = sessions or SessionFiles()
     limiter = limiter or RateLimiter()
     runner = DemoRunner(editor) if isinstance(editor, PortraitEditor) else None
-    defaults = OutputSettings.for_device(runner.editor.device) if runner else OutputSettings()
+    defaults = OutputSettings.for_device(runner.editor.device if runner else resolve_device("auto"))
     anchors = runner.editor.anchors if runner else shipped_anchors()
 
     def gpu(method: str) -> Callable:
@@ -641,7 +641,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         gr.Examples([[EXAMPLE_PHOTO, text] for text in TEXT_EXAMPLES], [photo, instruction],
                                     cache_examples=False)
                     with gr.Column(scale=3):
-                        panel = result_panel("text", "Reference (InstructPix2Pix edit)", gallery is not None)
+                        panel = result_panel("text", "Reference (InstructPix2Pix edit)", gallery is not None,
+                                             runner is not None)
                 anchor.change(show_anchor, anchor, anchor_image, api_visibility="private", show_progress="minimal")
                 demo.load(show_anchor, anchor, anchor_image, api_visibility="private", show_progress="minimal")
                 panels.append(panel)
@@ -665,7 +666,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                             frames, mesh_resolution = output_settings("reference", defaults)
                         gr.Examples([[EXAMPLE_PHOTO, EXAMPLE_REFERENCE]], [photo, reference], cache_examples=False)
                     with gr.Column(scale=3):
-                        panel = result_panel("reference", "Reference as the editor sees it", gallery is not None)
+                        panel = result_panel("reference", "Reference as the editor sees it", gallery is not None,
+                                             runner is not None)
                 panels.append(panel)
                 wire_outputs([button.click], stop, edit_reference, [photo, reference, align], panel, frames,
                              mesh_resolution, "reference")
@@ -723,7 +725,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         with gr.Accordion("Settings", open=False):
                             frames, mesh_resolution = output_settings("customize", defaults)
                     with gr.Column(scale=3):
-                        panel = result_panel("customize", "Reference", gallery is not None)
+                        panel = result_panel("customize", "Reference", gallery is not None, runner is not None)
                 style_session = gr.State()
                 panels.append(panel)
                 source.change(lambda chosen: (gr.Textbox(visible=chosen == "instruction"),

@@ -21,8 +21,11 @@ from PIL import Image
 import app
 from tests.app_server import AppServer, app_server, serve
 from threedpe.cancel import Cancelled
-from threedpe.demo import DemoRunner, RateLimiter, RateLimitError, SessionFiles, load_editor, public_message
+from threedpe.demo import (DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, load_editor,
+                           public_message)
 from threedpe.diffusion import EditSettings
+from threedpe.gallery import Gallery
+from threedpe.pipeline import resolve_device
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
@@ -227,20 +230,32 @@ def test_user_errors_are_messages(server, client, tmp_path, call, message):
     assert "Traceback" not in str(error.value) and str(server.folder) not in str(error.value)
 
 
+def elem_props(demo, suffixes: tuple[str, ...]) -> dict[str, dict]:
+    """The props of the components whose elem_id ends with one of ``suffixes``, by elem_id."""
+    return {c["props"]["elem_id"]: c["props"] for c in demo.get_config_file()["components"]
+            if (c.get("props", {}).get("elem_id") or "").endswith(suffixes)}
+
+
 def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, server):
     editor = load_editor(tmp_path / "empty")
-    demo = app.build_demo(editor, sessions=SessionFiles(tmp_path / "sessions"))
-    url = serve(demo)
+    gallery = Gallery(tmp_path / "gallery", sync=None)
+    demo = app.build_demo(editor, sessions=SessionFiles(tmp_path / "sessions"), gallery=gallery)
+    url = serve(demo, gallery)
     try:
         config = page_config(url)
         assert "Editing is disabled" in config and "3dpe.pt" in config and "tiny-weights" in config
         assert str(tmp_path) not in config and "/empty" not in config
-        buttons = {c["props"]["elem_id"]: c["props"]["interactive"] for c in demo.get_config_file()["components"]
-                   if (c.get("props", {}).get("elem_id") or "").endswith(("-run", "-stop", "-generate", "-adapt"))}
+        assert "`empty/`" in config and "`checkpoints/`" not in config  # the folder it was started with, by name
+        buttons = {key: props["interactive"] for key, props in
+                   elem_props(demo, ("-run", "-stop", "-generate", "-adapt", "-publish")).items()}
         assert set(buttons) == {f"{tab}-{kind}" for tab in ("text", "reference", "customize")
-                                for kind in ("run", "stop")} | {"customize-generate", "customize-adapt",
-                                                                "customize-adapt-stop"}
+                                for kind in ("run", "stop", "publish")} | {"customize-generate", "customize-adapt",
+                                                                           "customize-adapt-stop"}
         assert not any(buttons.values())
+        # the fine-tuning steps follow the device, with or without weights (10 on a CPU, 300 on a GPU)
+        steps = OutputSettings.for_device(resolve_device("auto")).fine_tune_steps
+        for built in (demo, server.demo):
+            assert elem_props(built, ("customize-steps",))["customize-steps"]["value"] == steps
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         with pytest.raises(AppError, match="Editing is disabled") as error:
             client.predict(handle_file(server.photo), handle_file(server.reference), False,
@@ -248,6 +263,7 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
         assert str(tmp_path) not in str(error.value)
     finally:
         demo.close()
+        gallery.close()
 
 
 def test_public_messages_keep_file_names_but_not_server_paths():

@@ -15,7 +15,7 @@ from gradio_client import Client, handle_file
 import app
 from tests.app_server import AppServer, app_server, serve
 from threedpe.demo import SessionFiles, load_editor
-from threedpe.gallery import RecordNotFound
+from threedpe.gallery import Gallery, RecordNotFound
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -182,21 +182,24 @@ def test_photo_without_a_face_shows_a_message(page, server):
 
 def test_missing_weights_page_disables_the_actions_and_shows_no_server_path(browser, tmp_path):
     weights = tmp_path / "no-weights-here"
-    demo = app.build_demo(load_editor(weights), sessions=SessionFiles(tmp_path / "sessions"))
-    url = serve(demo)
+    gallery = Gallery(tmp_path / "gallery", sync=None)
+    demo = app.build_demo(load_editor(weights), sessions=SessionFiles(tmp_path / "sessions"), gallery=gallery)
+    url = serve(demo, gallery)
     try:
         page = open_page(browser, url)
         page.get_by_text("Editing is disabled").first.wait_for()
         for tab, name in (("text", "Text edit"), ("reference", "Reference edit")):
             open_tab(page, name)
-            for button in (f"#{tab}-run", f"#{tab}-stop"):
+            for button in (f"#{tab}-run", f"#{tab}-stop", f"#{tab}-publish"):
                 assert page.locator(button).is_disabled(), button
         html = page.content()
-        assert str(tmp_path) not in html and "no-weights-here" not in html
+        assert str(tmp_path) not in html  # the folder by its name only: where the files go, not the server's layout
+        assert "no-weights-here/" in page.locator("#notice").inner_text()
         screenshot(page, "app_missing_weights.png")
         page.context.close()
     finally:
         demo.close()
+        gallery.close()
 
 
 def test_publish_open_the_permalink_and_delete_from_the_same_browser(page, server):

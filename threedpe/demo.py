@@ -117,14 +117,23 @@ def disabled_reason(error: CheckpointError) -> str:
     return f"Editing is disabled: the weights could not be loaded ({public_message(str(error))})."
 
 
+def folder_name(error: CheckpointError) -> str:
+    """The weight folder that ``error`` looked in, by its name alone (``checkpoints/``, ``tiny/``; never the server's
+    path to it), or "the weight folder" when it is not known."""
+    folder = getattr(error, "folder", None)
+    name = Path(folder).expanduser().absolute().name if folder is not None else ""
+    return f"`{name}/`" if name else "the weight folder"
+
+
 def weights_notice(editor: PortraitEditor | CheckpointError, text_error: str | None = None) -> str:
     """Markdown telling the visitor what the loaded weights are: missing (and how to get them), untrained, or fine.
-    It names files relative to the app, never the server's absolute paths."""
+    It names files and the weight folder by their names, never by the server's absolute paths."""
     if isinstance(editor, CheckpointError):
         return (f"### ⚠️ {disabled_reason(editor)}\n"
-                "Whoever runs this app can put the released files in `checkpoints/` (sources and licences: "
-                "`checkpoints/README.md`) or start it with `python app.py --weights DIR`. To try the interface without "
-                "downloads: `python -m threedpe tiny-weights DIR` writes an untrained set.")
+                f"Whoever runs this app can put the released files in {folder_name(editor)}, the weight folder it "
+                "was started with (sources and licences: `checkpoints/README.md`), or start it with "
+                "`python app.py --weights DIR`. To try the interface without downloads: "
+                "`python -m threedpe tiny-weights DIR` writes an untrained set.")
     notes = []
     if editor.untrained:
         notes.append("### ⚠️ Untrained weights\nThis app runs on randomly initialised (untrained) weights: the "
