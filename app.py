@@ -28,7 +28,7 @@ from typing import Callable
 import gradio as gr
 
 from threedpe.anchors import shipped_anchors
-from threedpe.cancel import Cancelled
+from threedpe.cancel import Cancelled, check
 from threedpe.checkpoints import CheckpointError
 from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL,
                            DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, StoredEdit,
@@ -424,12 +424,12 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         gpu(m) for m in ("edit", "view", "video", "mesh", "anchor", "samples", "fine_tune"))
 
     def run_edit(request: gr.Request, photo: dict | None, **kwargs) -> tuple:
-        """Rate-limit, clear the stop flag, edit, and lay the result out for ``ResultPanel.edit_outputs``."""
+        """Rate-limit, edit (stoppable), and lay the result out for ``ResultPanel.edit_outputs``."""
         path = require_photo(photo)
-        show_errors(limiter.take)(request.session_hash or "anonymous")
-        stop = sessions.stop_flag(request.session_hash)
-        stop.clear()
-        files = gpu_edit(path, sessions.folder(request.session_hash), stop, **kwargs)
+        with sessions.running(request.session_hash) as stop:
+            show_errors(check)(stop, "before the edit")  # stopped while it waited in the queue
+            show_errors(limiter.take)(request.session_hash or "anonymous")
+            files = gpu_edit(path, sessions.folder(request.session_hash), stop, **kwargs)
         return (str(files.aligned), str(files.reference), str(files.views), str(files.view), str(files.depth),
                 status_markdown(files.edit), files.edit)
 
@@ -469,16 +469,19 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
     def orbit_video(edit: StoredEdit | None, frames: int, request: gr.Request,
                     progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Orbit video (mp4) of the last edit, and the status with its timing."""
-        path, edit = gpu_video(require_edit(edit), sessions.folder(request.session_hash), int(frames),
-                               sessions.stop_flag(request.session_hash))
+        with sessions.running(request.session_hash) as stop:
+            show_errors(check)(stop, "before the orbit video")  # after a stopped edit, or stopped in the queue
+            path, edit = gpu_video(require_edit(edit), sessions.folder(request.session_hash), int(frames), stop)
         return str(path), status_markdown(edit), edit
 
     @stoppable(status_index=2, count=4)
     def mesh(edit: StoredEdit | None, resolution: int, request: gr.Request,
              progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Coloured mesh of the last edit: the GLB for the viewer, [GLB, PLY] to download, and the status."""
-        glb, ply, edit = gpu_mesh(require_edit(edit), sessions.folder(request.session_hash), int(resolution),
-                                  sessions.stop_flag(request.session_hash))
+        with sessions.running(request.session_hash) as stop:
+            show_errors(check)(stop, "before the mesh")
+            glb, ply, edit = gpu_mesh(require_edit(edit), sessions.folder(request.session_hash), int(resolution),
+                                      stop)
         return str(glb), [str(glb), str(ply)], status_markdown(edit), edit
 
     @stoppable(status_index=1, count=3)
@@ -558,9 +561,14 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         return run_edit(request, photo, reference=session.reference, style=style)
 
     def stop_work(request: gr.Request) -> str:
-        """Ask the running computation of this session to stop (it checks between steps, frames and chunks)."""
-        sessions.stop_flag(request.session_hash).set()
+        """Ask the running computation of this session to stop (it checks between steps, frames and chunks) and wait
+        until it has (``SessionFiles.stop``): what is queued or chained after it then ends at once."""
+        sessions.stop(request.session_hash)
         return STOPPED
+
+    def begin_action(request: gr.Request) -> None:
+        """A new action was clicked: a stop of earlier work no longer applies (``SessionFiles.begin``)."""
+        sessions.begin(request.session_hash)
 
     def wire_outputs(run: list, stop: gr.Button, edit_fn: Callable, inputs: list, panel: ResultPanel,
                      frames: gr.Slider, mesh_resolution: gr.Slider, name: str, edit_api: str | None = None) -> None:
@@ -570,15 +578,16 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         # in the browser, without a round trip (and without a progress flash on the cleared outputs)
         cleared = gr.on(run, None, None, panel.stale_outputs, js='() => [null, null, null, 0, 0, "⏳ Working…"]',
                         show_progress="hidden", api_visibility="private")
-        edit = cleared.then(edit_fn, inputs, panel.edit_outputs, api_name=edit_api or f"edit_{name}",
-                            preprocess=False, **progress)
+        begun = cleared.then(begin_action, None, None, queue=False, show_progress="hidden", api_visibility="private")
+        edit = begun.then(edit_fn, inputs, panel.edit_outputs, api_name=edit_api or f"edit_{name}",
+                          preprocess=False, **progress)
         video = edit.success(orbit_video, [panel.state, frames], [panel.video, panel.status, panel.state],
                              api_name=f"orbit_video_{name}", **progress)
-        meshing = video.success(mesh, [panel.state, mesh_resolution],
-                                [panel.model, panel.files, panel.status, panel.state], api_name=f"mesh_{name}",
-                                **progress)
-        stop.click(stop_work, None, panel.status, cancels=[edit, video, meshing], queue=False,
-                   api_visibility="private")
+        video.success(mesh, [panel.state, mesh_resolution], [panel.model, panel.files, panel.status, panel.state],
+                      api_name=f"mesh_{name}", **progress)
+        # No gradio `cancels`: the stop flag ends the running step at its next check, and the steps after it at once,
+        # each with "Stopped" (a gradio cancel of a running event races with its end and can leave an error badge)
+        stop.click(stop_work, None, panel.status, queue=False, api_visibility="private")
         view_inputs = [panel.state, panel.yaw, panel.pitch]
         gr.on([panel.yaw.release, panel.pitch.release], render_view, view_inputs, panel.view,
               api_name=f"render_view_{name}", concurrency_id="view", trigger_mode="always_last",

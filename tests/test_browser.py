@@ -140,8 +140,8 @@ def test_stop_stops_the_work_and_the_next_edit_runs_at_once(page, server):
     page.locator("#reference-status .progress-text").get_by_text(re.compile("frame")).wait_for()
     page.locator("#reference-stop").click()
     page.locator("#reference-status").get_by_text("Stopped").wait_for()
-    start = time.perf_counter()
     client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
+    start = time.perf_counter()
     client.predict(handle_file(server.photo), handle_file(server.reference), False, api_name="/edit_reference")
     seconds = time.perf_counter() - start
     print(f"after Stop, the next edit (another session) finished in {seconds:.1f} s")

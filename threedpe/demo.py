@@ -52,6 +52,7 @@ MAX_PIXELS = 25_000_000  # larger photos are refused before decoding
 EDITS_PER_WINDOW, RATE_WINDOW_S = 30, 600.0  # per browser session
 EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs besides the files
 SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL = 2, 10  # customisation work per GPU call (ZeroGPU quotas, visible progress)
+STOP_WAIT_S = 30.0  # how long a Stop waits for the stopped work to reach its next check (a frame, chunk or step)
 
 
 @dataclass(frozen=True)
@@ -261,10 +262,19 @@ def stopped_if_gone(stop: StopFlag | None) -> Iterator[None]:
 
 class SessionFiles:
     """One temporary folder per browser session under ``root`` (outputs and the stop flag), removed when the
-    session ends."""
+    session ends; and the work each session has running in this process, so that a Stop can wait for it.
+
+    How a Stop works: :meth:`stop` sets the session's flag, which every computation checks between its units of
+    work, and waits until the session's running work (each run inside :meth:`running`) has ended; the flag stays set,
+    so work of the session that was waiting in the queue, or chained after a stopped step, ends at once too. Only a
+    new action clears it (:meth:`begin`, when it is clicked), after the stopped work has ended: a stop is neither
+    lost on work of the session that starts later nor carried into an action begun after it.
+    """
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else Path(tempfile.gettempdir()) / "threedpe-sessions"
+        self._running: dict[str, int] = defaultdict(int)
+        self._changed = threading.Condition()
 
     def folder(self, session_hash: str | None) -> Path:
         """The session's folder (created on demand; API clients may never trigger the page's load event)."""
@@ -277,6 +287,41 @@ class SessionFiles:
 
     def stop_flag(self, session_hash: str | None) -> StopFlag:
         return StopFlag(self.folder(session_hash) / ".stop")
+
+    @contextlib.contextmanager
+    def running(self, session_hash: str | None) -> Iterator[StopFlag]:
+        """Count the block as running work of the session (see :meth:`stop`); yields the session's stop flag."""
+        key = session_hash or "anonymous"
+        stop = self.stop_flag(session_hash)
+        with self._changed:
+            self._running[key] += 1
+        try:
+            yield stop
+        finally:
+            with self._changed:
+                self._running[key] -= 1
+                if not self._running[key]:
+                    del self._running[key]
+                self._changed.notify_all()
+
+    def wait_idle(self, session_hash: str | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no work of the session runs; whether none does."""
+        key = session_hash or "anonymous"
+        with self._changed:
+            return self._changed.wait_for(lambda: key not in self._running, timeout)
+
+    def stop(self, session_hash: str | None, timeout: float = STOP_WAIT_S) -> bool:
+        """Ask the session's work to stop and wait up to ``timeout`` seconds until none runs; whether none does."""
+        self.stop_flag(session_hash).set()
+        return self.wait_idle(session_hash, timeout)
+
+    def begin(self, session_hash: str | None, timeout: float = STOP_WAIT_S) -> None:
+        """A new action of the session: after a stop, wait up to ``timeout`` seconds for the stopped work to end, then
+        clear the stop flag."""
+        stop = self.stop_flag(session_hash)
+        if stop.path.exists():
+            self.wait_idle(session_hash, timeout)
+        stop.clear()
 
     def close(self, session_hash: str | None) -> None:
         """Delete the session's folder and everything in it."""
