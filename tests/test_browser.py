@@ -134,10 +134,11 @@ def test_text_edit_shows_one_progress_display_with_the_step_count(page, server):
 def test_stop_stops_the_work_and_the_next_edit_runs_at_once(page, server):
     open_tab(page, "Reference edit")
     page.get_by_text("Settings").nth(1).click()  # the accordion of this tab (the first is the text tab's)
-    set_slider(page, "reference-frames", 240)  # several seconds of video on tiny weights
+    # the longest work on tiny weights, whatever the machine: a 384³ mesh (216 chunks), while a video takes seconds
+    set_slider(page, "reference-mesh-resolution", 384)
     upload(page, "reference-reference", server.reference)
     edit(page, "reference", server.photo)
-    page.locator("#reference-status .progress-text").get_by_text(re.compile("frame")).wait_for()
+    page.locator("#reference-status .progress-text").get_by_text(re.compile("chunk")).wait_for()
     page.locator("#reference-stop").click()
     page.locator("#reference-status").get_by_text("Stopped").wait_for()
     client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
@@ -145,9 +146,9 @@ def test_stop_stops_the_work_and_the_next_edit_runs_at_once(page, server):
     client.predict(handle_file(server.photo), handle_file(server.reference), False, api_name="/edit_reference")
     seconds = time.perf_counter() - start
     print(f"after Stop, the next edit (another session) finished in {seconds:.1f} s")
-    assert seconds < 20  # a 240-frame video left running would hold the worker far longer
+    assert seconds < 20  # a 384³ mesh left running would hold the worker far longer
     time.sleep(1)
-    assert page.locator("#reference-video video").count() == 0  # the stopped video never appeared
+    assert page.locator("#reference-model canvas").count() == 0  # the stopped mesh never appeared
     errors = page.get_by_text(re.compile(r"^Error$"))
     assert errors.count() == 0, [toast.inner_text() for toast in errors.locator("xpath=../..").all()]
     screenshot(page, "app_stopped.png")
