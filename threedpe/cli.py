@@ -170,6 +170,7 @@ def _render(args: argparse.Namespace) -> None:
 
     from threedpe import cameras
     from threedpe.models.generator import TriPlaneGenerator
+    from threedpe.models.rendering import PlaneField
     from threedpe.pipeline import resolve_device
     from threedpe.video import render_orbit, to_uint8, write_mp4
 
@@ -180,12 +181,13 @@ def _render(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         with torch.inference_mode():
             planes, ws = generator.sample(seed, args.truncation)
+            field = PlaneField(planes, generator.decoder, generator.cfg.rendering.box_warp)  # once for every view
 
         def render_view(cams: torch.Tensor) -> np.ndarray:
             n = cams.shape[0]
             with torch.inference_mode():
-                # one tri-plane for all n views: the fast path decodes it once per call
-                image = generator.render(planes, ws.expand(n, -1, -1), cams.to(device), deterministic=True)["image"]
+                image = generator.render(planes, ws.expand(n, -1, -1), cams.to(device), deterministic=True,
+                                         field=field)["image"]
             return to_uint8(image)
 
         views = [render_view(cameras.camera(yaw, pitch))[0] for yaw, pitch in cameras.three_views()]

@@ -76,16 +76,20 @@ def tiny_generator_config() -> GeneratorConfig:
 
 
 # The weight set of ``python -m threedpe tiny-weights`` is smaller still where the documented commands spend their
-# time: the editor takes 128^2 inputs (64^2 tri-planes, so the default mesh grid is 64^3) and the generator renders
-# 16^2 rays (its super-resolution, whose widths EG3D fixes at 256 and 128, then runs at 32^2 and 64^2).
-TINY_WEIGHTS_EG3D = {**TINY_EG3D, "init_kwargs": {**TINY_EG3D["init_kwargs"], "img_resolution": 64},
+# time: the editor takes 128^2 inputs (64^2 tri-planes, so the default mesh grid is 64^3) and renders with 8 + 8
+# samples per ray; the generator renders 16^2 rays with a super-resolution of widths (32, 16) instead of EG3D's
+# (256, 128) (``sr_kwargs["widths"]``, see GeneratorConfig.from_official) into 64^2 images.
+TINY_WEIGHTS_EG3D = {**TINY_EG3D, "init_kwargs": {**TINY_EG3D["init_kwargs"], "img_resolution": 64,
+                                                  "sr_kwargs": {"widths": [32, 16]}},
                      "neural_rendering_resolution": 16}
 
 
 def tiny_weights_editor_config() -> EditorConfig:
     """The editor of ``python -m threedpe tiny-weights``: :func:`tiny_editor_config` at 128^2 input (64^2 tri-planes),
-    rendering 32^2 rays with 12 + 12 samples into 128^2 images."""
-    return dataclasses.replace(tiny_editor_config(), encoder=tiny_encoder_config(image_size=128))
+    rendering 32^2 rays with 8 + 8 samples into 128^2 images."""
+    return dataclasses.replace(tiny_editor_config(), encoder=tiny_encoder_config(image_size=128),
+                               rendering=RenderingConfig(depth_resolution=8, depth_resolution_importance=8,
+                                                         neural_rendering_resolution=32))
 
 
 def tiny_reconstruction_model(editor: EditorModel) -> ReconstructionModel:
