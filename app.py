@@ -32,7 +32,7 @@ import gradio as gr
 from gradio.events import Dependency
 
 from threedpe.anchors import shipped_anchors
-from threedpe.cancel import Cancelled
+from threedpe.cancel import Cancelled, check
 from threedpe.checkpoints import CheckpointError
 from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL,
                            DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, StoredEdit,
@@ -44,7 +44,7 @@ from threedpe.customize import CustomizeConfig, CustomizeError
 from threedpe.datagen import DataError, usable
 from threedpe.gallery import Gallery, GalleryError
 from threedpe.diffusion import EditSettings
-from threedpe.pipeline import USER_ERRORS, PortraitEditor
+from threedpe.pipeline import USER_ERRORS, PortraitEditor, resolve_device
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLE_PHOTO = str(ROOT / "examples" / "astronaut.jpg")
@@ -272,9 +272,9 @@ class ResultPanel:
         return [self.video, self.model, self.files, self.yaw, self.pitch, self.status]
 
 
-def result_panel(name: str, reference_label: str, publishing: bool) -> ResultPanel:
+def result_panel(name: str, reference_label: str, publishing: bool, editing: bool) -> ResultPanel:
     """Lay out the outputs of an edit (inside the current column); elem_ids start with ``name``. ``publishing``:
-    whether the publish controls show (there is a gallery)."""
+    whether the publish controls show (there is a gallery); ``editing``: whether they can be used (weights loaded)."""
     png = {"type": "filepath", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
     status = gr.Markdown("Results appear here.", label="Status", elem_id=f"{name}-status", elem_classes="status")
     with gr.Row(equal_height=True):
@@ -298,8 +298,8 @@ def result_panel(name: str, reference_label: str, publishing: bool) -> ResultPan
                     elem_id=f"{name}-files")
     with gr.Row(equal_height=True, visible=publishing):
         share_photo = gr.Checkbox(False, label="Also publish a small thumbnail of my photo", scale=2,
-                                  elem_id=f"{name}-share-photo")
-        publish = gr.Button("Publish to the gallery", scale=1, elem_id=f"{name}-publish")
+                                  interactive=editing, elem_id=f"{name}-share-photo")
+        publish = gr.Button("Publish to the gallery", scale=1, interactive=editing, elem_id=f"{name}-publish")
     link = gr.Markdown(elem_id=f"{name}-link")
     return ResultPanel(status, aligned, reference, strip, view, yaw, pitch, depth, video, model, files, share_photo,
                        publish, link, gr.State())
@@ -516,7 +516,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
     sessions = sessions or SessionFiles()
     limiter = limiter or RateLimiter()
     runner = DemoRunner(editor) if isinstance(editor, PortraitEditor) else None
-    defaults = OutputSettings.for_device(runner.editor.device) if runner else OutputSettings()
+    defaults = OutputSettings.for_device(runner.editor.device if runner else resolve_device("auto"))
     anchors = runner.editor.anchors if runner else shipped_anchors()
 
     def gpu(method: str) -> Callable:
@@ -547,12 +547,12 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                      else gpu("fine_tune"))
 
     def run_edit(request: gr.Request, photo: dict | None, **kwargs) -> tuple:
-        """Rate-limit, clear the stop flag, edit, and lay the result out for ``ResultPanel.edit_outputs``."""
+        """Rate-limit, edit (stoppable), and lay the result out for ``ResultPanel.edit_outputs``."""
         path = require_photo(photo)
-        show_errors(limiter.take)(request.session_hash or "anonymous")
-        stop = sessions.stop_flag(request.session_hash)
-        stop.clear()
-        files = gpu_edit(path, sessions.folder(request.session_hash), stop, **kwargs)
+        with sessions.running(request.session_hash) as stop:
+            show_errors(check)(stop, "before the edit")  # stopped while it waited in the queue
+            show_errors(limiter.take)(request.session_hash or "anonymous")
+            files = gpu_edit(path, sessions.folder(request.session_hash), stop, **kwargs)
         return (str(files.aligned), str(files.reference), str(files.views), str(files.view), str(files.depth),
                 status_markdown(files.edit), files.edit)
 
@@ -589,15 +589,18 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
     def orbit_video(edit: StoredEdit | None, frames: int, request: gr.Request,
                     progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Orbit video (mp4) of the last edit, and the status with its timing."""
-        path, edit = gpu_video(require_edit(edit), sessions.folder(request.session_hash), int(frames),
-                               sessions.stop_flag(request.session_hash))
+        with sessions.running(request.session_hash) as stop:
+            show_errors(check)(stop, "before the orbit video")  # after a stopped edit, or stopped in the queue
+            path, edit = gpu_video(require_edit(edit), sessions.folder(request.session_hash), int(frames), stop)
         return str(path), status_markdown(edit), edit
 
     def mesh(edit: StoredEdit | None, resolution: int, request: gr.Request,
              progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Coloured mesh of the last edit: the GLB for the viewer, [GLB, PLY] to download, and the status."""
-        glb, ply, edit = gpu_mesh(require_edit(edit), sessions.folder(request.session_hash), int(resolution),
-                                  sessions.stop_flag(request.session_hash))
+        with sessions.running(request.session_hash) as stop:
+            show_errors(check)(stop, "before the mesh")
+            glb, ply, edit = gpu_mesh(require_edit(edit), sessions.folder(request.session_hash), int(resolution),
+                                      stop)
         return str(glb), [str(glb), str(ply)], status_markdown(edit), edit
 
     def generate_pairs(source: str, instruction: str, before: list | None, after: list | None, count: int,
@@ -686,9 +689,14 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         return run_edit(request, photo, reference=session.reference, style=style)
 
     def stop_work(request: gr.Request) -> str:
-        """Ask the running computation of this session to stop (it checks between steps, frames and chunks)."""
-        sessions.stop_flag(request.session_hash).set()
+        """Ask the running computation of this session to stop (it checks between steps, frames and chunks) and wait
+        until it has (``SessionFiles.stop``): what is queued or chained after it then ends at once."""
+        sessions.stop(request.session_hash)
         return STOPPED
+
+    def begin_action(request: gr.Request) -> None:
+        """A new action was clicked: a stop of earlier work no longer applies (``SessionFiles.begin``)."""
+        sessions.begin(request.session_hash)
 
     def wire_outputs(run: list, stop: gr.Button, edit_fn: Callable, inputs: list, panel: ResultPanel,
                      frames: gr.Slider, mesh_resolution: gr.Slider, name: str, edit_api: str | None = None) -> None:
@@ -697,15 +705,16 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         # in the browser, without a round trip (and without a progress flash on the cleared outputs)
         cleared = gr.on(run, None, None, panel.stale_outputs, js='() => [null, null, null, 0, 0, "⏳ Working…"]',
                         show_progress="hidden", api_visibility="private")
-        edit = listen(cleared.then, edit_fn, inputs, panel.edit_outputs, panel.status,
+        begun = cleared.then(begin_action, None, None, queue=False, show_progress="hidden", api_visibility="private")
+        edit = listen(begun.then, edit_fn, inputs, panel.edit_outputs, panel.status,
                       api_name=edit_api or f"edit_{name}", preprocess=False, concurrency_id="gpu")
         video = listen(edit.success, orbit_video, [panel.state, frames], [panel.video, panel.status, panel.state],
                        panel.status, api_name=f"orbit_video_{name}", concurrency_id="gpu")
-        meshing = listen(video.success, mesh, [panel.state, mesh_resolution],
-                         [panel.model, panel.files, panel.status, panel.state], panel.status,
-                         api_name=f"mesh_{name}", concurrency_id="gpu")
-        stop.click(stop_work, None, panel.status, cancels=[edit, video, meshing], queue=False,
-                   api_visibility="private")
+        listen(video.success, mesh, [panel.state, mesh_resolution], [panel.model, panel.files, panel.status, panel.state],
+               panel.status, api_name=f"mesh_{name}", concurrency_id="gpu")
+        # No gradio `cancels`: the stop flag ends the running step at its next check, and the steps after it at once,
+        # each with "Stopped" (a gradio cancel of a running event races with its end and can leave an error badge)
+        stop.click(stop_work, None, panel.status, queue=False, api_visibility="private")
         view_inputs = [panel.state, panel.yaw, panel.pitch]
         views = {"show_progress_on": panel.view, "concurrency_id": "view", "trigger_mode": "always_last"}
         listen(functools.partial(gr.on, [panel.yaw.release, panel.pitch.release]), render_view, view_inputs,
@@ -768,7 +777,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         gr.Examples([[EXAMPLE_PHOTO, text] for text in TEXT_EXAMPLES], [photo, instruction],
                                     cache_examples=False)
                     with gr.Column(scale=3):
-                        panel = result_panel("text", "Reference (InstructPix2Pix edit)", gallery is not None)
+                        panel = result_panel("text", "Reference (InstructPix2Pix edit)", gallery is not None,
+                                             runner is not None)
                 anchor.change(show_anchor, anchor, anchor_image, api_visibility="private", show_progress="minimal")
                 demo.load(show_anchor, anchor, anchor_image, api_visibility="private", show_progress="minimal")
                 panels.append(panel)
@@ -792,7 +802,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                             frames, mesh_resolution = output_settings("reference", defaults)
                         gr.Examples([[EXAMPLE_PHOTO, EXAMPLE_REFERENCE]], [photo, reference], cache_examples=False)
                     with gr.Column(scale=3):
-                        panel = result_panel("reference", "Reference as the editor sees it", gallery is not None)
+                        panel = result_panel("reference", "Reference as the editor sees it", gallery is not None,
+                                             runner is not None)
                 panels.append(panel)
                 wire_outputs([button.click], stop, edit_reference, [photo, reference, align], panel, frames,
                              mesh_resolution, "reference")
@@ -852,7 +863,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
                         with gr.Accordion("Settings", open=False):
                             frames, mesh_resolution = output_settings("customize", defaults)
                     with gr.Column(scale=3):
-                        panel = result_panel("customize", "Reference", gallery is not None)
+                        panel = result_panel("customize", "Reference", gallery is not None, runner is not None)
                 style_session = gr.State()
                 panels.append(panel)
                 source.change(lambda chosen: (gr.Textbox(visible=chosen == "instruction"),

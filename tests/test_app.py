@@ -21,8 +21,11 @@ from PIL import Image
 import app
 from tests.app_server import AppServer, app_server, serve
 from threedpe.cancel import Cancelled
-from threedpe.demo import DemoRunner, RateLimiter, RateLimitError, SessionFiles, load_editor, public_message
+from threedpe.demo import (DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, load_editor,
+                           public_message)
 from threedpe.diffusion import EditSettings
+from threedpe.gallery import Gallery
+from threedpe.pipeline import resolve_device
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
@@ -89,14 +92,47 @@ def test_api_lists_every_endpoint_with_the_photo_first_and_labelled_outputs(serv
             assert output["label"] and not re.fullmatch(r"value_\d+", output["label"]), (name, output)
 
 
-def test_stop_buttons_cancel_the_edit_video_and_mesh_of_their_tab(server):
+def test_stop_buttons_stop_their_tab_at_once_without_gradio_cancels(server):
+    """Each tab's Stop runs at once (not queued) and stops through the session's stop flag only: a gradio cancel of
+    a running event races with the event's own end and could leave an error badge on the status line."""
     config = server.demo.get_config_file()
     ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
-    names = {d["id"]: d.get("api_name") for d in config["dependencies"]}
-    for tab, edit in (("text", "edit_text"), ("reference", "edit_reference"), ("customize", "apply_style")):
-        [stop] = [d for d in config["dependencies"] if d.get("cancels")
-                  and any(ids.get(t[0]) == f"{tab}-stop" for t in d["targets"])]
-        assert {names[i] for i in stop["cancels"]} == {edit, f"orbit_video_{tab}", f"mesh_{tab}"}
+    for tab in ("text", "reference", "customize"):
+        stops = [d for d in config["dependencies"] if any(ids.get(t[0]) == f"{tab}-stop" for t in d["targets"])]
+        assert len(stops) == 1 and stops[0]["queue"] is False and not stops[0].get("cancels"), stops
+
+
+def test_a_stop_ends_running_queued_and_chained_work_until_a_new_action(tmp_path):
+    """``SessionFiles.stop`` returns when the running work has ended; work of the session starting after it (queued,
+    or the video and mesh chained after a stopped edit) is stopped at once; a new action clears the stop, but only
+    after the stopped work has ended, so a quick new click never lets the old work run on."""
+    sessions = SessionFiles(tmp_path)
+    ended = []
+
+    def work(name: str, check_every: float) -> None:
+        with sessions.running("s1") as stop:
+            while not stop():
+                time.sleep(check_every)  # one unit of work (a frame, a chunk, a step)
+            ended.append((name, time.perf_counter()))
+
+    worker = threading.Thread(target=work, args=("running", 0.05))
+    worker.start()
+    time.sleep(0.3)
+    assert sessions.stop("s1", timeout=10) and [name for name, _ in ended] == ["running"]
+    with sessions.running("s1") as stop:
+        assert stop()  # queued or chained after the stop: ends at once
+    sessions.begin("s1")
+    with sessions.running("s1") as stop:
+        assert not stop()  # the new action runs
+
+    slow = threading.Thread(target=work, args=("slow", 1.0))
+    slow.start()
+    time.sleep(0.3)
+    assert not sessions.stop("s1", timeout=0)  # asked; the work has not reached its next check yet
+    sessions.begin("s1")  # a new click at once: waits for the stopped work, then clears
+    begun = time.perf_counter()
+    slow.join(timeout=10)
+    assert ended[-1][0] == "slow" and ended[-1][1] <= begun and not sessions.stop_flag("s1")()
 
 
 def test_progress_shows_once_per_action_on_the_status_line(server):
@@ -227,20 +263,32 @@ def test_user_errors_are_messages(server, client, tmp_path, call, message):
     assert "Traceback" not in str(error.value) and str(server.folder) not in str(error.value)
 
 
+def elem_props(demo, suffixes: tuple[str, ...]) -> dict[str, dict]:
+    """The props of the components whose elem_id ends with one of ``suffixes``, by elem_id."""
+    return {c["props"]["elem_id"]: c["props"] for c in demo.get_config_file()["components"]
+            if (c.get("props", {}).get("elem_id") or "").endswith(suffixes)}
+
+
 def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, server):
     editor = load_editor(tmp_path / "empty")
-    demo = app.build_demo(editor, sessions=SessionFiles(tmp_path / "sessions"))
-    url = serve(demo)
+    gallery = Gallery(tmp_path / "gallery", sync=None)
+    demo = app.build_demo(editor, sessions=SessionFiles(tmp_path / "sessions"), gallery=gallery)
+    url = serve(demo, gallery)
     try:
         config = page_config(url)
         assert "Editing is disabled" in config and "3dpe.pt" in config and "tiny-weights" in config
         assert str(tmp_path) not in config and "/empty" not in config
-        buttons = {c["props"]["elem_id"]: c["props"]["interactive"] for c in demo.get_config_file()["components"]
-                   if (c.get("props", {}).get("elem_id") or "").endswith(("-run", "-stop", "-generate", "-adapt"))}
+        assert "`empty/`" in config and "`checkpoints/`" not in config  # the folder it was started with, by name
+        buttons = {key: props["interactive"] for key, props in
+                   elem_props(demo, ("-run", "-stop", "-generate", "-adapt", "-publish")).items()}
         assert set(buttons) == {f"{tab}-{kind}" for tab in ("text", "reference", "customize")
-                                for kind in ("run", "stop")} | {"customize-generate", "customize-adapt",
-                                                                "customize-adapt-stop"}
+                                for kind in ("run", "stop", "publish")} | {"customize-generate", "customize-adapt",
+                                                                           "customize-adapt-stop"}
         assert not any(buttons.values())
+        # the fine-tuning steps follow the device, with or without weights (10 on a CPU, 300 on a GPU)
+        steps = OutputSettings.for_device(resolve_device("auto")).fine_tune_steps
+        for built in (demo, server.demo):
+            assert elem_props(built, ("customize-steps",))["customize-steps"]["value"] == steps
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         with pytest.raises(AppError, match="Editing is disabled") as error:
             client.predict(handle_file(server.photo), handle_file(server.reference), False,
@@ -248,6 +296,7 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
         assert str(tmp_path) not in str(error.value)
     finally:
         demo.close()
+        gallery.close()
 
 
 def test_public_messages_keep_file_names_but_not_server_paths():

@@ -53,7 +53,7 @@ def test_convert_then_render_gives_the_same_images(small_eg3d_pth, tmp_path):
 
 
 def test_edit_writes_every_output_and_says_so(tiny_weights, astronaut_photo, tmp_path, capsys):
-    """At the CLI's default settings (120 frames, 256^3 mesh) on tiny weights."""
+    """At the CLI's default settings (120 frames, a mesh grid as fine as the tri-planes) on tiny weights."""
     out = tmp_path / "out"
     assert main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--reference",
                  str(astronaut_photo), "--out", str(out), "--video", "--mesh"]) == 0

@@ -291,9 +291,14 @@ def test_cli_customize_then_edit_with_the_style(tiny_weights, astronaut_photo, t
     lines = capsys.readouterr().out.strip().splitlines()
     with capsys.disabled():
         print("\n" + "\n".join(lines[-3:]))
-    last = re.fullmatch(r"steps=(\d+) seconds=([\d.]+) loss_start=([\d.]+) loss_end=([\d.]+) style=(\S+) bytes=(\d+)",
-                        lines[-1])
+    last = re.fullmatch(r"steps=(\d+) seconds=([\d.]+) held_out_loss_start=([\d.]+) held_out_loss_end=([\d.]+) "
+                        r"style=(\S+) bytes=(\d+)", lines[-1])
     assert last and last[1] == "1" and last[5] == str(out) and int(last[6]) == out.stat().st_size
+    # the counts asked for (3 identities: 2 trained on, each with the other's edit as reference; 1 held out), and
+    # which loss is which: per-step lines are training losses, the last line's are the held-out pair's
+    opening = next(line for line in lines if line.startswith("fine-tuning "))
+    assert "on 3 of 3 EG3D identities: 2 to train on, as 2 pairs" in opening and "1 held out" in opening, opening
+    assert any(line.startswith("step 1  training loss ") for line in lines), lines
     state = tmp_path / "gold.state.pt"
     assert state.is_file()
     assert main([*argv, "--steps", "2", "--resume", str(state)]) == 0

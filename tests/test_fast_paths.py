@@ -93,9 +93,13 @@ def test_fused_rays_equal_the_reference_rays(deterministic):
         torch.manual_seed(1)
         separate = render_rays_fused(planes.expand(3, -1, -1, -1, -1), renderer.decoder, origins, directions,
                                      renderer.cfg, deterministic)
-    for name, e, s, p in zip(("features", "depth", "opacity"), expected, shared, separate):
+        torch.manual_seed(1)  # a PlaneField kept by the caller (the frames of a video) gives the same rays
+        kept = render_rays_fused(planes, renderer.decoder, origins, directions, renderer.cfg, deterministic, chunk=37,
+                                 field=PlaneField(planes, renderer.decoder, renderer.cfg.box_warp))
+    for name, e, s, p, k in zip(("features", "depth", "opacity"), expected, shared, separate, kept):
         torch.testing.assert_close(s, e, **TOL, msg=name)
         torch.testing.assert_close(p, e, **TOL, msg=name)
+        torch.testing.assert_close(k, s, rtol=0, atol=0, msg=name)
 
 
 def test_renderer_fast_path_only_without_autograd():

@@ -10,7 +10,7 @@ import torch
 from tests.golden_compare import assert_close, assert_stats
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
 from threedpe.models.generator import GeneratorConfig, TriPlaneGenerator
-from threedpe.testing import tiny_generator_config
+from threedpe.testing import TINY_WEIGHTS_EG3D, tiny_generator_config
 
 
 def official_config(manifest: dict) -> GeneratorConfig:
@@ -126,6 +126,16 @@ def test_tiny_generator_is_deterministic_and_shaped():
     assert not torch.equal(a["image_depth"], r["image_depth"])
     depth = a["image_depth"]
     assert depth.min() >= G.cfg.rendering.ray_start and depth.max() <= G.cfg.rendering.ray_end
+
+
+def test_super_resolution_widths_are_eg3d_s_unless_a_small_generator_narrows_them(golden_dir):
+    """Released files (whose sr_kwargs hold channel_base/channel_max only) get EG3D's (256, 128); the tiny-weights
+    generator's threedpe key ``sr_kwargs.widths`` narrows them, and its checkpoint loads back the same."""
+    assert official_config(load_manifest(golden_dir)).sr_widths == (256, 128)
+    config = GeneratorConfig.from_official(**TINY_WEIGHTS_EG3D)
+    assert config.sr_widths == (32, 16) and config.rendering.neural_rendering_resolution == 16
+    G = TriPlaneGenerator(config)
+    assert G.superresolution.block0.conv1.weight.shape[0] == 32 and G.superresolution.block1.torgb.weight.shape[1] == 16
 
 
 def test_truncation_pulls_towards_average():

@@ -11,6 +11,8 @@ from PIL import Image
 from threedpe.alignment import NoFaceError
 from threedpe.checkpoints import CheckpointError, MissingWeightsError
 from threedpe.diffusion import EditSettings, PromptError
+from threedpe import pipeline
+from threedpe.mesh import extract_mesh
 from threedpe.pipeline import PortraitEditor
 
 FAST_TEXT = EditSettings()  # the defaults: 20 steps at 512^2 take about a second on the tiny model
@@ -33,7 +35,7 @@ def test_reference_edit_aligns_and_encodes(editor, result):
     assert result.alignment is not None and result.alignment.num_faces == 1
     assert result.image.size == (512, 512)
     assert result.reference.size == (96, 96)  # used as given
-    assert result.planes.shape == (1, 96, 256, 256) and result.planes.dtype == torch.float32
+    assert result.planes.shape == (1, 96, 64, 64) and result.planes.dtype == torch.float32  # tiny: 128^2 input
     assert set(result.timings) == {"align", "reference", "encode"}
     assert result.edited_2d is None
 
@@ -48,10 +50,15 @@ def test_views_strip_and_depth(result):
     assert np.array_equal(np.asarray(strip)[:, 128:256], np.asarray(front))
     depth = result.depth()
     assert depth.mode == "L" and depth.size == (128, 128) and np.asarray(depth).max() > 0
+    rendered = result.timings["render"]  # every view rendered so far, summed
+    assert set(result.timings) == {"align", "reference", "encode", "render"} and rendered > 0
+    result.view(-20, 10)
+    assert result.timings["render"] > rendered
 
 
-def test_video_and_mesh(result, tmp_path):
+def test_video_and_mesh(result, tmp_path, monkeypatch):
     video = result.video(tmp_path / "orbit.mp4", num_frames=6, fps=12)
+    assert result.timings["video"] > 0
     reader = imageio_ffmpeg.read_frames(str(video))
     meta = next(reader)
     frames = list(reader)
@@ -60,6 +67,12 @@ def test_video_and_mesh(result, tmp_path):
         [path] = result.mesh(tmp_path / f"head{suffix}", resolution=32)
         mesh = trimesh.load(path, force="mesh", process=False)
         assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+    assert {"video", "mesh"} <= set(result.timings) and result.timings["mesh"] > 0
+    grids = []  # the default grid is as fine as the tri-planes
+    monkeypatch.setattr(pipeline, "extract_mesh", lambda *args, **kwargs: grids.append(kwargs["resolution"])
+                        or extract_mesh(*args, **kwargs))
+    result.mesh(tmp_path / "default.glb")
+    assert grids == [result.planes.shape[-1]]
 
 
 def test_aligned_input_skips_detection(editor, tmp_path):

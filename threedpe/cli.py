@@ -45,25 +45,18 @@ def _edit(args: argparse.Namespace) -> None:
                     settings=settings, seed=args.seed, style=style)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings = dict(result.timings)
     written = [out / "input_aligned.png", out / "reference.png", out / "views.png", out / "depth.png"]
-    start = time.perf_counter()
     result.image.save(written[0])
     result.reference.save(written[1])
     result.strip().save(written[2])
     result.depth().save(written[3])
-    timings["render"] = time.perf_counter() - start
     if result.edited_2d is not None:
         written.append(out / "edited_2d.png")
         result.edited_2d.save(written[-1])
     if args.video:
-        start = time.perf_counter()
         written.append(result.video(out / "orbit.mp4", num_frames=args.frames, fps=args.fps))
-        timings["video"] = time.perf_counter() - start
     if args.mesh:
-        start = time.perf_counter()
         written += result.mesh(out / "mesh.glb", out / "mesh.ply", resolution=args.mesh_resolution)
-        timings["mesh"] = time.perf_counter() - start
     if result.anchor:
         print(f"the instruction was applied to the anchor portrait: {result.anchor}")
     if style is not None:
@@ -72,13 +65,13 @@ def _edit(args: argparse.Namespace) -> None:
         print(f"note: {note}", file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
-    print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
+    print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()))
 
 
 def _customize(args: argparse.Namespace) -> None:
     from threedpe.cancel import Cancelled, stop_on_signals
     from threedpe.customize import CustomizeConfig, CustomizeError, Progress, StyleTrainer
-    from threedpe.datagen import DataError, SyntheticSamples, load_generator, photo_pairs
+    from threedpe.datagen import DataError, SyntheticSamples, load_generator, photo_pairs, usable
     from threedpe.diffusion import EditSettings, normalise_instruction
     from threedpe.models.editor import resolve_reconstruction_weights
     from threedpe.pipeline import PortraitEditor, default_cache_dir, resolve_device
@@ -121,8 +114,11 @@ def _customize(args: argparse.Namespace) -> None:
             print(f"resumed from {args.resume} at step {trainer.step} ({trainer.seconds:.1f} s)")
     except (CustomizeError, DataError) as error:
         raise UsageError(str(error)) from None
-    print(f"fine-tuning {len(trainer.parameters)} tensors ({config.mode}) on {len(trainer.pairs)} pairs; "
-          f"perceptual term: {trainer.objective.description['perceptual']}")
+    kept = len(usable(samples))
+    print(f"fine-tuning {len(trainer.parameters)} tensors ({config.mode}) on {kept} of {len(samples)} "
+          f"{'EG3D identities' if instruction is not None else 'before/after photos'}: {kept - 1} to train on, as "
+          f"{len(trainer.pairs)} pairs (each with every other one's edit as its reference), 1 held out for the "
+          f"previews and the held-out loss; perceptual term: {trainer.objective.description['perceptual']}")
 
     printed = [0.0]
 
@@ -134,7 +130,7 @@ def _customize(args: argparse.Namespace) -> None:
             print(f"wrote {path} (held-out loss {progress.snapshot.loss:.4f})")
         if time.perf_counter() - printed[0] >= 2.0 or progress.step in (1, args.steps):
             printed[0] = time.perf_counter()
-            print(f"step {progress.step}  loss {progress.loss:.4f}  {progress.seconds:.1f} s", flush=True)
+            print(f"step {progress.step}  training loss {progress.loss:.4f}  {progress.seconds:.1f} s", flush=True)
 
     # Ctrl-C stops between steps; what was learnt so far is still written
     with stop_on_signals(signal.SIGINT) as stop:
@@ -149,8 +145,8 @@ def _customize(args: argparse.Namespace) -> None:
     state = trainer.save_state(out.with_name(out.stem + ".state.pt"))
     print(f"wrote {state} (continue with --resume {state})")
     losses = style.metadata["losses"]
-    print(f"steps={trainer.step} seconds={trainer.seconds:.1f} loss_start={losses['held_out_start']:.4f} "
-          f"loss_end={losses['held_out_end']:.4f} style={out} bytes={out.stat().st_size}")
+    print(f"steps={trainer.step} seconds={trainer.seconds:.1f} held_out_loss_start={losses['held_out_start']:.4f} "
+          f"held_out_loss_end={losses['held_out_end']:.4f} style={out} bytes={out.stat().st_size}")
 
 
 def _eg3d_weights(path: str) -> Path:
@@ -174,6 +170,7 @@ def _render(args: argparse.Namespace) -> None:
 
     from threedpe import cameras
     from threedpe.models.generator import TriPlaneGenerator
+    from threedpe.models.rendering import PlaneField
     from threedpe.pipeline import resolve_device
     from threedpe.video import render_orbit, to_uint8, write_mp4
 
@@ -184,12 +181,13 @@ def _render(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         with torch.inference_mode():
             planes, ws = generator.sample(seed, args.truncation)
+            field = PlaneField(planes, generator.decoder, generator.cfg.rendering.box_warp)  # once for every view
 
         def render_view(cams: torch.Tensor) -> np.ndarray:
             n = cams.shape[0]
             with torch.inference_mode():
-                image = generator.render(planes.expand(n, -1, -1, -1), ws.expand(n, -1, -1), cams.to(device),
-                                         deterministic=True)["image"]
+                image = generator.render(planes, ws.expand(n, -1, -1), cams.to(device), deterministic=True,
+                                         field=field)["image"]
             return to_uint8(image)
 
         views = [render_view(cameras.camera(yaw, pitch))[0] for yaw, pitch in cameras.three_views()]
@@ -235,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--frames", type=int, default=120, help="orbit video frames (default 120)")
     edit.add_argument("--fps", type=float, default=30, help="orbit video frame rate (default 30)")
     edit.add_argument("--mesh", action="store_true", help="also write mesh.glb and mesh.ply")
-    edit.add_argument("--mesh-resolution", type=int, default=256, help="density grid size for the mesh")
+    edit.add_argument("--mesh-resolution", type=int, default=None,
+                      help="density grid side for the mesh (default: the tri-planes' side, 256 for the released weights)")
     edit.add_argument("--steps", type=int, default=20, help="InstructPix2Pix steps")
     edit.add_argument("--text-guidance", type=float, default=7.5)
     edit.add_argument("--image-guidance", type=float, default=1.5)
@@ -249,8 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         "customize", help="fine-tune the editor to a new edit and write a style file",
         description="Fine-tune the editor to a new edit (from an instruction, or from your own before/after photos) "
                     "and write the result as a style file for `edit --style`. The last line printed is "
-                    "`steps=<n> seconds=<s> loss_start=<a> loss_end=<b> style=<path> bytes=<size>`, where the "
-                    "losses are those of a held-out pair before and after the fine-tune.")
+                    "`steps=<n> seconds=<s> held_out_loss_start=<a> held_out_loss_end=<b> style=<path> bytes=<size>`: "
+                    "the loss of the held-out pair (never trained on) before and after the fine-tune; the lines "
+                    "before it show the training loss of each step's batch.")
     custom.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)")
     data = custom.add_mutually_exclusive_group(required=True)
     data.add_argument("--instruction", help="InstructPix2Pix instruction applied to EG3D samples (needs the EG3D file)")

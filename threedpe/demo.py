@@ -51,8 +51,9 @@ MAX_UPLOAD = "20mb"  # gradio's upload limit
 MAX_PIXELS = 25_000_000  # larger photos are refused before decoding
 EDITS_PER_WINDOW, RATE_WINDOW_S = 30, 600.0  # per browser session
 EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs besides the files
-SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL = 2, 10  # customisation work per GPU call (ZeroGPU quotas)
+SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL = 2, 10  # customisation work per GPU call (ZeroGPU quotas, visible progress)
 KEPT_TRAINERS = 4  # off ZeroGPU: fine-tunes kept between calls (one per browser session, the least recent dropped)
+STOP_WAIT_S = 30.0  # how long a Stop waits for the stopped work to reach its next check (a frame, chunk or step)
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,23 @@ def disabled_reason(error: CheckpointError) -> str:
     return f"Editing is disabled: the weights could not be loaded ({public_message(str(error))})."
 
 
+def folder_name(error: CheckpointError) -> str:
+    """The weight folder that ``error`` looked in, by its name alone (``checkpoints/``, ``tiny/``; never the server's
+    path to it), or "the weight folder" when it is not known."""
+    folder = getattr(error, "folder", None)
+    name = Path(folder).expanduser().absolute().name if folder is not None else ""
+    return f"`{name}/`" if name else "the weight folder"
+
+
 def weights_notice(editor: PortraitEditor | CheckpointError, text_error: str | None = None) -> str:
     """Markdown telling the visitor what the loaded weights are: missing (and how to get them), untrained, or fine.
-    It names files relative to the app, never the server's absolute paths."""
+    It names files and the weight folder by their names, never by the server's absolute paths."""
     if isinstance(editor, CheckpointError):
         return (f"### ⚠️ {disabled_reason(editor)}\n"
-                "Whoever runs this app can put the released files in `checkpoints/` (sources and licences: "
-                "`checkpoints/README.md`) or start it with `python app.py --weights DIR`. To try the interface without "
-                "downloads: `python -m threedpe tiny-weights DIR` writes an untrained set.")
+                f"Whoever runs this app can put the released files in {folder_name(editor)}, the weight folder it "
+                "was started with (sources and licences: `checkpoints/README.md`), or start it with "
+                "`python app.py --weights DIR`. To try the interface without downloads: "
+                "`python -m threedpe tiny-weights DIR` writes an untrained set.")
     notes = []
     if editor.untrained:
         notes.append("### ⚠️ Untrained weights\nThis app runs on randomly initialised (untrained) weights: the "
@@ -271,10 +281,19 @@ def stopped_if_gone(stop: StopFlag | None) -> Iterator[None]:
 
 class SessionFiles:
     """One temporary folder per browser session under ``root`` (outputs and the stop flag), removed when the
-    session ends."""
+    session ends; and the work each session has running in this process, so that a Stop can wait for it.
+
+    How a Stop works: :meth:`stop` sets the session's flag, which every computation checks between its units of
+    work, and waits until the session's running work (each run inside :meth:`running`) has ended; the flag stays set,
+    so work of the session that was waiting in the queue, or chained after a stopped step, ends at once too. Only a
+    new action clears it (:meth:`begin`, when it is clicked), after the stopped work has ended: a stop is neither
+    lost on work of the session that starts later nor carried into an action begun after it.
+    """
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else Path(tempfile.gettempdir()) / "threedpe-sessions"
+        self._running: dict[str, int] = defaultdict(int)
+        self._changed = threading.Condition()
 
     def folder(self, session_hash: str | None) -> Path:
         """The session's folder (created on demand; API clients may never trigger the page's load event)."""
@@ -287,6 +306,41 @@ class SessionFiles:
 
     def stop_flag(self, session_hash: str | None) -> StopFlag:
         return StopFlag(self.folder(session_hash) / ".stop")
+
+    @contextlib.contextmanager
+    def running(self, session_hash: str | None) -> Iterator[StopFlag]:
+        """Count the block as running work of the session (see :meth:`stop`); yields the session's stop flag."""
+        key = session_hash or "anonymous"
+        stop = self.stop_flag(session_hash)
+        with self._changed:
+            self._running[key] += 1
+        try:
+            yield stop
+        finally:
+            with self._changed:
+                self._running[key] -= 1
+                if not self._running[key]:
+                    del self._running[key]
+                self._changed.notify_all()
+
+    def wait_idle(self, session_hash: str | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no work of the session runs; whether none does."""
+        key = session_hash or "anonymous"
+        with self._changed:
+            return self._changed.wait_for(lambda: key not in self._running, timeout)
+
+    def stop(self, session_hash: str | None, timeout: float = STOP_WAIT_S) -> bool:
+        """Ask the session's work to stop and wait up to ``timeout`` seconds until none runs; whether none does."""
+        self.stop_flag(session_hash).set()
+        return self.wait_idle(session_hash, timeout)
+
+    def begin(self, session_hash: str | None, timeout: float = STOP_WAIT_S) -> None:
+        """A new action of the session: after a stop, wait up to ``timeout`` seconds for the stopped work to end, then
+        clear the stop flag."""
+        stop = self.stop_flag(session_hash)
+        if stop.path.exists():
+            self.wait_idle(session_hash, timeout)
+        stop.clear()
 
     def close(self, session_hash: str | None) -> None:
         """Delete the session's folder and everything in it."""
@@ -529,7 +583,6 @@ class DemoRunner:
             result = self.editor(photo, reference=reference, prompt=prompt, align_reference=align_reference,
                                  settings=settings, seed=seed, anchor=anchor, use_own_photo=use_own_photo,
                                  style=style[1] if style else None, cancel=stop)
-            start = time.perf_counter()
             strip = result.strip(cancel=stop)
             view, depth = result.view(), result.depth()
             if prompt is None:
@@ -538,7 +591,7 @@ class DemoRunner:
                 details = {**asdict(settings or EditSettings()), "seed": seed, "own_photo": use_own_photo,
                            "anchor": None if use_own_photo else anchor}
             edit = StoredEdit.from_result(result, instruction=prompt, settings=details,
-                                          style=style[0] if style else None).timed(render=time.perf_counter() - start)
+                                          style=style[0] if style else None)
         with stopped_if_gone(stop):
             folder = edit.folder(session)
             files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
@@ -561,22 +614,21 @@ class DemoRunner:
     def video(self, edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None
               ) -> tuple[Path, StoredEdit]:
         """An orbit video (``orbit.mp4``, ``frames`` frames) of the stored edit; the edit with its timing."""
-        start = time.perf_counter()
         with self._lock, stopped_if_gone(stop):
-            path = edit.result(self.editor).video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
-            edit = edit.timed(video=time.perf_counter() - start)
+            result = edit.result(self.editor)
+            path = result.video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
+            edit = edit.timed(video=result.timings["video"])
             edit.save_record(session)
         return path, edit
 
     def mesh(self, edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None
              ) -> tuple[Path, Path, StoredEdit]:
         """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply``; the edit with its timing."""
-        start = time.perf_counter()
         with self._lock, stopped_if_gone(stop):
             folder = edit.folder(session)
-            glb, ply = edit.result(self.editor).mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution,
-                                                     cancel=stop)
-            edit = edit.timed(mesh=time.perf_counter() - start)
+            result = edit.result(self.editor)
+            glb, ply = result.mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution, cancel=stop)
+            edit = edit.timed(mesh=result.timings["mesh"])
             edit.save_record(session)
         return glb, ply, edit
 

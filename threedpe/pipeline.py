@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from threedpe import cameras
-from threedpe.alignment import AlignedFace, NoFaceError, align_face
+from threedpe.alignment import AlignConfig, AlignedFace, NoFaceError, align_face
 from threedpe.alignment import align_reference as align_reference_photo
 from threedpe.anchors import Anchor, eg3d_anchors, shipped_anchors
 from threedpe.cancel import CancelSignal, Cancelled, check
@@ -98,8 +98,9 @@ class EditResult:
     ``planes`` (1, 96, P, P) float32 on the editor's device; ``image`` the 512^2 (aligned) input;
     ``reference`` the reference image the editor saw; ``edited_2d`` the InstructPix2Pix output of a text
     edit (else None); ``anchor`` the label of the anchor portrait a text instruction was applied to (None for a
-    reference edit or the own-photo route); ``timings`` seconds per stage ('align', 'reference', 'encode');
-    ``warnings`` notes for the user. Views take degrees from the frontal view: positive ``yaw`` moves the camera to
+    reference edit or the own-photo route); ``timings`` seconds per stage: 'align', 'reference' and 'encode' from the
+    edit, then 'render' (every view rendered so far: strip, views, view, depth, summed), 'video' and 'mesh' (the
+    latest of each) as they are made; ``warnings`` notes for the user. Views take degrees from the frontal view: positive ``yaw`` moves the camera to
     the right of the frontal image, positive ``pitch`` moves it down.
     """
 
@@ -131,6 +132,7 @@ class EditResult:
         few renders are kept: the strip, the frontal view and the depth image of an edit share them. Views not kept
         are rendered together on CUDA (one batch sharing the tri-plane and one decoder pass) and one at a time on the
         CPU (where batching gains nothing measurable and costs memory)."""
+        start_time = time.perf_counter()
         keys = [(float(yaw), float(pitch), bool(preview)) for yaw, pitch in views]
         missing = list(dict.fromkeys(key for key in keys if key not in self._renders))
         batch = len(missing) if self.planes.device.type == "cuda" else 1
@@ -143,6 +145,9 @@ class EditResult:
                 out = self.editor.model.render(self.planes, cams, preview=preview)
             for i, key in enumerate(chunk):
                 self._renders[key] = {k: out[k][i:i + 1] for k in ("image", "image_depth", "weight_total")}
+        if missing and self.planes.device.type == "cuda":
+            torch.cuda.synchronize()
+        self._timed("render", start_time, add=True)
         renders = []
         for key in keys:
             self._renders.move_to_end(key)
@@ -192,17 +197,28 @@ class EditResult:
               cancel: CancelSignal | None = None, preview: bool = False) -> Path:
         """Orbit video (H.264 mp4) along the official camera path; deterministic frames (no flicker). ``batch`` frames
         share one render call (worth it on CUDA); ``preview`` renders draft frames (see :meth:`view`)."""
+        start = time.perf_counter()
         render_view = triplane_view(self.editor.model.renderer, self.planes, preview=preview)
-        return write_mp4(render_orbit(render_view, num_frames, batch=batch, cancel=cancel), path, fps=fps)
+        written = write_mp4(render_orbit(render_view, num_frames, batch=batch, cancel=cancel), path, fps=fps)
+        self._timed("video", start)
+        return written
 
-    def mesh(self, *paths: str | os.PathLike, resolution: int = 256, level: float = 10.0,
+    def mesh(self, *paths: str | os.PathLike, resolution: int | None = None, level: float = 10.0,
              cancel: CancelSignal | None = None) -> list[Path]:
-        """Coloured mesh of the density surface sigma = ``level`` on a ``resolution``^3 grid, extracted once
-        and written to every path (.glb, .ply or .obj by suffix)."""
+        """Coloured mesh of the density surface sigma = ``level`` on a ``resolution``^3 grid (default: as fine as the
+        tri-planes, 256 for the released weights), extracted once and written to every path (.glb, .ply or .obj by
+        suffix)."""
+        start = time.perf_counter()
         model = self.editor.model
-        mesh = extract_mesh(self.planes, model.renderer.decoder, resolution=resolution, level=level,
-                            box_warp=model.config.rendering.box_warp, cancel=cancel)
-        return [export_mesh(mesh, path) for path in paths]
+        mesh = extract_mesh(self.planes, model.renderer.decoder, resolution=resolution or self.planes.shape[-1],
+                            level=level, box_warp=model.config.rendering.box_warp, cancel=cancel)
+        written = [export_mesh(mesh, path) for path in paths]
+        self._timed("mesh", start)
+        return written
+
+    def _timed(self, stage: str, start: float, add: bool = False) -> None:
+        """Record the seconds since ``start`` (``time.perf_counter``) as ``timings[stage]``, or add them to it."""
+        self.timings[stage] = (self.timings.get(stage, 0.0) if add else 0.0) + time.perf_counter() - start
 
 
 def default_cache_dir() -> Path:
@@ -330,11 +346,12 @@ class PortraitEditor:
         return self._text
 
     def align(self, image: ImageInput, aligned: bool = False) -> tuple[Image.Image, AlignedFace | None, list[str]]:
-        """The editor's input crop, the detection (None when ``aligned``) and notes for the user: detected +
-        EG3D-aligned, or (``aligned=True``) the photo resized as it is."""
+        """The editor's input crop (512^2, the EG3D crop size; the encoder resizes it to its input), the detection
+        (None when ``aligned``) and notes for the user: detected + EG3D-aligned, or (``aligned=True``) the photo
+        resized as it is."""
         if aligned:
             photo = load_image(image)
-            size = self.model.config.encoder.image_size
+            size = AlignConfig().output_size
             return photo.resize((size, size), Image.Resampling.BICUBIC), None, [n for n in (frames_note(photo),) if n]
         face = align_face(image)
         return face.image, face, list(face.warnings)

@@ -9,7 +9,8 @@ and the CLI in seconds on a CPU; the outputs are noise (the weights are untraine
 - :func:`tiny_reconstruction_model`: a tiny Live3D network sharing a tiny editor's weights;
 - :func:`build_tiny_instruct_pix2pix`: a tiny InstructPix2Pix in the diffusers layout with the standard VAE scale
   factor (8), so a 512^2 edit runs on a 64^2 latent, and attention only at the UNet's lowest resolution;
-- :func:`save_tiny_weights`: all of them in one folder;
+- :func:`save_tiny_weights`: all of them in one folder, at the smaller sizes of :func:`tiny_weights_editor_config` and
+  :data:`TINY_WEIGHTS_EG3D` (where the commands spend their time);
 - :func:`small_training_models`: a tiny editor and Live3D network at 128^2 input for fine-tuning tests in seconds;
   :func:`save_editor_weights` writes such a pair as a weight folder (for training runs through the command line);
 - :class:`ColourEditor`: a deterministic stand-in for InstructPix2Pix (a fixed colour transform), with failures
@@ -72,6 +73,23 @@ TINY_EG3D = {
 def tiny_generator_config() -> GeneratorConfig:
     """The generator of :data:`TINY_EG3D`."""
     return GeneratorConfig.from_official(**TINY_EG3D)
+
+
+# The weight set of ``python -m threedpe tiny-weights`` is smaller still where the documented commands spend their
+# time: the editor takes 128^2 inputs (64^2 tri-planes, so the default mesh grid is 64^3) and renders with 8 + 8
+# samples per ray; the generator renders 16^2 rays with a super-resolution of widths (32, 16) instead of EG3D's
+# (256, 128) (``sr_kwargs["widths"]``, see GeneratorConfig.from_official) into 64^2 images.
+TINY_WEIGHTS_EG3D = {**TINY_EG3D, "init_kwargs": {**TINY_EG3D["init_kwargs"], "img_resolution": 64,
+                                                  "sr_kwargs": {"widths": [32, 16]}},
+                     "neural_rendering_resolution": 16}
+
+
+def tiny_weights_editor_config() -> EditorConfig:
+    """The editor of ``python -m threedpe tiny-weights``: :func:`tiny_editor_config` at 128^2 input (64^2 tri-planes),
+    rendering 32^2 rays with 8 + 8 samples into 128^2 images."""
+    return dataclasses.replace(tiny_editor_config(), encoder=tiny_encoder_config(image_size=128),
+                               rendering=RenderingConfig(depth_resolution=8, depth_resolution_importance=8,
+                                                         neural_rendering_resolution=32))
 
 
 def tiny_reconstruction_model(editor: EditorModel) -> ReconstructionModel:
@@ -156,14 +174,14 @@ def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    config = tiny_editor_config()
-    model = EditorModel(config)
+    model = EditorModel(tiny_weights_editor_config())
     with torch.no_grad():  # density around the surface level so that meshes and depth have structure
         model.renderer.decoder.net[2].bias[0] = 10.0
     save_editor_weights(folder, model, tiny_reconstruction_model(model), "threedpe tiny-weights (untrained)")
-    generator = TriPlaneGenerator(tiny_generator_config())
-    save_checkpoint(EG3DCheckpoint(TINY_EG3D["init_kwargs"], generator.state_dict(),
-                                   TINY_EG3D["neural_rendering_resolution"], TINY_EG3D["rendering_kwargs"]),
+    generator = TriPlaneGenerator(GeneratorConfig.from_official(**TINY_WEIGHTS_EG3D))
+    save_checkpoint(EG3DCheckpoint(TINY_WEIGHTS_EG3D["init_kwargs"], generator.state_dict(),
+                                   TINY_WEIGHTS_EG3D["neural_rendering_resolution"],
+                                   TINY_WEIGHTS_EG3D["rendering_kwargs"]),
                     folder / "ffhqrebalanced512-128", source="threedpe tiny-weights (untrained)")
     build_tiny_instruct_pix2pix(folder / TEXT_MODEL_FOLDER)
     (folder / "README.txt").write_text(

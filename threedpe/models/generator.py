@@ -15,7 +15,8 @@ from torch import nn
 
 from threedpe import cameras
 from threedpe.checkpoints import EG3DCheckpoint, load_eg3d, load_into
-from threedpe.models.rendering import InferenceOptions, OSGDecoder, RenderingConfig, SuperresolutionHybrid8XDC, render_planes
+from threedpe.models.rendering import (InferenceOptions, OSGDecoder, PlaneField, RenderingConfig,
+                                      SuperresolutionHybrid8XDC, render_planes)
 from threedpe.models.stylegan2 import MappingNetwork, SynthesisNetwork
 
 SR_MODULE = "training.superresolution.SuperresolutionHybrid8XDC"
@@ -38,12 +39,15 @@ class GeneratorConfig:
     c_scale: float = 1.0
     c_gen_conditioning_zero: bool = False
     decoder_lr_multiplier: float = 1.0
+    sr_widths: tuple[int, int] = (256, 128)  # EG3D's; threedpe's small test generators narrow them (see from_official)
     rendering: RenderingConfig = field(default_factory=RenderingConfig)
 
     @classmethod
     def from_official(cls, init_kwargs: dict, rendering_kwargs: dict, neural_rendering_resolution: int
                       ) -> GeneratorConfig:
-        """From EG3D's ``G_init_kwargs``, ``rendering_kwargs`` and neural rendering resolution."""
+        """From EG3D's ``G_init_kwargs``, ``rendering_kwargs`` and neural rendering resolution. EG3D fixes the
+        super-resolution's widths at (256, 128); ``sr_kwargs["widths"]``, threedpe's own key (absent from released
+        files), narrows them for small random-weight generators (``python -m threedpe tiny-weights``)."""
         module = rendering_kwargs.get("superresolution_module", SR_MODULE)
         if module != SR_MODULE:
             raise ValueError(f"super-resolution module {module!r} is not supported (only {SR_MODULE})")
@@ -51,6 +55,7 @@ class GeneratorConfig:
             raise ValueError("only generators whose image resolution is 4x the neural rendering resolution "
                              f"are supported (got {init_kwargs.get('img_resolution')} and {neural_rendering_resolution})")
         mapping = init_kwargs.get("mapping_kwargs", {}) or {}
+        sr_widths = (init_kwargs.get("sr_kwargs", {}) or {}).get("widths", (256, 128))
         return cls(z_dim=int(init_kwargs["z_dim"]), w_dim=int(init_kwargs["w_dim"]), c_dim=int(init_kwargs["c_dim"]),
                    channel_base=int(init_kwargs.get("channel_base", 32768)),
                    channel_max=int(init_kwargs.get("channel_max", 512)),
@@ -59,6 +64,7 @@ class GeneratorConfig:
                    c_scale=float(rendering_kwargs.get("c_scale", 1.0)),
                    c_gen_conditioning_zero=bool(rendering_kwargs.get("c_gen_conditioning_zero", False)),
                    decoder_lr_multiplier=float(rendering_kwargs.get("decoder_lr_mul", 1.0)),
+                   sr_widths=(int(sr_widths[0]), int(sr_widths[1])),
                    rendering=RenderingConfig.from_official(rendering_kwargs, neural_rendering_resolution))
 
 
@@ -84,7 +90,7 @@ class TriPlaneGenerator(nn.Module):
         self.superresolution = SuperresolutionHybrid8XDC(
             PLANE_CHANNELS, self.cfg.w_dim, conv_clamp=self.cfg.sr_conv_clamp,
             input_resolution=self.cfg.rendering.neural_rendering_resolution,
-            antialias=self.cfg.rendering.sr_antialias)
+            antialias=self.cfg.rendering.sr_antialias, widths=self.cfg.sr_widths)
         self.decoder = OSGDecoder(PLANE_CHANNELS, lr_multiplier=self.cfg.decoder_lr_multiplier)
         self.inference = InferenceOptions()  # without autograd, ``fast`` renders with the fused volume rendering
 
@@ -123,16 +129,17 @@ class TriPlaneGenerator(nn.Module):
         """ws -> tri-planes (B, 96, P, P)."""
         return self.backbone.synthesis(ws, noise_mode=noise_mode)
 
-    def render(self, planes: torch.Tensor, ws: torch.Tensor, cams: torch.Tensor,
-               deterministic: bool = True) -> dict[str, torch.Tensor]:
+    def render(self, planes: torch.Tensor, ws: torch.Tensor, cams: torch.Tensor, deterministic: bool = True,
+               field: PlaneField | None = None) -> dict[str, torch.Tensor]:
         """Tri-planes + ws + cameras (B, 25) -> dict of images (see :func:`threedpe.models.rendering.render_planes`).
 
         Deterministic unless asked otherwise; without autograd and with ``inference.fast`` the volume rendering is
-        the fused one (the super-resolution depends on ws, so it is never folded here)."""
+        the fused one (the super-resolution depends on ws, so it is never folded here), reading ``field`` when a
+        caller keeps the :class:`PlaneField` of one tri-plane (with this decoder) for many renders."""
         fused = self.inference.fast_now()
         return render_planes(planes, cams, self.decoder,
                              lambda rgb, x: self.superresolution(rgb, x, ws, noise_mode="none"),
-                             self.cfg.rendering, deterministic, fused=fused)
+                             self.cfg.rendering, deterministic, fused=fused, field=field)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, noise_mode: str = "const",

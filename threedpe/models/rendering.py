@@ -347,8 +347,8 @@ RAYS_PER_CHUNK = 1024  # fused rendering: 5 * 10^4 samples per decoder pass, int
 
 
 def render_rays_fused(planes: torch.Tensor, decoder: OSGDecoder, origins: torch.Tensor, directions: torch.Tensor,
-                      cfg: RenderingConfig, deterministic: bool = True, chunk: int = RAYS_PER_CHUNK
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      cfg: RenderingConfig, deterministic: bool = True, chunk: int = RAYS_PER_CHUNK,
+                      field: PlaneField | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`render_rays` for inference (no autograd), equal up to float rounding, with less memory traffic.
 
     planes (Bp, 3, C, P, P) with Bp = B, or 1 shared by all B ray sets (one decoder pass for several views). The
@@ -356,13 +356,15 @@ def render_rays_fused(planes: torch.Tensor, decoder: OSGDecoder, origins: torch.
     colours are never sorted or concatenated: they enter the composite linearly, sum_k w_k (c_k + c_k+1) / 2 =
     sum_j c_j (w_j-1 + w_j) / 2, so each sample's coefficient is computed in depth order from densities alone and
     scattered back to its decoder pass, and the colour map (sigmoid * RGB_SCALE - RGB_OFFSET) is applied once per ray.
+    ``field``: the :class:`PlaneField` of ``planes`` and ``decoder``, when the caller keeps one for many calls (the
+    frames of a video of one tri-plane); built here otherwise.
     """
     b, m, _ = origins.shape
     depths = coarse_depths(cfg, b * m, deterministic, origins.device)
     if planes.shape[0] == 1:  # one tri-plane for every ray set: the rays of all views in one pass
         origins, directions = origins.reshape(1, -1, 3), directions.reshape(1, -1, 3)
     depths = depths.reshape(*origins.shape[:2], -1)
-    field = PlaneField(planes, decoder, cfg.box_warp)
+    field = field or PlaneField(planes, decoder, cfg.box_warp)
     parts = [_render_chunk(field, origins[:, i:i + chunk], directions[:, i:i + chunk], depths[:, i:i + chunk], cfg,
                            deterministic) for i in range(0, origins.shape[1], chunk)]
     features, depth, opacity, depth_range = (torch.cat(part, dim=1) for part in zip(*parts))
@@ -473,11 +475,12 @@ Superresolve = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (raw rgb,
 
 
 def render_planes(planes: torch.Tensor, cams: torch.Tensor, decoder: OSGDecoder, superresolve: Superresolve,
-                  cfg: RenderingConfig, deterministic: bool = True, fused: bool = False) -> dict[str, torch.Tensor]:
+                  cfg: RenderingConfig, deterministic: bool = True, fused: bool = False,
+                  field: PlaneField | None = None) -> dict[str, torch.Tensor]:
     """Render tri-planes (B, 96, P, P), or (1, 96, P, P) shared by all views, from cameras (B, 25).
 
     ``superresolve(image_raw, feature_image)`` makes the image; ``fused`` takes :func:`render_rays_fused` (no
-    autograd) instead of :func:`render_rays`. Returns ``image`` (B, 3, 4R, 4R) for the standard super-resolution,
+    autograd) instead of :func:`render_rays`, with ``field`` (see there) when given. Returns ``image`` (B, 3, 4R, 4R) for the standard super-resolution,
     ``image_raw`` (B, 3, R, R), ``image_depth`` (B, 1, R, R), ``feature_image`` (B, 32, R, R) and ``weight_total``
     (B, 1, R, R), R = neural rendering resolution.
     """
@@ -488,7 +491,8 @@ def render_planes(planes: torch.Tensor, cams: torch.Tensor, decoder: OSGDecoder,
     origins, directions = sample_rays(cams, res)
     planes = planes.reshape(planes.shape[0], 3, -1, planes.shape[-2], planes.shape[-1])
     if fused:
-        features, depth, opacity = render_rays_fused(planes, decoder, origins, directions, cfg, deterministic)
+        features, depth, opacity = render_rays_fused(planes, decoder, origins, directions, cfg, deterministic,
+                                                     field=field)
     else:
         planes = planes.expand(b, -1, -1, -1, -1)
         features, depth, opacity = render_rays(planes, decoder, origins, directions, cfg, deterministic)
