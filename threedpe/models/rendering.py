@@ -461,16 +461,21 @@ class FoldedSuperresolution:
         """w (1, N, w_dim): as in ``forward``, the last of the N is used."""
         ws = w[:, -1:, :].repeat(1, 3, 1)
         self.resize_input = superresolution.resize_input
-        self.blocks = (FoldedSynthesisBlock(superresolution.block0, ws), FoldedSynthesisBlock(superresolution.block1, ws))
+        self.blocks = {torch.float32: (FoldedSynthesisBlock(superresolution.block0, ws),
+                                       FoldedSynthesisBlock(superresolution.block1, ws))}
 
-    def __call__(self, rgb: torch.Tensor, x: torch.Tensor, resize_input: bool = True) -> torch.Tensor:
-        """As :meth:`SuperresolutionHybrid8XDC.forward` (without ws)."""
+    def __call__(self, rgb: torch.Tensor, x: torch.Tensor, resize_input: bool = True,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """As :meth:`SuperresolutionHybrid8XDC.forward` (without ws), the blocks computed in ``dtype`` (their weights
+        cast once per dtype); returns float32."""
         if resize_input:
             rgb, x = self.resize_input(rgb, x)
-        x, rgb = x.contiguous(memory_format=torch.channels_last), rgb.contiguous(memory_format=torch.channels_last)
-        for block in self.blocks:
+        if dtype not in self.blocks:
+            self.blocks[dtype] = tuple(block.to(dtype) for block in self.blocks[torch.float32])
+        x, rgb = (t.to(dtype, memory_format=torch.channels_last) for t in (x, rgb))
+        for block in self.blocks[dtype]:
             x, rgb = block(x, rgb)
-        return rgb.contiguous()
+        return rgb.float().contiguous()
 
 
 Superresolve = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (raw rgb, feature image) -> image
@@ -553,9 +558,8 @@ class TriplaneRenderer(nn.Module):
             folded = self.folded_superresolution()
 
             def superresolve(rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                dtype = self.inference.autocast
-                with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    return folded(rgb, x, resize_input=not preview).float()
+                dtype = self.inference.autocast or torch.float32
+                return folded(rgb, x, resize_input=not preview, dtype=dtype)
         else:
             ws = self.const.expand(cams.shape[0], -1, -1)
 
