@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from threedpe.models.stylegan2 import FoldedSynthesisBlock, FullyConnectedLayer, SynthesisBlock
+from threedpe.precision import check_precision, reduced_dtype
 
 # Preview quality: neural rendering at 64^2 with 24 coarse + 24 importance samples per ray (1/8 of the decoder
 # work), super-resolution run at that resolution (4x, 256^2, without first resizing its input to the trained
@@ -92,19 +93,30 @@ class InferenceOptions:
     fast: the fused volume rendering, for 3DPE's renderer the folded channels-last super-resolution, and on CUDA a
     channels-last encoder, on the CPU channels-last token grids (equal to the reference up to float rounding, within
     the golden tolerance).
-    autocast: a reduced precision (``torch.bfloat16`` or ``torch.float16``) for the encoder and the super-resolution
-    convolutions (the pixel-coordinate convolutions and the volume rendering stay float32); not golden-equal, opt-in.
+    precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 for the encoder and the super-resolution convolutions
+    where the device computes it natively, detected at run time; float32 elsewhere): see :mod:`threedpe.precision`.
+    autocast: an explicit reduced dtype (``torch.bfloat16`` or ``torch.float16``) for the same layers on any device,
+    overriding ``precision``; not golden-equal, opt-in.
     compile: ``torch.compile`` the encoder and the folded super-resolution (opt-in: minutes of compilation on the
     first call and after every weight change; not on ZeroGPU).
     """
 
     fast: bool = True
+    precision: str = "exact"
     autocast: torch.dtype | None = None
     compile: bool = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, check_precision(value) if name == "precision" else value)
 
     def fast_now(self) -> bool:
         """Whether a call made now takes the fast path: ``fast`` and no autograd."""
         return self.fast and not torch.is_grad_enabled()
+
+    def reduced_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype of the encoder and super-resolution convolutions on ``device`` (fast path): ``autocast`` when set,
+        else bfloat16 for precision ``"fast"`` where native, else None (float32)."""
+        return self.autocast if self.autocast is not None else reduced_dtype(self.precision, device)
 
 
 def sample_rays(cams: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -558,7 +570,7 @@ class TriplaneRenderer(nn.Module):
             folded = self.folded_superresolution()
 
             def superresolve(rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                dtype = self.inference.autocast or torch.float32
+                dtype = self.inference.reduced_dtype(x.device) or torch.float32
                 return folded(rgb, x, resize_input=not preview, dtype=dtype)
         else:
             ws = self.const.expand(cams.shape[0], -1, -1)
