@@ -1,18 +1,26 @@
 """Benchmark of the product paths at full size: the baseline against the optimised default, side by side.
 
-    python benchmarks/bench.py [--quick] [--json PATH] [--out DIR] [--runs N] [--warmup N] [--compile]
+    python benchmarks/bench.py [--quick] [--json PATH] [--out DIR] [--runs N] [--warmup N] [--threads N] [--compile]
 
 Models are the released architectures with the golden fixtures' recipe weights (speed does not depend on the
 values; ``tests/golden_recipe.py``). The **baseline** is the straightforward fp32 reference path that reproduces
-the golden fixtures (``model.inference.fast = False``); the **optimised** path is the library's default. Both run
-in the same process, alternating (baseline first in even rounds, optimised first in odd ones), after warm-up; the
-table shows medians, the ratio, the largest |optimised - baseline| of the outputs and the peak memory of one call
-(process RSS; CUDA max allocated on a GPU). Rows: editor pass (encode 512^2), one 512^2 view, a 3-view batch,
+the golden fixtures (``model.inference.fast = False``; it stands in for the official code, which
+``benchmarks/bench_official.py`` times when its checkout is at hand); the **optimised** path is the library's default
+(precision ``"exact"``). On a CPU (or GPU) that computes bf16 natively, precision ``"fast"`` runs in the same rotation
+for the editor pass and the view. The paths run in the same process, alternating (each takes every position in turn),
+after warm-up; the table shows medians, the ratio, the largest |path - baseline| of the outputs and the peak memory of
+one call (process RSS; CUDA max allocated on a GPU). Rows: editor pass (encode 512^2), one 512^2 view, a 3-view batch,
 preview view, orbit-video frames, mesh at 256^3, an EG3D anchor portrait, one InstructPix2Pix denoising step at 256^2
-and 512^2 (a full-size SD-1.5 InstructPix2Pix UNet/VAE with random weights), CPU bf16 autocast (opt-in), and the
-same on CUDA in fp32 (TF32 off), bf16 and fp16 when a GPU is present; customisation steps are timed by
-``benchmarks/bench_customize.py``. ``--out`` receives the 256^2 and 512^2 text references side by side. The last
-line printed is
+and 512^2 (a full-size SD-1.5 InstructPix2Pix UNet/VAE with random weights), and the same on CUDA in fp32 (TF32 off),
+fast and fp16 when a GPU is present; customisation steps are timed by ``benchmarks/bench_customize.py``. ``--out``
+receives the 256^2 and 512^2 text references side by side.
+
+The **roofline** (CPU) follows: this machine's measured peak (a matmul and a 3x3 convolution in fp32, and in bf16 where
+native; a memory copy), then per stage of the product path (the encoder's sub-blocks, the fused volume rendering, the
+folded super-resolution, the mesh density grid) the FLOPs counted by ``torch.utils.flop_counter`` (matrix products
+and convolutions), the achieved GFLOP/s and the fraction of the peak, with the CPU model and its ISA extensions. The
+last lines printed are ``fast_speedup=<baseline / fast, editor pass + one 512^2 view> fast_max_abs_diff=<fast vs
+baseline>`` (CPUs with native bf16 only) and
 ``speedup=<baseline / optimised, CPU editor pass + one 512^2 view> max_abs_diff=<optimised vs baseline>``.
 """
 from __future__ import annotations
@@ -39,9 +47,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.golden_recipe import recipe_tensor  # noqa: E402
 from threedpe import cameras  # noqa: E402
-from threedpe.models.editor import EditorConfig, EditorModel  # noqa: E402
+from threedpe.models.editor import EditorConfig, EditorModel, describe_fast_precision  # noqa: E402
 from threedpe.models.encoder import preprocess_input, preprocess_reference  # noqa: E402
+from threedpe.models.stylegan2 import FUSED_CPU_CONV  # noqa: E402
 from threedpe.mesh import density_grid, extract_mesh  # noqa: E402
+from threedpe.precision import cpu_flags, native_bf16  # noqa: E402
 from threedpe.video import render_orbit, triplane_view  # noqa: E402
 
 # The golden README's "excluded patterns": constants the model constructs itself (FIR filters, MAE sin-cos table).
@@ -142,32 +152,48 @@ class Bench:
         seconds, out = self.call(fn)
         return seconds, self.memory.peak_mib(), out
 
-    def compare(self, stage: str, path: str, baseline: Callable[[], Any] | None, optimised: Callable[[], Any],
-                diff: Callable[[Any, Any], float] | None = None, runs: int | None = None, note: str = "") -> Row:
-        """Time ``baseline`` and ``optimised`` alternately; the row gets medians, peak memory and ``diff(base, opt)``."""
+    def alternate(self, fns: dict[str, Callable[[], Any]], runs: int | None = None
+                  ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+        """Time ``fns`` in one rotation per round (each takes every position in turn) after their first calls (memory,
+        warm-up; counted as a run when there is no warm-up): (median seconds, peak MiB of the first call, output)."""
         runs = runs or self.runs
-        fns = {"optimised": optimised} if baseline is None else {"baseline": baseline, "optimised": optimised}
         times: dict[str, list[float]] = {name: [] for name in fns}
         peaks, outputs = {}, {}
-        for name, fn in fns.items():  # first calls: memory, warm-up (counted as a run when there is no warm-up)
+        for name, fn in fns.items():
             seconds, peaks[name], outputs[name] = self._first(fn)
             if self.warmup == 0:
                 times[name].append(seconds)
         for _ in range(max(0, self.warmup - 1)):
             for fn in fns.values():
                 fn()
+        names = list(fns)
         for r in range(runs - (self.warmup == 0)):
-            for name in (fns if r % 2 == 0 else reversed(list(fns))):
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 seconds, outputs[name] = self.call(fns[name])
                 times[name].append(seconds)
-        row = Row(stage, path, statistics.median(times["optimised"]), note=note,
-                  baseline_s=statistics.median(times["baseline"]) if baseline else None,
-                  peak_baseline_mib=peaks.get("baseline"), peak_optimised_mib=peaks["optimised"])
-        if diff is not None and baseline is not None:
-            row.max_abs_diff = diff(outputs["baseline"], outputs["optimised"])
-        self.rows.append(row)
-        print(f"  {stage} [{path}]: {format_row_short(row)}", flush=True)
-        return row
+        return {name: statistics.median(t) for name, t in times.items()}, peaks, outputs
+
+    def compare(self, stage: str, path: str, baseline: Callable[[], Any] | None, optimised: Callable[[], Any],
+                diff: Callable[[Any, Any], float] | None = None, runs: int | None = None, note: str = "",
+                others: dict[str, Callable[[], Any]] | None = None) -> Row:
+        """Time ``baseline`` and ``optimised`` (and ``others``: path label -> call, each a row of its own against the
+        same baseline) alternately; a row gets medians, peak memory and ``diff(baseline, output)``."""
+        fns = {"optimised": optimised} if baseline is None else {"baseline": baseline, "optimised": optimised}
+        fns.update(others or {})
+        seconds, peaks, outputs = self.alternate(fns, runs)
+        rows = []
+        for name in fns:
+            if name == "baseline":
+                continue
+            row = Row(stage, path if name == "optimised" else name, seconds[name], note=note,
+                      baseline_s=seconds.get("baseline"), peak_baseline_mib=peaks.get("baseline"),
+                      peak_optimised_mib=peaks[name])
+            if diff is not None and baseline is not None:
+                row.max_abs_diff = diff(outputs["baseline"], outputs[name])
+            self.rows.append(row)
+            rows.append(row)
+            print(f"  {stage} [{row.path}]: {format_row_short(row)}", flush=True)
+        return rows[0]
 
 
 def format_row_short(row: Row) -> str:
@@ -200,7 +226,7 @@ def recipe_editor(device: torch.device) -> EditorModel:
         state = {name: value if RECIPE_EXCLUDED.search(name) or not value.is_floating_point()
                  else recipe_tensor(name, tuple(value.shape)) for name, value in module.state_dict().items()}
         module.load_state_dict(state, strict=True)
-    return model.eval().to(device)
+    return model.eval().requires_grad_(False).to(device)  # (FlopCounterMode's module tracker needs no-grad weights)
 
 
 def golden_reference_image() -> Image.Image:
@@ -224,12 +250,13 @@ def views(degrees: list[float], device: torch.device) -> torch.Tensor:
     return torch.cat([cameras.camera(*cameras.from_degrees(yaw, 0.0)) for yaw in degrees]).to(device)
 
 
-def options(model: EditorModel, fast: bool, autocast: torch.dtype | None = None, compile: bool = False
-            ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+def options(model: EditorModel, fast: bool, autocast: torch.dtype | None = None, compile: bool = False,
+            precision: str = "exact") -> Callable[[Callable[[], Any]], Callable[[], Any]]:
     """Wrap a call so that it runs under ``torch.inference_mode`` with these inference options."""
     def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
             model.inference.fast, model.inference.autocast, model.inference.compile = fast, autocast, compile
+            model.inference.precision = precision
             with torch.inference_mode():
                 return fn()
         return run
@@ -241,19 +268,29 @@ def options(model: EditorModel, fast: bool, autocast: torch.dtype | None = None,
 
 def editor_stages(bench: Bench, model: EditorModel, path: str, quick: bool,
                   variants: list[tuple[str, torch.dtype | None, bool]]) -> dict[str, Row]:
-    """Editor pass, one view, 3 views, preview, orbit frames, mesh: baseline vs the optimised default; then the
+    """Editor pass, one view, 3 views, preview, orbit frames, mesh: baseline vs the optimised default (and, on a device
+    with native bf16, precision "fast" in the same rotation: rows "encode fast" and "view fast"); then the
     ``variants`` (label, autocast dtype, compile) of the optimised path against the same baseline."""
     device = bench.device
     x, ref = portrait_inputs(device)
     base, fast = options(model, False), options(model, True)
-    rows = {"encode": bench.compare("editor pass (encode 512²)", path, base(lambda: model.encode(x, ref)),
-                                    fast(lambda: model.encode(x, ref)), max_abs_diff)}
+    reduced = options(model, True, precision="fast") if native_bf16(device) else None
+    fast_path = f"{device.type} fast precision ({describe_fast_precision(device).split(' (')[0]})"
+
+    def candidates(fn: Callable[[], Any]) -> dict[str, Callable[[], Any]]:
+        return {fast_path: reduced(fn)} if reduced else {}
+
+    encode = lambda: model.encode(x, ref)  # noqa: E731
+    rows = {"encode": bench.compare("editor pass (encode 512²)", path, base(encode), fast(encode), max_abs_diff,
+                                    others=candidates(encode))}
+    rows["encode fast"] = bench.rows[-1] if reduced else None
     with torch.inference_mode():
         model.inference.fast = False
         planes = model.encode(x, ref)
     front, three = views([0.0], device), views([-30.0, 0.0, 30.0], device)
-    rows["view"] = bench.compare("one 512² view", path, base(lambda: model.render(planes, front)),
-                                 fast(lambda: model.render(planes, front)), max_abs_diff)
+    view = lambda: model.render(planes, front)  # noqa: E731
+    rows["view"] = bench.compare("one 512² view", path, base(view), fast(view), max_abs_diff, others=candidates(view))
+    rows["view fast"] = bench.rows[-1] if reduced else None
     bench.compare("3-view batch", path, base(lambda: model.render(planes.expand(3, -1, -1, -1), three)),
                   fast(lambda: model.render(planes, three)), max_abs_diff, runs=min(bench.runs, 3),
                   note="optimised: one tri-plane shared by the 3 cameras, one decoder pass")
@@ -299,6 +336,7 @@ def editor_stages(bench: Bench, model: EditorModel, path: str, quick: bool,
             row.baseline_s = rows[key].baseline_s
             row.max_abs_diff = max_abs_diff(references[key], run(fn)())
     model.inference.fast, model.inference.autocast, model.inference.compile = True, None, False
+    model.inference.precision = "exact"
     return rows
 
 
@@ -413,19 +451,171 @@ CUSTOMIZATION_NOTE = ("customisation steps (LoRA and full, LPIPS or its substitu
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# Roofline: FLOPs per stage, achieved GFLOP/s and the fraction of this machine's measured peak.
+
+ENCODER_BLOCKS = {  # sub-block of Live3DEditingEncoder -> what it is
+    "encoder": "ResNet-34 trunk (7x7 stem on the 5-channel input, layer1-2)",
+    "decoder": "DeepLabV3 ASPP head",
+    "F_encoder": "E_low: 7x7 patch embedding, 2 Mix-Transformer blocks, convs",
+    "EHigh_encoder": "E_high: conv stack on the input",
+    "Ref_encoder": "reference branch: MAE ViT-B/16 + cross-attention",
+    "Final_encoder": "E_t: 7x7 patch embedding, 1 Mix-Transformer block, convs at 128² and 256²",
+}
+
+
+@dataclass
+class RooflineRow:
+    """One stage of the product path: counted FLOPs (matrix products and convolutions, as
+    ``torch.utils.flop_counter`` counts them), median seconds, and the peak of its dtype."""
+
+    stage: str
+    precision: str
+    gflop: float
+    seconds: float
+    peak_gflops: float
+    note: str = ""
+
+    @property
+    def gflops(self) -> float:
+        return self.gflop / self.seconds
+
+    @property
+    def fraction_of_peak(self) -> float:
+        return self.gflops / self.peak_gflops
+
+
+def measure_peaks(bench: Bench, quick: bool) -> dict[str, dict[str, float]]:
+    """This machine's attainable GFLOP/s per dtype (the better of a square matmul and a channels-last 3x3
+    convolution, as large as the model's), and its memory copy bandwidth; bf16 where it is native."""
+    n, side = (1024, 64) if quick else (2048, 128)
+    dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if native_bf16(bench.device) else {})
+    peaks = {}
+    for label, dtype in dtypes.items():
+        a, b = (torch.randn(n, n, device=bench.device, dtype=dtype) for _ in range(2))
+        x = torch.randn(1, 256, side, side, device=bench.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(256, 256, 3, 3, device=bench.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            seconds, _, _ = bench.alternate({"matmul": lambda: a @ b,
+                                             "conv": lambda: torch.nn.functional.conv2d(x, w, padding=1)})
+        matmul, conv = 2 * n ** 3 / seconds["matmul"] / 1e9, 2 * 256 * 256 * 9 * side * side / seconds["conv"] / 1e9
+        peaks[label] = {"gflops": max(matmul, conv), "matmul_gflops": matmul, "conv_gflops": conv}
+    source = torch.empty(2 ** 26, device=bench.device)  # 256 MiB
+    target = torch.empty_like(source)
+    seconds, _, _ = bench.alternate({"copy": lambda: target.copy_(source)})
+    peaks["memory"] = {"copy_gb_per_s": 2 * source.numel() * 4 / seconds["copy"] / 1e9}
+    return peaks
+
+
+def counted_gflop(fn: Callable[[], Any]) -> float:
+    """FLOPs of one call of ``fn`` as torch.utils.flop_counter counts them (matmuls and convolutions, here also oneDNN's
+    convolutions with a fused activation), in G."""
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+    def fused_conv(x_shape: list[int], w_shape: list[int], *args: Any, out_shape: list[int], **kwargs: Any) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape)
+
+    fused = {torch.ops.mkldnn._convolution_pointwise: fused_conv} if FUSED_CPU_CONV else {}
+    counter = FlopCounterMode(display=False, custom_mapping=fused)
+    with counter, torch.inference_mode():
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def roofline(bench: Bench, model: EditorModel, quick: bool, peaks: dict[str, dict[str, float]]) -> list[RooflineRow]:
+    """The product path (``inference.fast``) stage by stage, in fp32 ("exact") and, where bf16 is native, in
+    "fast": the encoder's sub-blocks (each timed on the inputs it got in a full pass), the fused volume rendering,
+    the folded super-resolution, and (fp32) the mesh density grid."""
+    from threedpe.models.encoder import append_pixel_coordinates, set_grid_layout
+    from threedpe.models.rendering import render_rays_fused, sample_rays
+
+    device = bench.device
+    x, ref = portrait_inputs(device)
+    front = views([0.0], device)
+    renderer, rows = model.renderer, []
+    precisions = ["exact"] + (["fast"] if "bf16" in peaks else [])
+    for precision in precisions:
+        model.inference.fast, model.inference.precision = True, precision
+        dtype = model.inference.reduced_dtype(device)
+        label, peak = ("bf16", peaks["bf16"]["gflops"]) if dtype else ("fp32", peaks["fp32"]["gflops"])
+
+        def timed(stage: str, fn: Callable[[], Any], note: str = "", runs: int | None = None,
+                  autocast: bool = False) -> None:
+            """One row; ``autocast``: run ``fn`` in the encoder's autocast region (its sub-blocks, called directly)."""
+            def run() -> Any:
+                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                            enabled=autocast and dtype is not None):
+                    return fn()
+            seconds, _, _ = bench.alternate({stage: run}, runs)
+            rows.append(RooflineRow(stage, label, counted_gflop(run), seconds[stage], peak, note))
+            print(f"  roofline {stage} [{label}]: {rows[-1].gflop:.1f} GFLOP in {rows[-1].seconds:.3f} s = "
+                  f"{rows[-1].gflops:.0f} GFLOP/s ({100 * rows[-1].fraction_of_peak:.0f}% of peak)", flush=True)
+
+        inputs: dict[str, tuple] = {}
+        encoder = model.encoder
+        hooks = [getattr(encoder, name).register_forward_pre_hook(
+            lambda _m, args, name=name: inputs.__setitem__(name, args)) for name in ENCODER_BLOCKS]
+        with torch.inference_mode():
+            planes = model.encode(x, ref)
+        for hook in hooks:
+            hook.remove()
+        set_grid_layout(encoder, True)
+        for name, what in ENCODER_BLOCKS.items():
+            timed(f"encoder.{name}", lambda name=name: getattr(encoder, name)(*inputs[name]), what, autocast=True)
+        timed("encoder (whole editor pass)", lambda: model.encode(x, ref), "with the pixel-coordinate channels")
+        with torch.inference_mode():
+            origins, directions = sample_rays(front, renderer.cfg.neural_rendering_resolution)
+            tri = planes.reshape(1, 3, -1, *planes.shape[-2:])
+            features = render_rays_fused(tri, renderer.decoder, origins, directions, renderer.cfg)[0]
+        r = renderer.cfg.neural_rendering_resolution
+        timed("volume rendering (fused)", lambda: render_rays_fused(tri, renderer.decoder, origins, directions,
+                                                                     renderer.cfg),
+              f"{r}² rays x {renderer.cfg.depth_resolution}+{renderer.cfg.depth_resolution_importance} samples; "
+              "lookups, softplus and compositing are not counted (memory- and latency-bound)")
+        image = features.permute(0, 2, 1).reshape(1, -1, r, r).contiguous()
+        folded = renderer.folded_superresolution()
+        timed("super-resolution (folded)",
+              lambda: folded(image[:, :3], image, dtype=dtype or torch.float32), f"{r}² -> {4 * r}²")
+        timed("one 512² view (volume rendering + SR)", lambda: model.render(planes, front))
+        if precision == "exact":
+            side = 64 if quick else 256
+            timed(f"mesh density grid {side}³", lambda: density_grid(planes, renderer.decoder, side), "fp32 always",
+                  runs=1)
+    model.inference.precision = "exact"
+    return rows
+
+
+def roofline_table(rows: list[RooflineRow]) -> str:
+    lines = ["| stage | precision | GFLOP (counted) | time s | GFLOP/s | % of peak | what |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r.stage} | {r.precision} | {r.gflop:.1f} | {r.seconds:.3f} | {r.gflops:.0f} | "
+                     f"{100 * r.fraction_of_peak:.0f}% | {r.note} |")
+    return "\n".join(lines)
+
+
+def peaks_line(peaks: dict[str, dict[str, float]]) -> str:
+    parts = [f"{label} {p['gflops']:.0f} GFLOP/s (matmul {p['matmul_gflops']:.0f}, 3x3 conv {p['conv_gflops']:.0f})"
+             for label, p in peaks.items() if label != "memory"]
+    return f"measured peak: {'; '.join(parts)}; memory copy {peaks['memory']['copy_gb_per_s']:.1f} GB/s"
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # Report.
 
+ISA_FLAGS = (("fma", "FMA"), ("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX512-VNNI"),
+             ("avx512_bf16", "AVX512-BF16"), ("avx512_fp16", "AVX512-FP16"), ("amx_bf16", "AMX-BF16"),
+             ("amx_fp16", "AMX-FP16"), ("asimd", "NEON"), ("sve", "SVE"), ("bf16", "BF16"))
+
+
 def cpu_name() -> str:
+    """The CPU model, its core count and the ISA extensions that matter for these kernels."""
     try:
-        info = Path("/proc/cpuinfo").read_text()
-        name = re.search(r"model name\s*:\s*(.+)", info).group(1).strip()
-        flags = set(re.search(r"flags\s*:\s*(.+)", info).group(1).split())
+        name = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).strip()
     except (OSError, AttributeError):
         import platform
 
-        return platform.processor() or "unknown CPU"
-    features = [label for flag, label in (("avx512f", "AVX-512"), ("amx_bf16", "AMX-BF16")) if flag in flags]
-    return f"{name} ({os.cpu_count()} cores{', ' + ', '.join(features) if features else ''})"
+        name = platform.processor() or "unknown CPU"
+    features = [label for flag, label in ISA_FLAGS if flag in cpu_flags()]
+    return f"{name} ({os.cpu_count()} cores; ISA: {' '.join(features) or 'unknown'})"
 
 
 def header(runs: int, warmup: int) -> str:
@@ -452,15 +642,19 @@ def table(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run: 1 run, no warm-up, small mesh, tiny IP2P")
-    parser.add_argument("--runs", type=int, help="timed runs of the editor pass and the view (default 5; --quick 1); "
-                        "the 3-view batch and the IP2P steps take at most 3, orbit, mesh and anchor 1")
+    parser.add_argument("--runs", type=int, help="timed runs of the editor pass, the view and the roofline stages "
+                        "(default 5; --quick 1); the 3-view batch and the IP2P steps take at most 3, orbit, mesh and "
+                        "anchor 1")
     parser.add_argument("--warmup", type=int, help="warm-up calls per path (default 1; --quick 0)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for the text references")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile opt-in (minutes)")
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if torch.cuda.is_available():  # golden tolerances assume true fp32
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -473,12 +667,13 @@ def main() -> None:
         bench = Bench(device, runs, warmup)
         model = recipe_editor(device)
         if device.type == "cpu":
-            variants = [("bf16 autocast", torch.bfloat16, False)] if torch.backends.mkldnn.is_available() else []
-            variants += [("torch.compile", None, True)] if args.compile else []
-            headline = editor_stages(bench, model, "cpu fp32", args.quick, variants)
+            peaks = measure_peaks(bench, args.quick)
+            print(f"  {peaks_line(peaks)}", flush=True)
+            rooflines = roofline(bench, model, args.quick, peaks)
+            headline = editor_stages(bench, model, "cpu fp32", args.quick,
+                                     [("torch.compile", None, True)] if args.compile else [])
         else:
-            editor_stages(bench, model, "cuda fp32", args.quick,
-                          [("bf16 autocast", torch.bfloat16, False), ("fp16 autocast", torch.float16, False)])
+            editor_stages(bench, model, "cuda fp32", args.quick, [("fp16 autocast", torch.float16, False)])
         del model
         generator_stage(bench, f"{device.type} fp32")
         ip2p_stages(bench, args.quick)
@@ -491,14 +686,29 @@ def main() -> None:
     print()
     for note in notes:
         print(f"* {note}")
-    base = headline["encode"].baseline_s + headline["view"].baseline_s
-    optimised = headline["encode"].optimised_s + headline["view"].optimised_s
-    diff = max(headline["encode"].max_abs_diff, headline["view"].max_abs_diff)
+    print()
+    print(f"Roofline of the product path on the CPU: {cpu_name()}; {peaks_line(peaks)}")
+    print()
+    print(roofline_table(rooflines))
+    print()
+    result = {"speedup": ratio(headline["encode"], headline["view"]),
+              "max_abs_diff": max(headline["encode"].max_abs_diff, headline["view"].max_abs_diff)}
+    if headline["encode fast"] is not None:
+        result["fast_speedup"] = ratio(headline["encode fast"], headline["view fast"])
+        result["fast_max_abs_diff"] = max(headline["encode fast"].max_abs_diff, headline["view fast"].max_abs_diff)
     if args.json:
-        args.json.write_text(json.dumps({"header": header(runs, warmup), "rows": [
-            {**asdict(r), "speedup": r.speedup} for r in rows], "notes": notes, "speedup": base / optimised,
-            "max_abs_diff": diff}, indent=1))
-    print(f"speedup={base / optimised:.2f} max_abs_diff={diff:.3g}")
+        args.json.write_text(json.dumps({"header": header(runs, warmup), "cpu": cpu_name(), "peaks": peaks, "rows": [
+            {**asdict(r), "speedup": r.speedup} for r in rows], "roofline": [
+            {**asdict(r), "gflops": r.gflops, "fraction_of_peak": r.fraction_of_peak} for r in rooflines],
+            "notes": notes, **result}, indent=1))
+    if "fast_speedup" in result:
+        print(f"fast_speedup={result['fast_speedup']:.2f} fast_max_abs_diff={result['fast_max_abs_diff']:.3g}")
+    print(f"speedup={result['speedup']:.2f} max_abs_diff={result['max_abs_diff']:.3g}")
+
+
+def ratio(encode: Row, view: Row) -> float:
+    """Baseline / this path, for the editor pass plus one view (the two rows were timed in the same rotation)."""
+    return (encode.baseline_s + view.baseline_s) / (encode.optimised_s + view.optimised_s)
 
 
 if __name__ == "__main__":

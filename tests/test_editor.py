@@ -9,12 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.golden_compare import REDUCED_PRECISION_BOUNDS, assert_close, assert_stats, reduced_precision_errors
+from tests.golden_compare import (ATOL, REDUCED_PRECISION_BOUNDS, assert_close, assert_stats, exceeded,
+                                  reduced_precision_errors)
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
 from threedpe.cameras import camera
 from threedpe.checkpoints import load_3dpe
 from threedpe.models.editor import EditorConfig, EditorModel
 from threedpe.models.encoder import preprocess_input, preprocess_reference
+from threedpe.precision import native_bf16
 from threedpe.testing import tiny_editor_config
 
 
@@ -79,15 +81,26 @@ def test_editor_golden_views_on_the_reference_path(editor_model, golden_dir):
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_stays_within_its_stated_bound(editor_model, golden_dir, precision):
-    if precision == "bf16" and not torch.backends.mkldnn.is_available():
-        pytest.skip("no oneDNN: CPU bf16 autocast unavailable")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    errors = reduced_precision_errors(editor_model, dict(np.load(editor_cases(golden_dir)[0])), dtype)
-    bounds = REDUCED_PRECISION_BOUNDS[precision]
-    assert {k: v for k, v in errors.items() if v > bounds[k]} == {}, errors
-    assert errors["image"] > 1e-4  # the reduced precision really ran
+def test_fast_precision_stays_within_its_stated_bound(editor_model, golden_dir):
+    """Precision "fast" on the golden case: bf16 where this CPU computes it natively, within the stated (max, mean)
+    bound and really reduced; float32 elsewhere, then golden-equal. The suite's one golden-size bf16 pass."""
+    errors = reduced_precision_errors(editor_model, dict(np.load(editor_cases(golden_dir)[0])), precision="fast")
+    if not native_bf16("cpu"):
+        assert {key: value for key, value in errors.items() if value[0] > ATOL} == {}, errors
+        return
+    assert exceeded(errors, REDUCED_PRECISION_BOUNDS["bf16"]) == {}, errors
+    assert errors["image"][0] > 1e-4  # the reduced precision really ran
+
+
+@pytest.mark.golden
+def test_fp16_autocast_stays_within_its_stated_bound(editor_model, golden_dir):
+    """The fp16 opt-in (``inference.autocast = torch.float16``), where this CPU computes fp16 natively; emulated it
+    takes minutes (tests/test_gpu.py holds CUDA to the same bound)."""
+    if not getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: False)():
+        pytest.skip("this CPU has no native fp16 (AVX512-FP16 / AMX-FP16): emulated fp16 takes minutes here")
+    errors = reduced_precision_errors(editor_model, dict(np.load(editor_cases(golden_dir)[0])), autocast=torch.float16)
+    assert exceeded(errors, REDUCED_PRECISION_BOUNDS["fp16"]) == {}, errors
+    assert errors["image"][0] > 1e-4
 
 
 @pytest.mark.golden

@@ -14,6 +14,7 @@ from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
 from threedpe.models.encoder import (
     EncoderConfig,
     Live3DEditingEncoder,
+    GridConv,
     append_pixel_coordinates,
     preprocess_input,
     preprocess_reference,
@@ -190,6 +191,23 @@ def test_tiny_batch_and_coordinate_channels() -> None:
     torch.testing.assert_close(batched[1:], single, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(five_channel, batched, rtol=0, atol=0)
     assert not torch.allclose(batched[0], batched[1])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_grid_conv_keeps_a_token_grid_channels_last(batch: int) -> None:
+    """The fast path's depthwise conv of a token grid returns a channels-last grid (so the tokens after it need no copy),
+    also for a batch of one, whose token view carries an arbitrary batch stride; equal to the reference layout."""
+    torch.manual_seed(0)
+    conv = GridConv(16, 16, 3, 1, 1, groups=16).eval()
+    tokens = torch.randn(batch, 6 * 5, 16)
+    grid = tokens.transpose(1, 2).reshape(batch, 16, 6, 5)  # as tokens_to_map
+    with torch.inference_mode():
+        reference = conv(grid)
+        conv.channels_last = True
+        fast = conv(grid)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    assert fast.flatten(2).transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_append_pixel_coordinates_are_row_then_column() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.golden_compare import REDUCED_PRECISION_BOUNDS, assert_close, reduced_precision_errors
+from tests.golden_compare import REDUCED_PRECISION_BOUNDS, assert_close, exceeded, reduced_precision_errors
 from tests.golden_recipe import recipe_encoder_renderer
 from threedpe.models.editor import EditorConfig, EditorModel
 from threedpe.pipeline import PortraitEditor
@@ -65,10 +65,10 @@ def test_golden_editor_in_fp32_on_cuda(cuda_editor, golden_dir, fast):
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_bound_on_cuda(cuda_editor, golden_dir, precision):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+@pytest.mark.parametrize("mode", ["bf16", "fp16", "fast"])
+def test_reduced_precision_bound_on_cuda(cuda_editor, golden_dir, mode):
+    """bf16 / fp16 autocast, and precision "fast" (bf16 on a GPU that computes it natively), within the CPU's bounds."""
+    options = {"bf16": {"autocast": torch.bfloat16}, "fp16": {"autocast": torch.float16}, "fast": {"precision": "fast"}}
     case = dict(np.load(golden_dir / "editor_3dpe.npz"))
-    errors = reduced_precision_errors(cuda_editor, case, dtype)
-    bounds = REDUCED_PRECISION_BOUNDS[precision]
-    assert {k: v for k, v in errors.items() if v > bounds[k]} == {}, errors
+    errors = reduced_precision_errors(cuda_editor, case, **options[mode])
+    assert exceeded(errors, REDUCED_PRECISION_BOUNDS["fp16" if mode == "fp16" else "bf16"]) == {}, errors

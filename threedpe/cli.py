@@ -16,8 +16,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from threedpe.precision import PRECISIONS
+
 DEFAULT_WEIGHTS = os.environ.get("THREEDPE_WEIGHTS", "checkpoints")
 DEVICE_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'"
+PRECISION_HELP = ("exact: float32, equal to the official code (default); fast: bfloat16 where the hardware computes it "
+                  "natively (AVX512-BF16/AMX CPUs, recent GPUs), float32 elsewhere; about 2x faster on such a CPU, "
+                  "within the bounds stated in the README")
 
 
 class UsageError(ValueError):
@@ -38,7 +43,7 @@ def _edit(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     anchor = int(args.anchor) if args.anchor.isdigit() else args.anchor
 
-    editor = PortraitEditor.from_pretrained(args.weights, device=device)
+    editor = PortraitEditor.from_pretrained(args.weights, device=device, precision=args.precision)
     style = editor.load_style(args.style) if args.style is not None else None
     result = editor(args.input, reference=args.reference, prompt=prompt, aligned=args.aligned,
                     align_reference=args.align_reference, anchor=anchor, use_own_photo=args.own_photo,
@@ -66,6 +71,7 @@ def _edit(args: argparse.Namespace) -> None:
     for path in written:
         print(f"wrote {path}")
     print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()))
+    print(f"path: {result.path}")
 
 
 def _customize(args: argparse.Namespace) -> None:
@@ -176,6 +182,7 @@ def _render(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     generator = TriPlaneGenerator.from_pretrained(_eg3d_weights(args.weights)).to(device)
+    generator.inference.precision = args.precision
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
@@ -242,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--style", help="a style file made by `customize`, applied to the editor for this edit")
     edit.add_argument("--device", default="auto", help=DEVICE_HELP)
+    edit.add_argument("--precision", choices=PRECISIONS, default="exact", help=PRECISION_HELP)
     edit.set_defaults(run=_edit)
 
     custom = commands.add_parser(
@@ -284,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--frames", type=int, default=120)
     render.add_argument("--fps", type=float, default=30)
     render.add_argument("--device", default="auto", help=DEVICE_HELP)
+    render.add_argument("--precision", choices=PRECISIONS, default="exact", help=PRECISION_HELP)
     render.set_defaults(run=_render)
 
     conv = commands.add_parser("convert", help="convert a released weight file to safetensors + JSON")

@@ -38,6 +38,7 @@ from threedpe.models.editor import EditorModel
 from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.images import ImageError, ImageInput, frames_note, load_image
 from threedpe.mesh import export_mesh, extract_mesh
+from threedpe.precision import PrecisionError, check_precision
 from threedpe.styles import Style, StyleError, applied, model_fingerprint
 from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, write_mp4
 
@@ -71,7 +72,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 # Errors a user can act on (their messages say what to do); the app and the CLI show them without a traceback.
 USER_ERRORS = (ImageError, NoFaceError, CheckpointError, PromptError, SettingsError, DeviceError, StyleError,
-               Cancelled)
+               PrecisionError, Cancelled)
 
 
 def reference_notes(image: Image.Image) -> list[str]:
@@ -263,7 +264,8 @@ class PortraitEditor:
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike | None = None, *, repo_id: str | None = None,
                         revision: str | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None) -> PortraitEditor:
+                        dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
+                        precision: str = "exact") -> PortraitEditor:
         """Load from a weight folder (default ``$THREEDPE_WEIGHTS`` or ``checkpoints/``), else the Hub.
 
         ``source`` is a folder or a Hub repository id (``owner/name``; the same as ``repo_id=``), read at
@@ -272,8 +274,10 @@ class PortraitEditor:
         otherwise ``timbrooks/instruct-pix2pix`` is loaded from the Hub on the first text edit) and the EG3D generator
         (whose frontal samples then serve as anchor portraits for text edits, beside the shipped photos). Text
         references are cached in memory and in ``cache_dir`` (default :func:`default_cache_dir`). ``device``: None
-        (CPU), ``"auto"``, or a device. Raises ``MissingWeightsError`` naming what is missing.
+        (CPU), ``"auto"``, or a device. ``precision``: ``"exact"`` or ``"fast"`` (see :attr:`precision`). Raises
+        ``MissingWeightsError`` naming what is missing.
         """
+        check_precision(precision)
         if source is not None and not Path(source).expanduser().exists() and HUB_REPO_ID.fullmatch(str(source)):
             source, repo_id = None, str(source)
         folder = Path(source if source is not None else os.environ.get("THREEDPE_WEIGHTS", "checkpoints")).expanduser()
@@ -293,7 +297,19 @@ class PortraitEditor:
         if generator is not None:
             editor.anchors = eg3d_anchors(generator, editor.cache_dir / "anchors",
                                           device=lambda: editor.device) + editor.anchors
+        editor.precision = precision
         return editor.to(device, dtype)
+
+    @property
+    def precision(self) -> str:
+        """``"exact"`` (float32, equal to the official code within the golden tolerance; the default) or ``"fast"``
+        (bfloat16 encoder and super-resolution where the hardware computes bfloat16 natively, else float32; bounds in
+        the README): see :mod:`threedpe.precision`. Settable; applies from the next encode or render on."""
+        return self.model.inference.precision
+
+    @precision.setter
+    def precision(self, precision: str) -> None:
+        self.model.inference.precision = precision
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PortraitEditor:
         """Move to ``device`` (``"auto"``: CUDA when available); ``dtype`` applies to the encoder (the renderer stays

@@ -24,6 +24,7 @@ from threedpe.checkpoints import (EDITOR_MODEL, RECONSTRUCTION_MODEL, ThreeDPECh
 from threedpe.models.encoder import (EncoderConfig, Live3DEditingEncoder, Live3DEncoder, append_pixel_coordinates,
                                      set_grid_layout)
 from threedpe.models.rendering import InferenceOptions, RenderingConfig, TriplaneRenderer
+from threedpe.precision import native_bf16_label
 
 RECONSTRUCTION_WEIGHTS = ("encoder_render_LT_90000.safetensors", "encoder_render_LT_90000.pt")  # converted first
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -125,14 +126,19 @@ class _TriplaneModel(nn.Module):
             return self.renderer(planes.float(), cams.float(), deterministic=deterministic, preview=preview)
 
     def describe_inference(self) -> str:
-        """The path encoding and rendering take without autograd, in words, e.g.
-        ``"cpu fp32, channels-last token grids, fused volume rendering, folded channels-last SR"``."""
-        device = next(self.encoder.parameters()).device.type
+        """The path encoding and rendering take without autograd, in words, naming the precision, e.g.
+        ``"cpu fp32, channels-last token grids, fused volume rendering, folded channels-last SR"`` (precision
+        ``"exact"``) or ``"cpu bf16 (fast precision: native AVX512-BF16, AMX-BF16; pixel coordinates and volume rendering
+        fp32), ..."``."""
+        device = next(self.encoder.parameters()).device
         precision = "fp32"
         if self._encoder_dtype() != torch.float32:  # PortraitEditor.to(dtype=...): the renderer stays float32
             precision = f"{PRECISION_NAMES.get(self._encoder_dtype(), str(self._encoder_dtype()))} encoder, fp32 rendering"
         if self.inference.autocast is not None:
             precision = f"{PRECISION_NAMES[self.inference.autocast]} autocast (pixel coordinates and volume rendering fp32)"
+        elif self.inference.precision == "fast" and self.inference.fast:
+            precision = describe_fast_precision(device)
+        device = device.type
         if not self.inference.fast:
             return f"{device} {precision}, reference path"
         encoder = ["channels-last encoder" if device == "cuda" else "channels-last token grids"]
@@ -141,7 +147,7 @@ class _TriplaneModel(nn.Module):
 
     def _encode(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         """The encoder on (x, *extra) in its dtype -> float32 tri-planes. Without autograd and with ``inference.fast`` it
-        runs under ``inference.autocast``, compiled with ``inference.compile``, and channels-last on CUDA."""
+        runs in ``inference.reduced_dtype`` (autocast), compiled with ``inference.compile``, and channels-last on CUDA."""
         dtype = self._encoder_dtype()
         x, extra = x.to(dtype), [t.to(dtype) for t in extra]
         options = self.inference
@@ -158,7 +164,8 @@ class _TriplaneModel(nn.Module):
             if self._compiled is None or self._compiled[0] != forward:
                 self._compiled = (forward, torch.compile(forward))
             forward = self._compiled[1]
-        with torch.autocast(x.device.type, dtype=options.autocast, enabled=options.autocast is not None):
+        dtype = options.reduced_dtype(x.device)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             return forward(x, *extra).float()
 
     def _encoder_dtype(self) -> torch.dtype:
@@ -211,6 +218,14 @@ class ReconstructionModel(_TriplaneModel):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, S, S) in [-1, 1] -> tri-planes (B, 96, S/2, S/2)."""
         return self._encode(x)
+
+
+def describe_fast_precision(device: torch.device) -> str:
+    """What precision ``"fast"`` computes in on ``device``, in words (see :mod:`threedpe.precision`)."""
+    native = native_bf16_label(device)
+    if native is None:
+        return f"fp32 (fast precision: no native bf16 on this {'GPU' if device.type == 'cuda' else 'CPU'})"
+    return f"bf16 (fast precision: native {native}; pixel coordinates and volume rendering fp32)"
 
 
 def resolve_reconstruction_weights(folder: str | os.PathLike | None = None, *, repo_id: str | None = None,

@@ -182,18 +182,28 @@ def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor
 class GridConv(nn.Conv2d):
     """A convolution of tokens laid out on their grid by :func:`tokens_to_map` (a channels-last view).
 
-    ``channels_last`` (the fast inference path, :func:`set_grid_layout`; ignored under autograd): the weight is given
-    channels-last like the grid, so the backend makes no layout copy of the grid or of the result (the 3x3 depthwise
-    conv of 2048 channels at 64^2 took ~90 ms with the copies, ~13 ms without, on 2 CPU cores); equal up to float
-    rounding.
+    ``channels_last`` (the fast inference path, :func:`set_grid_layout`; ignored under autograd): the grid is given
+    canonical channels-last strides, so the backend makes no layout copy of the grid or of the result. A grid of batch 1
+    carries the token tensor's arbitrary batch stride, and with it the CPU backend took it for NCHW: it copied the grid,
+    returned an NCHW result, and the following token layers then copied again (the 3x3 depthwise conv of 2048 channels
+    at 64^2: ~400 ms with the copies, ~45 ms without, one loaded CPU core). Equal up to float rounding.
     """
 
     channels_last = False
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.channels_last and not torch.is_grad_enabled():  # never in training: the gradient keeps its layout
-            weight = weight.contiguous(memory_format=torch.channels_last)
+            input = channels_last_strides(input)
         return super()._conv_forward(input, weight, bias)
+
+
+def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, H, W), when channels-last contiguous, as a view with the canonical channels-last strides (size-1
+    dimensions' strides are arbitrary, and backends read them); otherwise ``x`` itself."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    _, c, h, w = x.shape
+    return x.as_strided(x.shape, (c * h * w, 1, w * c, c))
 
 
 def set_grid_layout(module: nn.Module, channels_last: bool) -> None:

@@ -6,6 +6,8 @@ State-dict keys are EG3D's (``backbone.*``, ``decoder.net.*``, ``superresolution
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 from dataclasses import dataclass, field
 
@@ -92,7 +94,8 @@ class TriPlaneGenerator(nn.Module):
             input_resolution=self.cfg.rendering.neural_rendering_resolution,
             antialias=self.cfg.rendering.sr_antialias, widths=self.cfg.sr_widths)
         self.decoder = OSGDecoder(PLANE_CHANNELS, lr_multiplier=self.cfg.decoder_lr_multiplier)
-        self.inference = InferenceOptions()  # without autograd, ``fast`` renders with the fused volume rendering
+        # without autograd, ``fast`` renders with the fused volume rendering, and ``precision`` applies
+        self.inference = InferenceOptions()
 
     @classmethod
     def from_checkpoint(cls, checkpoint: EG3DCheckpoint) -> TriPlaneGenerator:
@@ -126,8 +129,16 @@ class TriPlaneGenerator(nn.Module):
         return self.synthesize_planes(ws), ws
 
     def synthesize_planes(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
-        """ws -> tri-planes (B, 96, P, P)."""
-        return self.backbone.synthesis(ws, noise_mode=noise_mode)
+        """ws -> tri-planes (B, 96, P, P) float32 (computed in :meth:`reduced_precision`)."""
+        with self.reduced_precision(ws.device):
+            return self.backbone.synthesis(ws, noise_mode=noise_mode).float()
+
+    def reduced_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The autocast region of the synthesis and the super-resolution: ``inference.reduced_dtype`` on the fast path
+        (precision ``"fast"`` on hardware with native bfloat16, or an explicit ``inference.autocast``), else none (an
+        enclosing autocast, if any, applies)."""
+        dtype = self.inference.reduced_dtype(device) if self.inference.fast_now() else None
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
     def render(self, planes: torch.Tensor, ws: torch.Tensor, cams: torch.Tensor, deterministic: bool = True,
                field: PlaneField | None = None) -> dict[str, torch.Tensor]:
@@ -136,10 +147,12 @@ class TriPlaneGenerator(nn.Module):
         Deterministic unless asked otherwise; without autograd and with ``inference.fast`` the volume rendering is
         the fused one (the super-resolution depends on ws, so it is never folded here), reading ``field`` when a
         caller keeps the :class:`PlaneField` of one tri-plane (with this decoder) for many renders."""
-        fused = self.inference.fast_now()
-        return render_planes(planes, cams, self.decoder,
-                             lambda rgb, x: self.superresolution(rgb, x, ws, noise_mode="none"),
-                             self.cfg.rendering, deterministic, fused=fused, field=field)
+        def superresolve(rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            with self.reduced_precision(x.device):
+                return self.superresolution(rgb, x, ws, noise_mode="none").float()
+
+        return render_planes(planes, cams, self.decoder, superresolve, self.cfg.rendering, deterministic,
+                             fused=self.inference.fast_now(), field=field)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, noise_mode: str = "const",

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from threedpe.models.stylegan2 import FoldedSynthesisBlock, FullyConnectedLayer, SynthesisBlock
+from threedpe.precision import check_precision, reduced_dtype
 
 # Preview quality: neural rendering at 64^2 with 24 coarse + 24 importance samples per ray (1/8 of the decoder
 # work), super-resolution run at that resolution (4x, 256^2, without first resizing its input to the trained
@@ -92,19 +93,30 @@ class InferenceOptions:
     fast: the fused volume rendering, for 3DPE's renderer the folded channels-last super-resolution, and on CUDA a
     channels-last encoder, on the CPU channels-last token grids (equal to the reference up to float rounding, within
     the golden tolerance).
-    autocast: a reduced precision (``torch.bfloat16`` or ``torch.float16``) for the encoder and the super-resolution
-    convolutions (the pixel-coordinate convolutions and the volume rendering stay float32); not golden-equal, opt-in.
+    precision: ``"exact"`` (float32) or ``"fast"`` (bfloat16 for the encoder and the super-resolution convolutions
+    where the device computes it natively, detected at run time; float32 elsewhere): see :mod:`threedpe.precision`.
+    autocast: an explicit reduced dtype (``torch.bfloat16`` or ``torch.float16``) for the same layers on any device,
+    overriding ``precision``; not golden-equal, opt-in.
     compile: ``torch.compile`` the encoder and the folded super-resolution (opt-in: minutes of compilation on the
     first call and after every weight change; not on ZeroGPU).
     """
 
     fast: bool = True
+    precision: str = "exact"
     autocast: torch.dtype | None = None
     compile: bool = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, check_precision(value) if name == "precision" else value)
 
     def fast_now(self) -> bool:
         """Whether a call made now takes the fast path: ``fast`` and no autograd."""
         return self.fast and not torch.is_grad_enabled()
+
+    def reduced_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype of the encoder and super-resolution convolutions on ``device`` (fast path): ``autocast`` when set,
+        else bfloat16 for precision ``"fast"`` where native, else None (float32)."""
+        return self.autocast if self.autocast is not None else reduced_dtype(self.precision, device)
 
 
 def sample_rays(cams: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,12 +165,12 @@ def sample_from_planes(planes: torch.Tensor, points: torch.Tensor, box_warp: flo
 class PlaneField:
     """The OSG decoder's field over tri-planes, for inference (no autograd): points -> density and colour logits.
 
-    Equal to ``decoder.net(sample_from_planes(planes, points, box_warp).mean(1))`` up to float rounding, computed
-    with less work: the decoder's first layer is linear, so it is applied once to every texel of the planes (zero
-    padded, channels-last: the table (Bp * 3 * (P+3)^2, hidden), the mean over the planes folded in), and the hidden
-    layer of a point is then one ``embedding_bag``: 3 planes x 4 bilinear corners = 12 weighted table rows, with
-    ``grid_sample``'s source index (g + 1) * P/2 - 0.5 and weights (corners in the zero padding weigh nothing, as
-    ``padding_mode='zeros'``).
+    Equal to ``decoder.net(sample_from_planes(planes, points, box_warp).mean(1))`` up to float rounding, with one
+    lookup per point: the planes are zero padded and laid out channels-last as a table (Bp * 3 * (P+3)^2, C), and the
+    sum of a point's bilinear features over the three planes is one ``embedding_bag`` of 3 planes x 4 corners = 12
+    weighted table rows (``grid_sample``'s source index (g + 1) * P/2 - 0.5; corners in the zero padding weigh
+    nothing, as ``padding_mode='zeros'``); the decoder's first layer, with the mean over the planes folded into its
+    weight, follows as one matrix product.
 
     planes (Bp, 3 * C, P, P) or (Bp, 3, C, P, P); a point set b reads tri-plane b, or the only one when Bp = 1.
     """
@@ -170,9 +182,9 @@ class PlaneField:
         planes = planes.reshape(bp, 3, -1, planes.shape[-2], size)
         if planes.shape[-2] != size:
             raise ValueError(f"expected square planes, got {tuple(planes.shape)}")
+        self.table = F.pad(planes, (1, 2, 1, 2)).permute(0, 1, 3, 4, 2).reshape(-1, planes.shape[2])
         weight, self.bias = decoder.net[0].effective()
-        texels = F.pad(planes, (1, 2, 1, 2)).permute(0, 1, 3, 4, 2).reshape(-1, planes.shape[2])
-        self.table = texels @ (weight.t() / 3)
+        self.first = weight.t() / 3
         self.output = decoder.net[2]
         self.batch, self.size, self.box_warp = bp, size, box_warp
         padded = size + 3
@@ -196,7 +208,8 @@ class PlaneField:
         col, row = high[..., 0::2], high[..., 1::2]
         col_low, row_low = 1 - col, 1 - row
         weights = torch.stack([row_low * col_low, row_low * col, row * col_low, row * col], -1).reshape(b * m, -1)
-        return F.softplus(F.embedding_bag(index, self.table, per_sample_weights=weights, mode="sum").add_(self.bias))
+        features = F.embedding_bag(index, self.table, per_sample_weights=weights, mode="sum")
+        return F.softplus(torch.addmm(self.bias, features, self.first))
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """Points (B, M, 3) -> decoder outputs (B*M, 1 + C): raw density sigma, then the colour logits."""
@@ -380,9 +393,12 @@ def _render_chunk(field: PlaneField, origins: torch.Tensor, directions: torch.Te
     rays = b * m
 
     def query(d: torch.Tensor) -> torch.Tensor:
-        """Depths (rays, k) -> decoder outputs (rays, k, 1 + C): raw sigma, then sigmoid of the colour logits."""
-        points = (origins.unsqueeze(-2) + d.reshape(b, m, -1, 1) * directions.unsqueeze(-2)).reshape(b, -1, 3)
-        out = field(points).reshape(rays, d.shape[1], -1)
+        """Depths (rays, k) -> decoder outputs (k, rays, 1 + C): raw sigma, then sigmoid of the colour logits. The
+        points go depth by depth (neighbouring rays read neighbouring texels: ~2x faster lookups than ray by ray)."""
+        k = d.shape[1]
+        along = d.reshape(b, m, k).transpose(1, 2).unsqueeze(-1)  # (B, k, m, 1)
+        points = (origins.unsqueeze(1) + along * directions.unsqueeze(1)).reshape(b, -1, 3)
+        out = field(points).reshape(b, k, m, -1).transpose(0, 1).reshape(k, rays, -1)
         out[..., 1:].sigmoid_()
         return out
 
@@ -390,12 +406,12 @@ def _render_chunk(field: PlaneField, origins: torch.Tensor, directions: torch.Te
     passes = [query(depths)]
     n = cfg.depth_resolution_importance
     if n > 0:
-        weights = interval_weights(passes[0][..., :1], depths.unsqueeze(-1)).squeeze(-1)
+        weights = interval_weights(passes[0][..., 0].t().unsqueeze(-1), depths.unsqueeze(-1)).squeeze(-1)
         fine = importance_depths(weights, depths, n, deterministic)
         passes.append(query(fine))
         depths = torch.cat([depths, fine], dim=-1)
     depths, order = torch.sort(depths, dim=-1)
-    densities = torch.cat([out[..., 0] for out in passes], dim=-1).gather(-1, order)
+    densities = torch.cat([out[..., 0] for out in passes]).t().gather(-1, order)
     weights = interval_weights(densities.unsqueeze(-1), depths.unsqueeze(-1))
     depth = expected_depth(weights, depths.unsqueeze(-1))
     weights = weights.squeeze(-1)
@@ -404,8 +420,8 @@ def _render_chunk(field: PlaneField, origins: torch.Tensor, directions: torch.Te
     coefficients = torch.empty_like(coefficients).scatter_(-1, order, coefficients)
     start, colours = 0, 0
     for out in passes:
-        k = out.shape[1]
-        colours = colours + torch.bmm(coefficients[:, None, start:start + k], out).squeeze(1)[:, 1:]
+        k = out.shape[0]
+        colours = colours + torch.bmm(coefficients[:, None, start:start + k], out.transpose(0, 1)).squeeze(1)[:, 1:]
         start += k
     features = (colours * (RGB_SCALE / 2) - RGB_OFFSET * opacity) * 2 - 1
     depth_range = torch.stack([depths[:, 0].min(), depths[:, -1].max()]).reshape(1, 2)
@@ -459,16 +475,21 @@ class FoldedSuperresolution:
         """w (1, N, w_dim): as in ``forward``, the last of the N is used."""
         ws = w[:, -1:, :].repeat(1, 3, 1)
         self.resize_input = superresolution.resize_input
-        self.blocks = (FoldedSynthesisBlock(superresolution.block0, ws), FoldedSynthesisBlock(superresolution.block1, ws))
+        self.blocks = {torch.float32: (FoldedSynthesisBlock(superresolution.block0, ws),
+                                       FoldedSynthesisBlock(superresolution.block1, ws))}
 
-    def __call__(self, rgb: torch.Tensor, x: torch.Tensor, resize_input: bool = True) -> torch.Tensor:
-        """As :meth:`SuperresolutionHybrid8XDC.forward` (without ws)."""
+    def __call__(self, rgb: torch.Tensor, x: torch.Tensor, resize_input: bool = True,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """As :meth:`SuperresolutionHybrid8XDC.forward` (without ws), the blocks computed in ``dtype`` (their weights
+        cast once per dtype); returns float32."""
         if resize_input:
             rgb, x = self.resize_input(rgb, x)
-        x, rgb = x.contiguous(memory_format=torch.channels_last), rgb.contiguous(memory_format=torch.channels_last)
-        for block in self.blocks:
+        if dtype not in self.blocks:
+            self.blocks[dtype] = tuple(block.to(dtype) for block in self.blocks[torch.float32])
+        x, rgb = (t.to(dtype, memory_format=torch.channels_last) for t in (x, rgb))
+        for block in self.blocks[dtype]:
             x, rgb = block(x, rgb)
-        return rgb.contiguous()
+        return rgb.float().contiguous()
 
 
 Superresolve = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (raw rgb, feature image) -> image
@@ -553,9 +574,8 @@ class TriplaneRenderer(nn.Module):
             folded = self.folded_superresolution()
 
             def superresolve(rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                dtype = self.inference.autocast
-                with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    return folded(rgb, x, resize_input=not preview).float()
+                dtype = self.inference.reduced_dtype(x.device) or torch.float32
+                return folded(rgb, x, resize_input=not preview, dtype=dtype)
         else:
             ws = self.const.expand(cams.shape[0], -1, -1)
 
