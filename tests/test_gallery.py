@@ -114,7 +114,7 @@ def pause_at(stage: str, marker: str) -> None:
         if when == "before":
             pause()
         result = method(*args, **kwargs)
-        pause()
+        pause()  # "after" (a pause "before" never returns)
         return result
 
     setattr(owner, name, paused)

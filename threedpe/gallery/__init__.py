@@ -52,7 +52,7 @@ from threedpe.gallery.records import (FORMAT_VERSION, RECORD_FORMAT, GalleryErro
                                       clean_text, default_root, dump, json_object, session_key, sha256_text,
                                       validate_id)
 from threedpe.gallery.store import Store
-from threedpe.gallery.sync import SYNC_PATTERNS, HubSync, restore
+from threedpe.gallery.sync import SYNC_PATTERNS, HubSync, restore_from_folder
 from threedpe.images import ImageInput
 
 __all__ = ["Gallery", "GalleryError", "GalleryLimits", "GalleryPage", "HubSync", "LimitExceeded", "NotAllowed",
@@ -179,4 +179,4 @@ class Gallery:
     def restore(self, folder: str | os.PathLike) -> RestoreReport:
         """Add what a mirror folder (``records/``, ``events/``; a Hub snapshot) holds and this store lacks: records
         (checksums verified, deleted ones skipped), then its events in time order. Idempotent."""
-        return restore(self._store, folder)
+        return restore_from_folder(self._store, folder)

@@ -1,7 +1,7 @@
 """The moderation log: one small JSON file per event (delete, hide, unhide, flag), appended, never edited.
 
 An event file is written before the transaction that applies it (:meth:`Store.apply`), so a crash in between is
-replayed at the next open; the same files are what the Hub mirror holds and :func:`~threedpe.gallery.sync.restore`
+replayed at the next open; the same files are what the Hub mirror holds and :func:`~threedpe.gallery.sync.restore_from_folder`
 reads back.
 """
 from __future__ import annotations

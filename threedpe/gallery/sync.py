@@ -1,6 +1,6 @@
 """The gallery's mirror: a Hugging Face Hub dataset repo holding ``records/`` and ``events/`` (sync = copy).
 
-At start-up the store is restored from a snapshot of the repo (:func:`restore`, also usable on any mirror folder);
+At start-up the store is restored from a snapshot of the repo (:func:`restore_from_folder`, also usable on any mirror folder);
 then a ``huggingface_hub.CommitScheduler`` appends new records and events to it. The mirror is append-only: deleted
 records stay in the repo with their delete event and are never restored.
 """
@@ -81,14 +81,14 @@ class HubSync:
                 logger.error("gallery: could not download %s, starting without its records: %s", self.repo_id, error)
                 return
             if found:
-                report = restore(store, snapshot)
+                report = restore_from_folder(store, snapshot)
                 logger.info("gallery: restored %d records and %d events from %s (%d skipped)", report.records,
                             report.events, self.repo_id, len(report.skipped))
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
 
 
-def restore(store: Store, folder: str | os.PathLike) -> RestoreReport:
+def restore_from_folder(store: Store, folder: str | os.PathLike) -> RestoreReport:
     """Add what a mirror folder (``records/``, ``events/``) holds and ``store`` lacks: records (checksums verified,
     deleted ones skipped), then its events in time order. Idempotent."""
     source = Path(folder)
