@@ -23,14 +23,16 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
 
-from threedpe.gallery import (SYNC_PATTERNS, TEST_PAUSE_ENV, Gallery, GalleryError, GalleryLimits, HubSync,
-                              LimitExceeded, NotAllowed, Published, RecordNotFound, validate_id)
+from threedpe.gallery import (SYNC_PATTERNS, Gallery, GalleryError, GalleryLimits, HubSync, LimitExceeded, NotAllowed,
+                              Published, RecordNotFound, validate_id)
+from threedpe.gallery.assets import Assets
+from threedpe.gallery.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "admin-token-for-the-tests-0123456789"
 MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(8)  # an ftyp box: enough for the signature check
 GLB = b"glTF\x02\x00\x00\x00\x14\x00\x00\x00" + bytes(8)
-ENV_VARS = ("THREEDPE_GALLERY", "THREEDPE_GALLERY_REPO", "HF_TOKEN", "THREEDPE_GALLERY_ADMIN_TOKEN", TEST_PAUSE_ENV)
+ENV_VARS = ("THREEDPE_GALLERY", "THREEDPE_GALLERY_REPO", "HF_TOKEN", "THREEDPE_GALLERY_ADMIN_TOKEN")
 
 
 @pytest.fixture(autouse=True)
@@ -86,15 +88,43 @@ def push(store_root: Path, hub: Path) -> int:
 
 # ---- durability: a writer process killed at each stage ------------------------------------------------------
 
-PUBLISH_CHILD = "import sys; from threedpe.gallery import Gallery; from tests.test_gallery import publish_one; " \
-                "publish_one(Gallery(sys.argv[1]))"
-DELETE_CHILD = "import sys; from threedpe.gallery import Gallery; Gallery(sys.argv[1]).delete(sys.argv[2], sys.argv[3])"
+PAUSES = {  # stage: the gallery method the child pauses in, and whether before or after it runs
+    "staging": (Assets, "stage_blob", "before"),  # the strip staged, the video not yet
+    "staged": (Store, "commit", "before"),  # every file and meta.json staged, no row yet
+    "before-commit": (Store, "place", "after"),  # the folder renamed into records/, its transaction not committed
+    "delete-event-written": (Store, "write_event", "after"),  # the delete's event file written, not applied
+}
+CHILD = "import sys; from threedpe.gallery import Gallery; from tests.test_gallery import pause_at, publish_one; " \
+        "pause_at(sys.argv[1], sys.argv[2]); "
+PUBLISH_CHILD = CHILD + "publish_one(Gallery(sys.argv[3]))"
+DELETE_CHILD = CHILD + "Gallery(sys.argv[3]).delete(sys.argv[4], sys.argv[5])"
+
+
+def pause_at(stage: str, marker: str) -> None:
+    """In a child process: wrap the method of ``PAUSES[stage]`` so that the gallery writes ``marker`` (its pid) and
+    sleeps there, for the test to SIGKILL it exactly at that stage."""
+    owner, name, when = PAUSES[stage]
+    method = getattr(owner, name)
+
+    def pause() -> None:
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(3600)
+
+    def paused(*args, **kwargs):
+        if when == "before":
+            pause()
+        result = method(*args, **kwargs)
+        pause()  # "after" (a pause "before" never returns)
+        return result
+
+    setattr(owner, name, paused)
 
 
 def kill_at(stage: str, code: str, *args: str, marker: Path) -> None:
-    """Run ``code`` in a child process that pauses at ``stage`` (the test hook), then SIGKILL it there."""
-    env = {**os.environ, TEST_PAUSE_ENV: f"{stage}:{marker}", "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    """Run ``code`` in a child process that pauses at ``stage`` (see `pause_at`), then SIGKILL it there."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", code, stage, str(marker), *args], cwd=ROOT, env=env,
+                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not marker.exists():
         if child.poll() is not None:
