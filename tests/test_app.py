@@ -502,3 +502,23 @@ def test_customize_refuses_what_it_cannot_do(server, client):
         client.predict(handle_file(server.photo), None, "", api_name="/apply_style")
     with pytest.raises(AppError, match="must hold the subfolders|no photos"):
         client.predict("pairs", "", None, None, api_name="/generate_pairs")
+
+
+def test_the_app_is_launch_only_over_a_ui_that_the_service_layer_never_imports():
+    """``app.py`` launches (at most 250 lines); the page's and the service layer's functions read in one screen or
+    two (at most 120 lines); ``threedpe.serving`` imports neither gradio nor ``threedpe.ui``."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    assert len((root / "app.py").read_text().splitlines()) <= 250
+    package = root / "threedpe"
+    for path in [root / "app.py", *(package / "ui").glob("*.py"), *(package / "serving").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        long = [node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno >= 120]
+        assert not long, f"{path.name}: {long} longer than 120 lines"
+        if path.parent.name == "serving":
+            imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+            assert not {name for name in imported if name.split(".")[0] == "gradio" or
+                        name.startswith("threedpe.ui")}, f"{path.name} imports the UI"
