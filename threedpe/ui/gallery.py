@@ -3,13 +3,14 @@ publish buttons of the edit tabs that feed it."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 from gradio.events import Dependency
 
-from threedpe.serving.publishing import latest_edit, permalink, publish_edit, record_id
 from threedpe.serving.messages import record_markdown
+from threedpe.serving.publishing import latest_edit, permalink, publish_edit, record_id
 from threedpe.serving.runner import StoredEdit
 from threedpe.ui.common import ResultPanel, UIContext, listen, require_edit, set_in_browser, show_errors
 
@@ -154,10 +155,11 @@ class GalleryTab:
                                             self.page, queue=False, api_visibility="private"))
         self.opening(self.tiles.select(self.pick, [self.ids], self.edit_id, queue=False,
                                        api_visibility="private").then, api_visibility="private")
+        deleted = [self.message, self.tokens, self.info, self.strip, self.video, self.model, self.reference,
+                   self.download]
         self.refresh_after(listen(self.delete.click, self.delete_in_browser, [self.edit_id, self.owner_token,
                                                                               self.tokens],
-                                  [self.message, self.tokens, *self.opened[:-1]], self.message,
-                                  api_visibility="private"))
+                                  deleted, self.message, api_visibility="private"))
         # The listing refreshes itself while the tab is shown (a select fires also when a permalink selects the tab).
         self.refresh_after(self.tab.select(lambda: gr.Timer(active=True), None, self.timer, **QUIETLY))
         tabs.select(self.follow_tabs, None, self.timer, **QUIETLY)
@@ -175,7 +177,8 @@ class Publishing:
     def __init__(self, ctx: UIContext, tokens: gr.BrowserState):
         self.ctx, self.tokens = ctx, tokens
 
-    def published(self, edit_folder, share_photo: bool, request: gr.Request) -> tuple[str, str, str]:
+    def published(self, edit_folder: Path, share_photo: bool, request: gr.Request) -> tuple[str, str, str]:
+        """Publish the edit in ``edit_folder``: its record id, permalink and owner token."""
         record = publish_edit(self.ctx.gallery, edit_folder, request.session_hash, bool(share_photo))
         return record.id, permalink(page_url(request), record.id), record.owner_token
 
@@ -202,6 +205,7 @@ class PanelPublisher:
 
     @show_errors
     def publish_tab(self, edit: StoredEdit | None, share_photo: bool, owned: dict | None, request: gr.Request) -> dict:
+        """Publish the tab's edit; the link, and the owner token kept in this browser."""
         record, link, token = self.publishing.published(
             require_edit(edit).folder(self.publishing.ctx.folder(request)), share_photo, request)
         return {self.panel.link: f"✅ Published: [{link}]({link}) — this browser keeps the key that can delete it.",
