@@ -34,7 +34,7 @@ class StyleTuning:
         self.ctx = ctx
         with gr.Row():
             with gr.Column(scale=2, min_width=300):
-                self.inputs(ctx)
+                self.lay_out_inputs(ctx)
             with gr.Column(scale=3):
                 self.status = gr.Markdown("No style yet.", label="Customization status",
                                           elem_id="customize-tune-status", elem_classes="status")
@@ -48,7 +48,8 @@ class StyleTuning:
                                             object_fit="contain", elem_id="customize-snapshots")
         self.session = gr.State()
 
-    def inputs(self, ctx: UIContext) -> None:
+    def lay_out_inputs(self, ctx: UIContext) -> None:
+        """The pairs, Adapt and the style file (in the left column)."""
         gr.Markdown(CUSTOMIZE_HOW)
         self.source = gr.Radio([("An instruction", "instruction"), ("My own before/after photos", "pairs")],
                                value="instruction", label="Training pairs from", elem_id="customize-source")
