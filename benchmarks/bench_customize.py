@@ -12,7 +12,7 @@ three stand-in samples (the anchor portraits, tinted), then ``--warmup`` untimed
 initialised: same cost as the released files); ``substitute`` the MAE-token distance used when they are absent.
 Prints a markdown table (median step time, trainable tensors and values, style file size, peak RSS) and the machine.
 
-Chunks: ``threedpe.demo.DemoRunner.fine_tune`` as the app calls it (lora), ``--chunks`` calls of ``--chunk-steps``
+Chunks: ``threedpe.serving.runner.EditRunner.fine_tune`` as the app calls it (lora), ``--chunks`` calls of ``--chunk-steps``
 steps each (default: the app's ``TUNE_STEPS_PER_CALL`` on a GPU; 1 on a CPU, where a full-size step takes minutes),
 once with ``kept_trainers=0`` (every call copies the editor, reads the LPIPS files from the weight folder, runs
 Live3D on the pairs and restores the state) and once keeping the trainer, each in its own process. A call's
@@ -45,7 +45,8 @@ from threedpe.cameras import frontal_camera  # noqa: E402
 from threedpe.checkpoints import ThreeDPECheckpoint, save_checkpoint  # noqa: E402
 from threedpe.customize import CustomizeConfig, StyleTrainer, split_held_out  # noqa: E402
 from threedpe.datagen import StyleSample  # noqa: E402
-from threedpe.demo import TUNE_STEPS_PER_CALL, DemoRunner, StyleSession  # noqa: E402
+from threedpe.serving.runner import EditRunner  # noqa: E402
+from threedpe.serving.style_sessions import TUNE_STEPS_PER_CALL, StyleSession  # noqa: E402
 from threedpe.diffusion import EditSettings  # noqa: E402
 from threedpe.models.editor import (  # noqa: E402
     RECONSTRUCTION_WEIGHTS, EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel)
@@ -132,7 +133,7 @@ def time_held_out(seconds: list[float]) -> None:
 
 
 def run_chunks(args: argparse.Namespace) -> dict:
-    """``--chunks`` calls of ``DemoRunner.fine_tune`` (``--chunked``: "rebuilt" or "kept"), timed per call: the
+    """``--chunks`` calls of ``EditRunner.fine_tune`` (``--chunked``: "rebuilt" or "kept"), timed per call: the
     wall time, and the overhead (what is neither a training step nor a held-out evaluation: the set-up, the
     bookkeeping, the style and state at the end)."""
     device = torch.device(args.device)
@@ -140,7 +141,7 @@ def run_chunks(args: argparse.Namespace) -> dict:
     held_out = []  # seconds of each held-out evaluation or snapshot (at the same training times in both runs)
     time_held_out(held_out)
     with tempfile.TemporaryDirectory() as folder:
-        runner = DemoRunner(PortraitEditor(editor.to(device), weights_folder=weight_folder(Path(folder), live3d,
+        runner = EditRunner(PortraitEditor(editor.to(device), weights_folder=weight_folder(Path(folder), live3d,
                                                                                            args.perceptual)),
                             kept_trainers=1 if args.chunked == "kept" else 0)
         del editor, live3d

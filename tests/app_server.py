@@ -15,11 +15,13 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-import app
-from threedpe.demo import SessionFiles, load_editor, load_text_model
 from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
+from threedpe.serving.runner import load_editor, load_text_model
+from threedpe.serving.sessions import SessionFiles
 from threedpe.testing import save_tiny_weights
+from threedpe.ui.common import EXAMPLE_PHOTO, EXAMPLE_REFERENCE
+from threedpe.ui.page import build_demo, launch
 
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -47,7 +49,7 @@ def free_port() -> int:
 def serve(demo: gr.Blocks, gallery: Gallery | None = None) -> str:
     """Launch ``demo`` in this process on a free local port; its URL."""
     port = free_port()
-    app.launch(demo, gallery, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    launch(demo, gallery, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     return f"http://127.0.0.1:{port}/"
 
 
@@ -59,11 +61,11 @@ def app_server() -> AppServer:
     assert not isinstance(editor, Exception), editor
     sessions = SessionFiles(folder / "sessions")
     gallery = Gallery(folder / "gallery", sync=None, admin_token=ADMIN_TOKEN)
-    demo = app.build_demo(editor, load_text_model(editor), sessions, gallery=gallery)
+    demo = build_demo(editor, load_text_model(editor), sessions, gallery=gallery)
     url = serve(demo, gallery)
     atexit.register(gallery.close)
     atexit.register(demo.close)
     no_face = folder / "coffee.png"
     Image.fromarray(np.asarray(skimage.data.coffee())).save(no_face)
-    return AppServer(url, demo, folder, Path(app.EXAMPLE_PHOTO), Path(app.EXAMPLE_REFERENCE), no_face, sessions,
+    return AppServer(url, demo, folder, Path(EXAMPLE_PHOTO), Path(EXAMPLE_REFERENCE), no_face, sessions,
                      editor, gallery)

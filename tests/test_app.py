@@ -18,14 +18,16 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-import app
 from tests.app_server import AppServer, app_server, serve
 from threedpe.cancel import Cancelled
-from threedpe.demo import (DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, load_editor,
-                           public_message)
 from threedpe.diffusion import EditSettings
 from threedpe.gallery import Gallery
 from threedpe.pipeline import resolve_device
+from threedpe.serving.messages import public_message
+from threedpe.serving.runner import EditRunner, OutputSettings, load_editor
+from threedpe.serving.sessions import RateLimiter, RateLimitError, SessionFiles
+from threedpe.ui import common
+from threedpe.ui.page import build_demo
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
@@ -165,7 +167,7 @@ def test_building_the_page_warns_about_nothing(server, tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        app.build_demo(server.editor, sessions=SessionFiles(tmp_path), gallery=server.gallery)
+        build_demo(server.editor, sessions=SessionFiles(tmp_path), gallery=server.gallery)
 
 
 def test_reference_edit_then_views_video_and_mesh_at_default_settings(server, client):
@@ -181,7 +183,7 @@ def test_reference_edit_then_views_video_and_mesh_at_default_settings(server, cl
     assert Path(video).name == "orbit.mp4"
     reader = imageio_ffmpeg.read_frames(video)
     meta = next(reader)
-    assert meta["size"] == frontal.size and sum(1 for _ in reader) == app.OutputSettings.for_device(
+    assert meta["size"] == frontal.size and sum(1 for _ in reader) == OutputSettings.for_device(
         server.editor.device).video_frames
     assert "orbit video" in status
 
@@ -198,7 +200,7 @@ def test_text_edit_at_default_settings_then_view_video_mesh(server, client):
     outputs = edit_text(client, server)
     seconds = time.perf_counter() - start
     frontal = check_edit_outputs(outputs)
-    side = app.OutputSettings.for_device(server.editor.device).text_resolution  # 256 on CPU, 512 on a GPU
+    side = OutputSettings.for_device(server.editor.device).text_resolution  # 256 on CPU, 512 on a GPU
     assert png(outputs[1]).size == (side, side)  # the InstructPix2Pix reference, at the default 2D edit resolution
     assert "anchor portrait" in outputs[5] and "EG3D sample, seed 0" in outputs[5]
     print(f"text edit at default settings (20 steps, 512^2) on tiny weights: {seconds:.1f} s")
@@ -272,7 +274,7 @@ def elem_props(demo, suffixes: tuple[str, ...]) -> dict[str, dict]:
 def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, server):
     editor = load_editor(tmp_path / "empty")
     gallery = Gallery(tmp_path / "gallery", sync=None)
-    demo = app.build_demo(editor, sessions=SessionFiles(tmp_path / "sessions"), gallery=gallery)
+    demo = build_demo(editor, sessions=SessionFiles(tmp_path / "sessions"), gallery=gallery)
     url = serve(demo, gallery)
     try:
         config = page_config(url)
@@ -312,7 +314,7 @@ def test_rate_limit_per_session():
 
 
 def test_the_app_refuses_an_edit_beyond_the_rate_limit(tmp_path, server):
-    demo = app.build_demo(server.editor, sessions=SessionFiles(tmp_path / "sessions"),
+    demo = build_demo(server.editor, sessions=SessionFiles(tmp_path / "sessions"),
                           limiter=RateLimiter(limit=1, window_s=3600))
     url = serve(demo)
     try:
@@ -325,10 +327,10 @@ def test_the_app_refuses_an_edit_beyond_the_rate_limit(tmp_path, server):
 
 
 def test_every_outcome_of_an_event_ends_in_its_status_line():
-    """``app.reporting``: a stop (from any Stop button of the session) is the last update of an event, in its status;
+    """``common.reporting``: a stop (from any Stop button of the session) is the last update of an event, in its status;
     a refusal still fails the event (API callers get the error, chained events do not run) and leaves its message
     for the event's failure handler, which shows it in the status; a result passes through as it is."""
-    gr = app.gr
+    gr = common.gr
     status, request = gr.Markdown(), gr.Request(session_hash="session-1")
 
     def pairs(fail_with: str | None, request: gr.Request):
@@ -344,28 +346,28 @@ def test_every_outcome_of_an_event_ends_in_its_status_line():
             raise gr.Error(fail_with)
         return "strip", "done"
 
-    steps, run = app.reporting(pairs, status, 0), app.reporting(edit, status, 1)
-    assert list(steps(app.STOPPED, request)) == [("tiles", "1 of 2", None), {status: app.STOPPED}]
+    steps, run = common.reporting(pairs, status, 0), common.reporting(edit, status, 1)
+    assert list(steps(common.STOPPED, request)) == [("tiles", "1 of 2", None), {status: common.STOPPED}]
     assert list(steps(None, request))[-1] == ("tiles", "2 of 2", None)
-    assert run(app.STOPPED, request) == {status: app.STOPPED} and run(None, request) == ("strip", "done")
+    assert run(common.STOPPED, request) == {status: common.STOPPED} and run(None, request) == ("strip", "done")
     with pytest.raises(gr.Error, match="no face"):
         list(steps("no face", request))
     with pytest.raises(gr.Error, match="too small"):
         run("too small", request)
-    assert app.REFUSALS.take(request, 0) == "⚠️ no face" and app.REFUSALS.take(request, 0) is None
-    assert app.REFUSALS.take(request, 1) == "⚠️ too small"
+    assert common.REFUSALS.take(request, 0) == "⚠️ no face" and common.REFUSALS.take(request, 0) is None
+    assert common.REFUSALS.take(request, 1) == "⚠️ too small"
     with pytest.raises(gr.Error, match="Something went wrong"):  # a bug: logged, and a message without details
         run("bug", request)
-    assert app.REFUSALS.take(request, 1) == f"⚠️ {app.UNEXPECTED}"
+    assert common.REFUSALS.take(request, 1) == f"⚠️ {common.UNEXPECTED}"
     with pytest.raises(gr.Error, match="Stopped"):  # an event without the status among its outputs
-        app.reporting(edit, None, 2)(app.STOPPED, request)
-    assert app.REFUSALS.take(request, 2) == app.STOPPED
+        common.reporting(edit, None, 2)(common.STOPPED, request)
+    assert common.REFUSALS.take(request, 2) == common.STOPPED
 
 
 def test_stop_flag_stops_the_running_video_within_a_frame(server, tmp_path):
     """The Stop button sets the session's flag; the work checks it between frames (and denoising steps, views,
     mesh chunks), so the worker is idle again at once and serves the next request."""
-    runner = DemoRunner(server.editor)
+    runner = EditRunner(server.editor)
     sessions = SessionFiles(tmp_path)
     stop = sessions.stop_flag("s1")
     files = runner.edit(server.photo, sessions.folder("s1"), stop, reference=server.reference)
@@ -393,14 +395,14 @@ def test_stop_flag_stops_the_running_video_within_a_frame(server, tmp_path):
 
 
 def test_zero_gpu_durations_grow_with_the_work():
-    edit = DemoRunner.edit_duration
+    edit = EditRunner.edit_duration
     session = Path(".")
     assert edit("p.png", session, reference="r.png") < edit("p.png", session, prompt="x",
                                                             settings=EditSettings(steps=20))
     assert edit("p.png", session, prompt="x", settings=EditSettings(steps=20)) < edit(
         "p.png", session, prompt="x", settings=EditSettings(steps=50))
-    assert DemoRunner.video_duration(None, session, 48) < DemoRunner.video_duration(None, session, 240)
-    assert DemoRunner.mesh_duration(None, session, 128) < DemoRunner.mesh_duration(None, session, 384)
+    assert EditRunner.video_duration(None, session, 48) < EditRunner.video_duration(None, session, 240)
+    assert EditRunner.mesh_duration(None, session, 128) < EditRunner.mesh_duration(None, session, 384)
 
 
 def test_session_files_prune_and_refuse_odd_ids(tmp_path):
@@ -464,7 +466,7 @@ def test_customize_tab_generate_adapt_apply_and_publish_at_default_settings(serv
     assert len(tiles) == 8 and "usable pairs of 8" in status  # the default number of pairs
     adapting = client.submit(api_name="/customize")
     loss, snapshots, status, style_file = timed(adapting.result, 600)
-    default_steps = app.OutputSettings.for_device(server.editor.device).fine_tune_steps
+    default_steps = OutputSettings.for_device(server.editor.device).fine_tune_steps
     assert f"{default_steps} steps" in status and "held-out loss" in status
     assert Path(style_file).suffix == ".safetensors" and Path(style_file).stat().st_size > 0
 
@@ -500,3 +502,23 @@ def test_customize_refuses_what_it_cannot_do(server, client):
         client.predict(handle_file(server.photo), None, "", api_name="/apply_style")
     with pytest.raises(AppError, match="must hold the subfolders|no photos"):
         client.predict("pairs", "", None, None, api_name="/generate_pairs")
+
+
+def test_the_app_is_launch_only_over_a_ui_that_the_service_layer_never_imports():
+    """``app.py`` launches (at most 250 lines); the page's and the service layer's functions read in one screen or
+    two (at most 120 lines); ``threedpe.serving`` imports neither gradio nor ``threedpe.ui``."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    assert len((root / "app.py").read_text().splitlines()) <= 250
+    package = root / "threedpe"
+    for path in [root / "app.py", *(package / "ui").glob("*.py"), *(package / "serving").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        long = [node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno >= 120]
+        assert not long, f"{path.name}: {long} longer than 120 lines"
+        if path.parent.name == "serving":
+            imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+            assert not {name for name in imported if name.split(".")[0] == "gradio" or
+                        name.startswith("threedpe.ui")}, f"{path.name} imports the UI"

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-import app
 from tests.app_server import AppServer, app_server, serve
-from threedpe.demo import SessionFiles, load_editor
 from threedpe.gallery import Gallery, RecordNotFound
+from threedpe.serving.runner import load_editor
+from threedpe.serving.sessions import SessionFiles
+from threedpe.ui.gallery import LISTING_REFRESH_S
+from threedpe.ui.page import build_demo
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -238,7 +240,7 @@ def test_each_tab_keeps_a_refused_actions_message_in_its_status_line(page, serve
 def test_missing_weights_page_disables_the_actions_and_shows_no_server_path(browser, tmp_path):
     weights = tmp_path / "no-weights-here"
     gallery = Gallery(tmp_path / "gallery", sync=None)
-    demo = app.build_demo(load_editor(weights), sessions=SessionFiles(tmp_path / "sessions"), gallery=gallery)
+    demo = build_demo(load_editor(weights), sessions=SessionFiles(tmp_path / "sessions"), gallery=gallery)
     url = serve(demo, gallery)
     try:
         page = open_page(browser, url)
@@ -300,7 +302,7 @@ def test_publish_open_the_permalink_and_delete_from_the_same_browser(browser, pa
     visitor.close()
     # the other browser's listing drops the deleted edit by itself, within a refresh interval
     watcher.locator("#gallery-listing").get_by_text(f"· {total - 1} published edits").wait_for(
-        timeout=(app.LISTING_REFRESH_S + 20) * 1000)
+        timeout=(LISTING_REFRESH_S + 20) * 1000)
     assert watcher.locator("#gallery-tiles img").count() == min(total - 1, 12)
     watcher.context.close()
 

@@ -185,12 +185,13 @@ def test_snapshots_are_taken_at_the_requested_times_and_steps(models, samples):
 @pytest.mark.parametrize("zero_gpu", [False, True])
 def test_the_app_streams_every_step_and_keeps_each_visitors_trainer_except_on_zero_gpu(models, samples, tmp_path,
                                                                                        monkeypatch, zero_gpu):
-    """``DemoRunner.fine_tune`` yields an update after every step and the state at the end. Off ZeroGPU (the
+    """``EditRunner.fine_tune`` yields an update after every step and the state at the end. Off ZeroGPU (the
     ``spaces`` flag) it keeps a visitor's trainer for that visitor's next call; on ZeroGPU it rebuilds it from the
     session's state every call. Either way the curve is that of one uninterrupted fine-tune."""
     from spaces.config import Config
 
-    from threedpe.demo import KEPT_TRAINERS, DemoRunner, StyleSession
+    from threedpe.serving.runner import EditRunner
+    from threedpe.serving.style_sessions import KEPT_TRAINERS, StyleSession
 
     monkeypatch.setattr(Config, "zero_gpu", zero_gpu)
     builds = []
@@ -198,7 +199,7 @@ def test_the_app_streams_every_step_and_keeps_each_visitors_trainer_except_on_ze
     monkeypatch.setattr(StyleTrainer, "for_editor",
                         staticmethod(lambda *args, **kwargs: builds.append(args) or for_editor(*args, **kwargs)))
     editor = PortraitEditor(models[0], weights_folder=save_editor_weights(tmp_path, *models, source="test"))
-    runner = DemoRunner(editor)
+    runner = EditRunner(editor)
     assert runner.kept_trainers == (0 if zero_gpu else KEPT_TRAINERS)
     config = CustomizeConfig(batch_size=1, learning_rate=LEARNING_RATES["lora"])
 

@@ -1,0 +1,45 @@
+"""Publishing a session's edit to the gallery, without any UI: the session's latest edit, its files and record, and
+the permalink of a published edit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from threedpe.gallery import Gallery, GalleryError, Published
+from threedpe.serving.runner import EDIT_RECORD
+
+
+def latest_edit(session: Path) -> Path:
+    """The folder of the session's most recent edit; a `GalleryError` when it has none."""
+    records = sorted(session.glob(f"*/{EDIT_RECORD}"), key=lambda path: path.stat().st_mtime_ns)
+    if not records:
+        raise GalleryError("There is no edit to publish yet: run an edit first.")
+    return records[-1].parent
+
+
+def publish_edit(gallery: Gallery, folder: Path, session_hash: str | None, share_photo: bool = False) -> Published:
+    """Publish the edit whose files are in ``folder`` (strip, and the video, mesh and reference when made); the
+    aligned photo only as a thumbnail and only when ``share_photo``."""
+    record = json.loads((folder / EDIT_RECORD).read_text())
+
+    def made(name: str) -> Path | None:
+        return folder / name if (folder / name).is_file() else None
+
+    return gallery.publish(session=session_hash or "anonymous", strip=folder / "views.png",
+                           instruction=record["instruction"],
+                           reference=None if record["instruction"] is not None else folder / "reference.png",
+                           video=made("orbit.mp4"), mesh=made("mesh.glb"), style=record["style"],
+                           settings=record["settings"], timings=record["timings"], photo=folder / "aligned.png",
+                           share_photo=share_photo)
+
+
+def permalink(page_url: str, record_id: str) -> str:
+    """``page_url?edit=<id>`` (any query or fragment of ``page_url`` dropped)."""
+    return f"{page_url.split('#')[0].split('?')[0]}?edit={record_id}"
+
+
+
+def record_id(text: str) -> str:
+    """The edit id in an id or a permalink (``...?edit=<id>``)."""
+    text = (text or "").strip()
+    return text.split("edit=")[-1].split("&")[0].split("#")[0] if "edit=" in text else text

@@ -1,0 +1,363 @@
+"""The app's units of GPU work, without any UI: loading the editor, editing, and re-rendering edits kept as CPU arrays.
+
+The app stores a finished edit as a :class:`StoredEdit` (tri-planes as a CPU numpy array) in the session's
+``gr.State``; the free-view sliders, the orbit video and the mesh re-render from it without re-encoding the photo.
+Every method of :class:`EditRunner` is a unit of GPU work that the app wraps in ``@spaces.GPU``; their arguments and
+results are small picklable values (ZeroGPU ships them to a forked worker), the models stay module-level, and the
+files they write are named for what they hold (``views.png``, ``view_yaw30_pitch0.png``, ``orbit.mp4``, ...).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from threedpe.cancel import Cancelled
+from threedpe.checkpoints import CheckpointError
+from threedpe.customize import CustomizeError, StyleTrainer
+from threedpe.datagen import StyleSample, SyntheticSamples, load_generator
+from threedpe.diffusion import EditSettings
+from threedpe.files import atomic_write
+from threedpe.images import ImageInput, load_image
+from threedpe.models.editor import ReconstructionModel
+from threedpe.models.generator import TriPlaneGenerator
+from threedpe.pipeline import EditResult, PortraitEditor, reference_notes
+from threedpe.serving.messages import public_message
+from threedpe.serving.sessions import StopFlag, stopped_if_gone
+from threedpe.serving.style_sessions import KEPT_TRAINERS, KeptTrainers, StyleSession, TuneUpdate
+from threedpe.styles import Style
+
+logger = logging.getLogger(__name__)
+
+MAX_PIXELS = 25_000_000  # larger photos are refused before decoding
+EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs besides the files
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """The app's defaults that depend on the device: orbit ``video_frames``, ``mesh_resolution``^3, the
+    customisation's ``fine_tune_steps``, the 2D edit's ``text_resolution``, and whether the free view shows drafts
+    while a slider is dragged (``preview_while_dragging``; the full view follows on release)."""
+
+    video_frames: int = 120
+    mesh_resolution: int = 256
+    fine_tune_steps: int = 300
+    text_resolution: int = EditSettings.preset("quality").resolution  # InstructPix2Pix (EditSettings presets)
+    preview_while_dragging: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> OutputSettings:
+        """Full quality on a GPU; on CPU, where each takes minutes otherwise, a shorter video, a coarser mesh, a short
+        fine-tune, 256^2 text references (about 4x faster) and draft views while a slider is dragged."""
+        if device.type == "cuda":
+            return cls()
+        return cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10,
+                   text_resolution=EditSettings.preset("fast").resolution, preview_while_dragging=True)
+
+
+def on_zero_gpu() -> bool:
+    """Whether this process serves a ZeroGPU Space (the ``spaces`` package's own setting): each GPU call then runs
+    in a forked worker, and nothing it builds outlives the call."""
+    from spaces.config import Config
+
+    return Config.zero_gpu
+
+
+def load_editor(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+                ) -> PortraitEditor | CheckpointError:
+    """The editor from ``folder``, on CUDA when present (ZeroGPU wants models there at import), else CPU.
+    ``cache_dir``: where text references are cached (default ``$THREEDPE_CACHE`` or ``~/.cache/threedpe``).
+
+    Returns (not raises) the ``CheckpointError`` of missing or broken weights, so that the app can still start
+    and show the message.
+    """
+    try:
+        return PortraitEditor.from_pretrained(folder, cache_dir=cache_dir, device="auto")
+    except CheckpointError as error:
+        return error
+
+
+def load_text_model(editor: PortraitEditor) -> str | None:
+    """Load InstructPix2Pix now (at import, as ZeroGPU requires); a message saying why text edits are off, or None."""
+    try:
+        editor.text_reference
+    except (OSError, ValueError) as error:  # missing folder / not in the Hub cache / offline / broken config
+        logger.warning("InstructPix2Pix could not be loaded from %s: %s", editor.text_model, error)
+        return (f"Text edits are unavailable: InstructPix2Pix could not be loaded "
+                f"({public_message(str(error)).splitlines()[0][:300]}).")
+    return None
+
+
+@dataclass
+class StoredEdit:
+    """A finished edit as plain CPU data: ``planes`` (1, 96, P, P) float32, the aligned input and the reference
+    (RGB images), seconds per stage, notes for the user, the anchor's label (text edits), what produced it (the
+    instruction of a text edit, the settings, a style's name), and ``id``, which names the edit's folder of output
+    files."""
+
+    planes: np.ndarray
+    image: Image.Image
+    reference: Image.Image
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    anchor: str | None = None
+    instruction: str | None = None
+    settings: dict = field(default_factory=dict)
+    style: str | None = None
+    execution: str = ""  # how the editor ran, e.g. "cpu fp32, ..., folded channels-last SR"
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @classmethod
+    def from_result(cls, result: EditResult, **details) -> StoredEdit:
+        return cls(planes=result.planes.detach().float().cpu().numpy(), image=result.image,
+                   reference=result.reference, timings=dict(result.timings), notes=list(result.warnings),
+                   anchor=result.anchor, execution=result.path, **details)  # EditResult.path: how it ran
+
+    def result(self, editor: PortraitEditor) -> EditResult:
+        """An ``EditResult`` that renders these tri-planes with ``editor`` (no re-encoding)."""
+        planes = torch.from_numpy(self.planes).to(editor.device)
+        return EditResult(planes=planes, image=self.image, reference=self.reference, editor=editor)
+
+    def timed(self, **seconds: float) -> StoredEdit:
+        """A copy with more stage timings (the stored planes are shared, not copied)."""
+        return replace(self, timings={**self.timings, **seconds})
+
+    def folder(self, session: Path) -> Path:
+        """This edit's output folder inside the session's folder (never re-creating a session folder that was removed
+        when its visitor left: that raises ``FileNotFoundError``)."""
+        folder = session / self.id
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def save_record(self, session: Path) -> None:
+        """What publishing needs besides the files (instruction, style, settings, timings), as ``edit.json`` in the
+        edit's folder; rewritten when the video or mesh adds a timing."""
+        record = {"instruction": self.instruction, "style": self.style, "anchor": self.anchor,
+                  "settings": self.settings, "timings": {key: round(value, 3) for key, value in self.timings.items()}}
+        atomic_write(self.folder(session) / EDIT_RECORD, lambda file: file.write(json.dumps(record).encode()))
+
+
+@dataclass
+class EditFiles:
+    """What the page shows right after an edit: the stored edit and its image files (aligned input, reference,
+    3-view strip, frontal view, depth)."""
+
+    edit: StoredEdit
+    aligned: Path
+    reference: Path
+    views: Path
+    view: Path
+    depth: Path
+
+
+def view_name(yaw: float, pitch: float, preview: bool = False) -> str:
+    """File name of a free view, e.g. ``view_yaw30_pitch-10.png`` (degrees from frontal; ``..._preview.png`` for a
+    draft)."""
+    return f"view_yaw{yaw:g}_pitch{pitch:g}{'_preview' if preview else ''}.png"
+
+
+def check_upload(path: str, reference: bool = False) -> list[str]:
+    """Read an uploaded file as the pipeline will; raises ``ImageError`` for anything that is not a usable image.
+    Returns notes for a reference that will make a poor style prompt."""
+    image = load_image(path, max_pixels=MAX_PIXELS)
+    return reference_notes(image) if reference else []
+
+
+class EditRunner:
+    """The app's GPU work on one shared, read-only editor. Methods take and return picklable values; one runs at
+    a time (a stopped computation finishes its current step before the next one starts).
+
+    ``kept_trainers``: how many fine-tunes stay in memory between calls, one per browser session (default
+    :data:`KEPT_TRAINERS`; none on ZeroGPU, where every call rebuilds its trainer from the session's state)."""
+
+    def __init__(self, editor: PortraitEditor, kept_trainers: int | None = None):
+        self.editor = editor
+        self._lock = threading.Lock()
+        self._generator: TriPlaneGenerator | None = None  # loaded on the first customisation
+        self._reconstruction: ReconstructionModel | None = None
+        self.trainers = KeptTrainers(
+            (0 if on_zero_gpu() else KEPT_TRAINERS) if kept_trainers is None else kept_trainers)
+
+    @property
+    def kept_trainers(self) -> int:
+        """How many fine-tunes stay in memory between calls (see :class:`KeptTrainers`)."""
+        return self.trainers.limit
+
+    @kept_trainers.setter
+    def kept_trainers(self, limit: int) -> None:
+        self.trainers.limit = limit
+
+    def edit(self, photo: ImageInput, session: Path, stop: StopFlag | None = None, reference: ImageInput | None = None,
+             prompt: str | None = None, *, align_reference: bool = False, settings: EditSettings | None = None,
+             seed: int = 0, anchor: int | str = 0, use_own_photo: bool = False,
+             style: tuple[str, Style] | None = None) -> EditFiles:
+        """Edit ``photo`` (reference image or instruction; ``style``: a customised style and its name, applied for
+        this edit only), then write the aligned input, the reference, the 3-view strip, the frontal view, depth and
+        ``edit.json`` into a new folder of ``session``."""
+        with self._lock:
+            photo = load_image(photo, max_pixels=MAX_PIXELS)
+            if reference is not None:
+                reference = load_image(reference, max_pixels=MAX_PIXELS)
+            result = self.editor(photo, reference=reference, prompt=prompt, align_reference=align_reference,
+                                 settings=settings, seed=seed, anchor=anchor, use_own_photo=use_own_photo,
+                                 style=style[1] if style else None, cancel=stop)
+            strip = result.strip(cancel=stop)
+            view, depth = result.view(), result.depth()
+            if prompt is None:
+                details = {"align_reference": align_reference}
+            else:
+                details = {**asdict(settings or EditSettings()), "seed": seed, "own_photo": use_own_photo,
+                           "anchor": None if use_own_photo else anchor}
+            edit = StoredEdit.from_result(result, instruction=prompt, settings=details,
+                                          style=style[0] if style else None)
+        with stopped_if_gone(stop):
+            folder = edit.folder(session)
+            files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
+                     "views": folder / "views.png", "view": folder / view_name(0, 0), "depth": folder / "depth.png"}
+            for key, image in (("aligned", result.image), ("reference", result.reference), ("views", strip),
+                               ("view", view), ("depth", depth)):
+                image.save(files[key])
+            edit.save_record(session)
+        return EditFiles(edit, **files)
+
+    def view(self, edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> Path:
+        """The stored edit seen from (yaw, pitch) in degrees from frontal, written as ``view_yaw.._pitch...png``;
+        ``preview``: the draft quality used while a slider is dragged (``..._preview.png``)."""
+        with self._lock:
+            image = edit.result(self.editor).view(yaw, pitch, preview=preview)
+        path = edit.folder(session) / view_name(yaw, pitch, preview)
+        image.save(path)
+        return path
+
+    def video(self, edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None
+              ) -> tuple[Path, StoredEdit]:
+        """An orbit video (``orbit.mp4``, ``frames`` frames) of the stored edit; the edit with its timing."""
+        with self._lock, stopped_if_gone(stop):
+            result = edit.result(self.editor)
+            path = result.video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
+            edit = edit.timed(video=result.timings["video"])
+            edit.save_record(session)
+        return path, edit
+
+    def mesh(self, edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None
+             ) -> tuple[Path, Path, StoredEdit]:
+        """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply``; the edit with its timing."""
+        with self._lock, stopped_if_gone(stop):
+            folder = edit.folder(session)
+            result = edit.result(self.editor)
+            glb, ply = result.mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution, cancel=stop)
+            edit = edit.timed(mesh=result.timings["mesh"])
+            edit.save_record(session)
+        return glb, ply, edit
+
+    def samples(self, instruction: str, seeds: list[int], stop: StopFlag | None = None) -> list[StyleSample]:
+        """Training samples of an instruction: EG3D identities (one per seed) edited by InstructPix2Pix, cached."""
+        with self._lock:
+            if self._generator is None:
+                self._generator = load_generator(self._weights_folder("synthetic training pairs"))
+            source = SyntheticSamples(self._generator.to(self.editor.device), self.editor.text_reference.editor,
+                                      instruction, cache_dir=self.editor.cache_dir / "samples")
+            return list(source.samples(seeds, cancel=stop))
+
+    def fine_tune(self, session: StyleSession, steps: int, stop: StopFlag | None = None,
+                  owner: str | None = None) -> Iterator[TuneUpdate]:
+        """``steps`` more fine-tuning steps of ``session``, reported as they go: an update after every step, then
+        one with the state and style (the session holds only CPU data between calls). The trainer is the one kept
+        from ``owner``'s (a browser session's) previous call on this customisation, else rebuilt from
+        ``session.state``; it is kept for the next call unless stopped. A stop keeps the steps done."""
+        trainer = self._trainer(session, owner)
+        target = trainer.step + steps
+        try:
+            while trainer.step < target:
+                with self._lock:  # per step: other visitors' views are served between the steps
+                    [progress] = trainer.train(max_steps=trainer.step + 1, cancel=stop)
+                yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), progress.snapshot)
+        except Cancelled:
+            pass  # the finished steps are kept
+        with self._lock:
+            style = trainer.style()  # first: it may add the held-out loss of this step, which the state then holds
+            state = trainer.state_dict()
+        if owner and not (stop is not None and stop()):
+            with self._lock:
+                self.trainers.keep(owner, session, trainer)
+        yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), state=state, style=style)
+
+    def _trainer(self, session: StyleSession, owner: str | None) -> StyleTrainer:
+        """``owner``'s kept trainer when it is at ``session``'s last step, else a new one from ``session.state``
+        (a copy of the editor, the objective's networks read from the weight folder, Live3D targets)."""
+        with self._lock:
+            kept = self.trainers.take(owner, session)
+            if kept is not None:
+                return kept
+            folder = self._weights_folder("fine-tuning")
+            if self._reconstruction is None:
+                self._reconstruction = ReconstructionModel.from_pretrained(folder)
+            trainer = StyleTrainer.for_editor(self.editor, session.samples, folder, session.config,
+                                              source=session.source, reconstruction=self._reconstruction)
+            if session.state is not None:
+                trainer.load_state_dict(session.state)
+            return trainer
+
+    def release(self, owner: str | None) -> None:
+        """Drop ``owner``'s kept fine-tune (its browser session ended)."""
+        with self._lock:
+            self.trainers.take(owner)
+
+    def _weights_folder(self, what: str) -> Path:
+        if self.editor.weights_folder is None:
+            raise CustomizeError(f"{what} needs the weights in a local folder (Live3D and EG3D files beside 3dpe.pt); "
+                                 "this app loaded its editor from the Hub")
+        return self.editor.weights_folder
+
+    def anchor(self, name: str) -> Image.Image:
+        """The anchor portrait ``name`` (an EG3D sample is rendered on first use, then cached on disk)."""
+        with self._lock:
+            return self.editor.anchors[self.editor.text_reference.anchor_index(name)].image()
+
+    # ZeroGPU durations (seconds of GPU time to reserve), from the same arguments as the methods above.
+    @staticmethod
+    def edit_duration(photo: ImageInput, session: Path, stop: StopFlag | None = None,
+                      reference: ImageInput | None = None, prompt: str | None = None, *,
+                      settings: EditSettings | None = None, **_: object) -> int:
+        """A few seconds for a reference edit; a text edit may add one InstructPix2Pix run (~0.1 s per step at 512^2
+        in fp16, three UNet passes per step)."""
+        if prompt is None:
+            return 15
+        settings = settings or EditSettings()
+        return 20 + math.ceil(settings.steps * 0.15 * (settings.resolution / 512) ** 2)
+
+    @staticmethod
+    def view_duration(edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> int:
+        return 5
+
+    @staticmethod
+    def video_duration(edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None) -> int:
+        return 10 + math.ceil(frames * 0.1)
+
+    @staticmethod
+    def mesh_duration(edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None) -> int:
+        return 10 + math.ceil(10 * (resolution / 256) ** 3)  # one resolution^3 density grid
+
+    @staticmethod
+    def anchor_duration(name: str) -> int:
+        return 10
+
+    @staticmethod
+    def samples_duration(instruction: str, seeds: list[int], stop: StopFlag | None = None) -> int:
+        return 20 + 4 * len(seeds)  # an EG3D render and a 20-step InstructPix2Pix edit per sample
+
+    @staticmethod
+    def fine_tune_duration(session: StyleSession, steps: int, stop: StopFlag | None = None,
+                           owner: str | None = None) -> int:
+        return 30 + math.ceil(steps * 0.6)  # model copies and Live3D targets, then about 0.5 s per step
+
