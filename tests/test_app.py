@@ -23,6 +23,7 @@ from threedpe.cancel import Cancelled
 from threedpe.diffusion import EditSettings
 from threedpe.gallery import Gallery
 from threedpe.pipeline import resolve_device
+from threedpe.precision import native_bf16, recommended_precision
 from threedpe.serving.messages import public_message
 from threedpe.serving.runner import EditRunner, OutputSettings, load_editor
 from threedpe.serving.sessions import RateLimiter, RateLimitError, SessionFiles
@@ -32,7 +33,7 @@ from threedpe.ui.page import build_demo
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
     "/publish", "/gallery_page", "/open_edit", "/delete_edit", "/flag_edit", "/generate_pairs", "/customize",
-    "/apply_style"}
+    "/apply_style"} | ({"/set_precision"} if native_bf16("cpu") else set())  # a choice where bf16 is native
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +194,28 @@ def test_reference_edit_then_views_video_and_mesh_at_default_settings(server, cl
         mesh = trimesh.load(path, force="mesh", process=False)
         assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
     assert "mesh" in status and "orbit video" in status
+
+
+def test_the_status_line_names_the_precision_and_exact_is_one_click_away(server, client):
+    """On a CPU that computes bfloat16 natively the app edits in "fast" (bf16) unless the visitor picks "exact"; the
+    status line says which ran, and a view of the edit keeps its precision. Elsewhere there is no choice (fp32)."""
+    default = OutputSettings.for_device(server.editor.device).precision
+    assert default == recommended_precision("cpu")
+    assert ('"elem_id": "precision"' in page_config(server.url)) == native_bf16("cpu")
+    status = edit_reference(client, server)[-1]
+    assert ("cpu bf16 (fast precision" in status) == (default == "fast") and ("cpu fp32" in status) != (
+        default == "fast")
+    if not native_bf16("cpu"):
+        return
+    fast_view = png(client.predict(30, 0, api_name="/render_view_reference"))
+    assert "exact" in client.predict("exact", api_name="/set_precision")
+    status = edit_reference(client, server)[-1]
+    assert "cpu fp32" in status and "bf16" not in status
+    exact_view = png(client.predict(30, 0, api_name="/render_view_reference"))
+    assert not np.array_equal(np.asarray(fast_view), np.asarray(exact_view))  # the view kept the edit's precision
+    other = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
+    assert "cpu bf16" in edit_reference(other, server)[-1]  # another visitor keeps the default
+    assert "fast" in client.predict("fast", api_name="/set_precision")
 
 
 def test_text_edit_at_default_settings_then_view_video_mesh(server, client):

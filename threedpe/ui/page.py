@@ -9,7 +9,7 @@ from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.messages import weights_notice
 from threedpe.serving.sessions import RateLimiter, SessionFiles
-from threedpe.ui.common import SESSION_MAX_AGE_S, UIContext
+from threedpe.ui.common import SESSION_MAX_AGE_S, UIContext, precision_choice
 from threedpe.ui.customize import customize_tab
 from threedpe.ui.gallery import Publishing, gallery_tab
 from threedpe.ui.reference import reference_tab
@@ -61,6 +61,7 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         gr.Markdown(HEADER, elem_id="title")
         gr.Markdown(weights_notice(editor, text_error), elem_id="notice")
         gr.Markdown(HOW_TO)
+        precision_choice(ctx)
         tokens = gr.BrowserState({}, storage_key="threedpe-gallery-owner-tokens")
         with gr.Tabs() as tabs:
             panels = [text_tab(ctx, demo), reference_tab(ctx), customize_tab(ctx)]
