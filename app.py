@@ -33,18 +33,19 @@ from gradio.events import Dependency
 
 from threedpe.anchors import shipped_anchors
 from threedpe.cancel import Cancelled, check
-from threedpe.checkpoints import CheckpointError
+from threedpe.weights import CheckpointError, default_folder
 from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL,
                            DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, StoredEdit,
                            StyleSession, check_upload, curve_table, disabled_reason, latest_edit, load_editor,
                            load_text_model, permalink, photo_samples, public_message, publish_edit, record_markdown,
                            sample_tiles, slug, snapshot_tiles, status_markdown, style_status, tuning_status,
                            weights_notice)
-from threedpe.customize import CustomizeConfig, CustomizeError
-from threedpe.datagen import DataError, usable
+from threedpe.training.customize import CustomizeConfig, CustomizeError
+from threedpe.training.samples import DataError, usable
 from threedpe.gallery import Gallery, GalleryError
 from threedpe.diffusion import EditSettings
-from threedpe.pipeline import USER_ERRORS, PortraitEditor, resolve_device
+from threedpe.devices import resolve_device
+from threedpe.pipeline import USER_ERRORS, PortraitEditor
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLE_PHOTO = str(ROOT / "examples" / "astronaut.jpg")
@@ -914,7 +915,7 @@ def launch(demo: gr.Blocks, gallery: Gallery | None = None, **kwargs) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", default=os.environ.get("THREEDPE_WEIGHTS", "checkpoints"),
+    parser.add_argument("--weights", default=str(default_folder()),
                         help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/); "
                              "`python -m threedpe tiny-weights DIR` writes an untrained one")
     parser.add_argument("--host", default=None, help="address to serve on (default: gradio's, 127.0.0.1)")

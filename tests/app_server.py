@@ -19,7 +19,7 @@ import app
 from threedpe.demo import SessionFiles, load_editor, load_text_model
 from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
-from threedpe.testing import save_tiny_weights
+from threedpe.tiny import save_tiny_weights
 
 
 ADMIN_TOKEN = "test-admin-token-0123456789"

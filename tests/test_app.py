@@ -21,11 +21,11 @@ from PIL import Image
 import app
 from tests.app_server import AppServer, app_server, serve
 from threedpe.cancel import Cancelled
-from threedpe.demo import (DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, load_editor,
+from threedpe.demo import (DemoRunner, OutputSettings, RateLimitError, RateLimiter, SessionFiles, load_editor,
                            public_message)
-from threedpe.diffusion import EditSettings
+from threedpe.devices import resolve_device
+from threedpe.edit_settings import EditSettings
 from threedpe.gallery import Gallery
-from threedpe.pipeline import resolve_device
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {

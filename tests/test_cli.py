@@ -9,7 +9,7 @@ from PIL import Image
 
 from threedpe.cli import main
 from threedpe.models.generator import TriPlaneGenerator
-from threedpe.testing import TINY_EG3D, tiny_generator_config
+from threedpe.tiny import TINY_EG3D, tiny_generator_config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from threedpe.models.editor import EditorModel
 from threedpe.models.generator import TriPlaneGenerator
 from threedpe.models.rendering import InferenceOptions
 from threedpe.pipeline import PortraitEditor
-from threedpe.testing import tiny_editor_config, tiny_generator_config
+from threedpe.tiny import tiny_editor_config, tiny_generator_config
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -31,13 +31,13 @@ import torch
 from PIL import Image
 
 from threedpe.cancel import Cancelled
-from threedpe.checkpoints import CheckpointError, MissingWeightsError
+from threedpe.weights import CheckpointError, MissingWeightsError
 from threedpe.diffusion import EditSettings
 from threedpe.files import atomic_write
 from threedpe.gallery import Gallery, GalleryError, Published, Record
 from threedpe.images import ImageInput, load_image
-from threedpe.customize import CustomizeConfig, CustomizeError, Snapshot, StyleTrainer
-from threedpe.datagen import StyleSample, SyntheticSamples, load_generator, photo_pairs, usable
+from threedpe.training.customize import CustomizeConfig, CustomizeError, Snapshot, StyleTrainer
+from threedpe.training.samples import StyleSample, SyntheticSamples, load_generator, photo_pairs, usable
 from threedpe.models.editor import ReconstructionModel
 from threedpe.models.generator import TriPlaneGenerator
 from threedpe.pipeline import EditResult, PortraitEditor, reference_notes
@@ -177,7 +177,7 @@ class StoredEdit:
     def from_result(cls, result: EditResult, **details) -> StoredEdit:
         return cls(planes=result.planes.detach().float().cpu().numpy(), image=result.image,
                    reference=result.reference, timings=dict(result.timings), notes=list(result.warnings),
-                   anchor=result.anchor, path=result.path, **details)
+                   anchor=result.anchor, path=result.execution, **details)
 
     def result(self, editor: PortraitEditor) -> EditResult:
         """An ``EditResult`` that renders these tri-planes with ``editor`` (no re-encoding)."""
