@@ -431,6 +431,20 @@ def test_resolve_weight_env_var_overrides_the_default_folder(hub, tmp_path, monk
     assert resolve_weight("3dpe.pt") == tmp_path / "elsewhere" / "3dpe.pt"
 
 
+def test_the_default_folder_and_the_text_model_source(hub, tmp_path, monkeypatch):
+    from threedpe.weights import INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, default_folder, text_model_source
+
+    assert default_folder() == Path("checkpoints")
+    monkeypatch.setenv("THREEDPE_WEIGHTS", str(tmp_path / "elsewhere"))
+    assert default_folder() == tmp_path / "elsewhere"
+    local = tmp_path / "elsewhere" / "instruct-pix2pix"
+    local.mkdir(parents=True)
+    assert text_model_source(tmp_path / "elsewhere") == (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION)  # empty
+    (local / "model_index.json").write_text("{}")
+    assert text_model_source(tmp_path / "elsewhere") == (local, None)
+    assert text_model_source(None) == (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION)
+
+
 def test_resolve_weight_downloads_a_pinned_revision(hub, tmp_path):
     path = resolve_weight("3dpe.safetensors", repo_id="me/threedpe-weights", revision=SHA, subfolder="v1")
     assert path == tmp_path / "hub-cache" / "3dpe.safetensors"

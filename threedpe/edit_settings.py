@@ -17,7 +17,7 @@ class EditSettings:
 
     steps: denoising steps. text_guidance: guidance towards the instruction (> 1, else diffusers silently turns all
     guidance off). image_guidance: guidance towards the input image (>= 1, same reason). resolution: side of the square
-    image the edit runs at, a multiple of 64 (512 for the real model; tiny test models may use 64).
+    image the edit runs at, a multiple of 64 (512 for the real model; the tiny weight set may use 64).
     """
 
     steps: int = 20

@@ -41,7 +41,7 @@ class GeneratorConfig:
     c_scale: float = 1.0
     c_gen_conditioning_zero: bool = False
     decoder_lr_multiplier: float = 1.0
-    sr_widths: tuple[int, int] = (256, 128)  # EG3D's; threedpe's small test generators narrow them (see from_official)
+    sr_widths: tuple[int, int] = (256, 128)  # EG3D's; the tiny weight set narrows them (see from_official)
     rendering: RenderingConfig = field(default_factory=RenderingConfig)
 
     @classmethod
