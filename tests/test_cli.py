@@ -134,6 +134,9 @@ def test_edit_steps_is_one_flag_and_the_old_steps_a_hidden_alias(capsys):
         build_parser().parse_args(["edit", "--help"])
     shown = capsys.readouterr().out
     assert "--edit-steps" in shown and "--steps" not in shown.replace("--edit-steps", "")
+    customize = ["customize", "--instruction", "x", "--steps", "3", "--out", "s.safetensors"]
+    assert build_parser().parse_args(customize).lora_rank == 8  # the name of train's flag too
+    assert build_parser().parse_args([*customize, "--rank", "4"]).lora_rank == 4  # the old name, hidden
 
 
 def test_user_errors_are_one_line_messages(tiny_weights, tmp_path, capsys):

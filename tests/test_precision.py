@@ -121,9 +121,9 @@ def test_editor_precision_from_pretrained_and_settable(tiny_weights, astronaut_p
     editor = PortraitEditor.from_pretrained(tiny_weights, precision="fast")
     assert editor.precision == "fast" and editor.model.inference.precision == "fast"
     result = editor(astronaut_photo, reference=astronaut_photo, aligned=True)
-    assert result.path.startswith("cpu bf16 (fast precision")
+    assert result.execution.startswith("cpu bf16 (fast precision")
     editor.precision = "exact"
-    assert result.path.startswith("cpu fp32, ")
+    assert result.execution.startswith("cpu fp32, ")
     assert PortraitEditor.from_pretrained(tiny_weights).precision == "exact"  # the Python API's default
 
 

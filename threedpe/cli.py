@@ -3,8 +3,8 @@
 A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
 a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
 diffusers) are imported only by the command that needs them, so ``--help`` is instant. The commands meant for
-``torchrun``, ``python -m threedpe.training.datagen`` and ``python -m threedpe.training.train``, report errors the same way
-(:func:`threedpe.commands.run_command`).
+``torchrun``, ``python -m threedpe.training.datagen`` and ``python -m threedpe.training.train``, report errors the
+same way (:func:`threedpe.commands.run_command`). Nothing in the package imports this module.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _customize(args: argparse.Namespace) -> None:
     instruction = normalise_instruction(args.instruction) if args.instruction is not None else None
     settings = edit_settings(args)
     try:
-        config = CustomizeConfig(mode=args.mode, rank=args.rank, batch_size=args.batch_size,
+        config = CustomizeConfig(mode=args.mode, rank=args.lora_rank, batch_size=args.batch_size,
                                  learning_rate=args.learning_rate, seed=args.seed)
         device = resolve_device(args.device)
 
@@ -266,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, help="fine-tuning minutes in all (resumed ones included)")
     custom.add_argument("--mode", choices=("lora", "full"), default="lora",
                         help="lora: low-rank adapters, a style of a few MB (default); full: the official trainable set")
-    custom.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    custom.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
+    custom.add_argument("--rank", dest="lora_rank", type=int, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # the old name of --lora-rank, hidden, kept a release
     custom.add_argument("--batch-size", type=int, default=2, help="pairs per step (default 2, as officially per GPU)")
     custom.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
     custom.add_argument("--resume", help="state file of an earlier run (written beside --out as <name>.state.pt)")

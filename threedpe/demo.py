@@ -170,7 +170,7 @@ class StoredEdit:
     instruction: str | None = None
     settings: dict = field(default_factory=dict)
     style: str | None = None
-    path: str = ""  # how the editor ran (EditResult.path), e.g. "cpu fp32, ..., folded channels-last SR"
+    path: str = ""  # how the editor ran (EditResult.execution), e.g. "cpu fp32, ..., folded channels-last SR"
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod

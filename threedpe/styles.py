@@ -1,5 +1,5 @@
-"""Styles: what a customisation fine-tune (:mod:`threedpe.training.customize`) changed in the editor, as a small file that
-is applied to the shared editor for one request and then removed.
+"""Styles: what a customisation fine-tune (:mod:`threedpe.training.customize`) changed in the editor, as a small
+file that is applied to the shared editor for one request and then removed.
 
 A style file is one ``.safetensors`` file holding only the adapted tensors, named after the editing encoder's
 parameters (``encoder_state_dict`` names):

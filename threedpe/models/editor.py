@@ -107,8 +107,9 @@ class _TriplaneModel(nn.Module):
         return model.eval()
 
     def checkpoint(self) -> ThreeDPECheckpoint:
-        """The weights (state dicts, not copies) and the architecture, as :func:`~threedpe.weights.checkpoints.save_checkpoint`
-        and :func:`~threedpe.weights.checkpoints.save_official` write them."""
+        """The weights (state dicts, not copies) and the architecture, as
+        :func:`~threedpe.weights.checkpoints.save_checkpoint` and :func:`~threedpe.weights.checkpoints.save_official`
+        write them."""
         return ThreeDPECheckpoint(self.encoder.state_dict(), self.renderer.state_dict(), self.config.to_dict())
 
     @property

@@ -1,9 +1,9 @@
 """Customising the editor to a new edit by fine-tuning (the paper's "~5 min fine-tuning per style"), as a style.
 
 :class:`StyleTrainer` fine-tunes a private copy of the editor (the shared editor is never modified) on
-:class:`~threedpe.training.samples.TrainingPair` s with the official objective (:func:`threedpe.training.objective.build_objective`:
-LPIPS when its files are in the weight folder, else the logged substitute) and AdamW (lr 1e-4, as the official
-launcher), in one of two modes:
+:class:`~threedpe.training.samples.TrainingPair` s with the official objective
+(:func:`threedpe.training.objective.build_objective`: LPIPS when its files are in the weight folder, else the logged
+substitute) and AdamW (lr 1e-4, as the official launcher), in one of two modes:
 
 * ``"lora"`` (default): low-rank adapters (peft) on every ``nn.Linear`` and ``nn.Conv2d`` of the official
   trainable set (``Final_encoder``, ``Ref_encoder``), except the depthwise (grouped) convolutions, which peft's

@@ -212,7 +212,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m threedpe.training.datagen`` / ``torchrun ... -m threedpe.training.datagen``: see :func:`build_parser`."""
+    """``python -m threedpe.training.datagen`` (or under ``torchrun``): see :func:`build_parser`."""
     return command_main(build_parser(), _generate, argv, DataError, DatasetError)
 
 

@@ -1,4 +1,5 @@
-"""Training the editor on a 3DPE dataset, one process per device: ``torchrun --nproc_per_node N -m threedpe.training.train``.
+"""Training the editor on a 3DPE dataset, one process per device:
+``torchrun --nproc_per_node N -m threedpe.training.train``.
 
 The official recipe (``Coach.train_ref_encoder``) with this package's parts: the objective
 (:class:`~threedpe.training.objective.EditingObjective`: frozen Live3D lifts each edited target to pseudo-ground-truth
@@ -531,7 +532,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m threedpe.training.train`` / ``torchrun ... -m threedpe.training.train``: see :func:`build_parser`."""
+    """``python -m threedpe.training.train`` (or under ``torchrun``): see :func:`build_parser`."""
     return command_main(build_parser(), _train, argv, TrainError, CustomizeError, DatasetError)
 
 
