@@ -56,7 +56,6 @@ class MissingWeightsError(CheckpointError):
         self.filename, self.folder = filename, folder
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Finding weight files: local folder, then the Hugging Face Hub (pinned revision), else a clear error.
 

@@ -10,10 +10,9 @@ Formats read (never by full unpickling; nothing in a file is imported or execute
   ``G_init_kwargs``, ``G`` (state dict), ``G_neural_rendering_resolution``, ``G_renderinig_kwargs``
   (sic) and the discriminator's counterparts.
 * 3DPE / Live3D checkpoints (``3dpe.pt``, ``encoder_render_*.pt``): ``encoder_state_dict`` and
-  ``renderer_state_dict``, and ``config`` (the architecture, as in our JSON) when :mod:`threedpe.training.train` wrote
-  one for a model that is not the released one (training-only entries are ignored).
+  ``renderer_state_dict``, and ``config`` (the architecture, as in our JSON) when :mod:`threedpe.training.train`
+  wrote one for a model that is not the released one (training-only entries are ignored).
 * The project's own format: ``<name>.safetensors`` (tensors) next to ``<name>.json`` (config).
-
 """
 from __future__ import annotations
 
