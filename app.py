@@ -20,7 +20,7 @@ import argparse  # noqa: E402 -- after the allocator setting above
 import logging
 import sys
 
-from threedpe.checkpoints import CheckpointError
+from threedpe.weights import CheckpointError
 from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.runner import load_editor, load_text_model
@@ -29,7 +29,7 @@ from threedpe.ui.page import build_demo, launch
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", default=os.environ.get("THREEDPE_WEIGHTS", "checkpoints"),
+    parser.add_argument("--weights", default=str(default_folder()),
                         help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/); "
                              "`python -m threedpe tiny-weights DIR` writes an untrained one")
     parser.add_argument("--host", default=None, help="address to serve on (default: gradio's, 127.0.0.1)")

@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.golden_recipe import recipe_tensor  # noqa: E402
 from threedpe import cameras  # noqa: E402
+from threedpe.mesh import density_grid, extract_mesh  # noqa: E402
 from threedpe.models.editor import EditorConfig, EditorModel, describe_fast_precision  # noqa: E402
 from threedpe.models.encoder import preprocess_input, preprocess_reference  # noqa: E402
 from threedpe.models.stylegan2 import FUSED_CPU_CONV  # noqa: E402
-from threedpe.mesh import density_grid, extract_mesh  # noqa: E402
 from threedpe.precision import cpu_flags, native_bf16  # noqa: E402
 from threedpe.video import render_orbit, triplane_view  # noqa: E402
 
@@ -372,7 +372,7 @@ def ip2p_stages(bench: Bench, quick: bool) -> None:
 
     device = bench.device
     if quick:
-        from threedpe.testing import build_tiny_instruct_pix2pix
+        from threedpe.tiny import build_tiny_instruct_pix2pix
 
         folder = build_tiny_instruct_pix2pix(Path(tempfile.mkdtemp()) / "ip2p")
         unet = UNet2DConditionModel.from_pretrained(folder / "unet")
@@ -414,12 +414,13 @@ def ip2p_stages(bench: Bench, quick: bool) -> None:
 def write_references(out: Path, device: torch.device) -> str:
     """The same instruction, anchor and seed at 256^2 and 512^2, side by side in ``out``; returns a note."""
     from threedpe.anchors import shipped_anchors
-    from threedpe.diffusion import EditSettings, InstructPix2PixEditor
+    from threedpe.diffusion import InstructPix2PixEditor
+    from threedpe.edit_settings import EditSettings
 
     weights = Path(os.environ.get("THREEDPE_WEIGHTS", ROOT / "checkpoints")) / "instruct-pix2pix"
     real = (weights / "model_index.json").is_file()
     if not real:
-        from threedpe.testing import build_tiny_instruct_pix2pix
+        from threedpe.tiny import build_tiny_instruct_pix2pix
 
         weights = build_tiny_instruct_pix2pix(Path(tempfile.mkdtemp()) / "ip2p")
     editor = InstructPix2PixEditor.from_pretrained(weights, device=device)
@@ -440,7 +441,7 @@ def write_references(out: Path, device: torch.device) -> str:
     if real:
         made = f"with the IP2P weights in {weights.parent}: 256² in {seconds[256]:.1f} s, 512² in {seconds[512]:.1f} s"
     else:
-        made = "with the tiny random IP2P of threedpe.testing (no real weights here: noise, not edits; no timings)"
+        made = "with the tiny random IP2P of threedpe.tiny (no real weights here: noise, not edits; no timings)"
     return f"text references 256² and 512² (same instruction, anchor, seed) written to {out}, side by side in " \
            f"reference_256_vs_512.png, {made}"
 

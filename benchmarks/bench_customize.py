@@ -8,7 +8,7 @@ chunked fine-tune with its trainer rebuilt every chunk (ZeroGPU) against the tra
 Each mode runs in its own process (so that its peak RSS is its own): the editor and Live3D at the released
 architecture filled by the golden README's recipe (``tests/golden_recipe.py``; speed does not depend on the values),
 three stand-in samples (the anchor portraits, tinted), then ``--warmup`` untimed and ``--steps`` timed steps of
-:class:`threedpe.customize.StyleTrainer`. ``--perceptual lpips`` times the official LPIPS network (randomly
+:class:`threedpe.training.customize.StyleTrainer`. ``--perceptual lpips`` times the official LPIPS network (randomly
 initialised: same cost as the released files); ``substitute`` the MAE-token distance used when they are absent.
 Prints a markdown table (median step time, trainable tensors and values, style file size, peak RSS) and the machine.
 
@@ -39,21 +39,22 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures import ColourEditor  # noqa: E402
 from tests.golden_recipe import recipe_encoder_renderer  # noqa: E402
 from threedpe.anchors import shipped_anchors  # noqa: E402
 from threedpe.cameras import frontal_camera  # noqa: E402
-from threedpe.checkpoints import ThreeDPECheckpoint, save_checkpoint  # noqa: E402
-from threedpe.customize import CustomizeConfig, StyleTrainer, split_held_out  # noqa: E402
-from threedpe.datagen import StyleSample  # noqa: E402
+from threedpe.edit_settings import EditSettings  # noqa: E402
+from threedpe.models.editor import EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel  # noqa: E402
+from threedpe.models.perceptual import LPIPS, PromptEncoderDistance  # noqa: E402
+from threedpe.pipeline import PortraitEditor  # noqa: E402
 from threedpe.serving.runner import EditRunner  # noqa: E402
 from threedpe.serving.style_sessions import TUNE_STEPS_PER_CALL, StyleSession  # noqa: E402
-from threedpe.diffusion import EditSettings  # noqa: E402
-from threedpe.models.editor import (  # noqa: E402
-    RECONSTRUCTION_WEIGHTS, EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel)
-from threedpe.objective import EditingObjective  # noqa: E402
-from threedpe.models.perceptual import LPIPS, LPIPS_FILES, PromptEncoderDistance  # noqa: E402
-from threedpe.pipeline import PortraitEditor  # noqa: E402
-from threedpe.testing import ColourEditor  # noqa: E402
+from threedpe.training.customize import CustomizeConfig, StyleTrainer, split_held_out  # noqa: E402
+from threedpe.training.objective import EditingObjective  # noqa: E402
+from threedpe.training.samples import StyleSample  # noqa: E402
+from threedpe.weights import LPIPS_FILES, RECONSTRUCTION_WEIGHTS  # noqa: E402
+from threedpe.weights.checkpoints import ThreeDPECheckpoint, save_checkpoint  # noqa: E402
+from threedpe.weights.checkpoints import ThreeDPECheckpoint, save_checkpoint  # noqa: E402
 
 GOLDEN = Path(ROOT.parent / "shared" / "golden")
 

@@ -85,9 +85,9 @@ def threedpe_worker(inputs: Path, weights: str, runs: int, threads: int) -> None
 
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench import recipe_editor
-    from threedpe.checkpoints import load_3dpe
     from threedpe.models.editor import EditorModel
     from threedpe.precision import native_bf16
+    from threedpe.weights.checkpoints import load_3dpe
 
     torch.set_num_threads(threads)
     model = EditorModel.from_checkpoint(load_3dpe(weights)) if weights else recipe_editor(torch.device("cpu"))

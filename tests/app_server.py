@@ -19,7 +19,7 @@ from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.runner import load_editor, load_text_model
 from threedpe.serving.sessions import SessionFiles
-from threedpe.testing import save_tiny_weights
+from threedpe.tiny import save_tiny_weights
 from threedpe.ui.common import EXAMPLE_PHOTO, EXAMPLE_REFERENCE
 from threedpe.ui.page import build_demo, launch
 

@@ -33,7 +33,7 @@ def alignment_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A folder written by ``python -m threedpe tiny-weights`` (untrained editor, small EG3D, tiny IP2P)."""
-    from threedpe.testing import save_tiny_weights
+    from threedpe.tiny import save_tiny_weights
 
     return save_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
 

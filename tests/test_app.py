@@ -22,7 +22,7 @@ from tests.app_server import AppServer, app_server, serve
 from threedpe.cancel import Cancelled
 from threedpe.diffusion import EditSettings
 from threedpe.gallery import Gallery
-from threedpe.pipeline import resolve_device
+from threedpe.devices import resolve_device
 from threedpe.precision import native_bf16, recommended_precision
 from threedpe.serving.messages import public_message
 from threedpe.serving.runner import EditRunner, OutputSettings, load_editor

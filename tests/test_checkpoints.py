@@ -1,4 +1,4 @@
-"""threedpe.checkpoints: every released format, our safetensors format, safety, errors, resolution.
+"""threedpe.weights.checkpoints: every released format, our safetensors format, safety, errors, resolution.
 
 The EG3D files are crafted here with a tiny module tree pickled exactly the way EG3D's
 ``torch_utils.persistence`` and ``dnnlib.util.EasyDict`` pickle (fake modules registered in
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from threedpe import checkpoints as ckpt
-from threedpe.checkpoints import CheckpointError, EG3DCheckpoint, MissingWeightsError, ThreeDPECheckpoint
+from threedpe.weights import CheckpointError, MissingWeightsError, resolve_weight
+from threedpe.weights import checkpoints as ckpt
+from threedpe.weights.checkpoints import EG3DCheckpoint, ThreeDPECheckpoint
 
 
 # --- Stand-ins for EG3D's code, given the module paths EG3D's pickles name -------------------------
@@ -418,8 +419,8 @@ def hub(monkeypatch, tmp_path):
 def test_resolve_weight_prefers_the_local_folder(hub, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "3dpe.pt").write_bytes(b"x")
-    assert ckpt.resolve_weight("3dpe.pt", repo_id="me/weights", revision=SHA) == Path("checkpoints") / "3dpe.pt"
-    assert ckpt.resolve_weight("3dpe.pt", local_dir=tmp_path / "checkpoints") == tmp_path / "checkpoints" / "3dpe.pt"
+    assert resolve_weight("3dpe.pt", repo_id="me/weights", revision=SHA) == Path("checkpoints") / "3dpe.pt"
+    assert resolve_weight("3dpe.pt", local_dir=tmp_path / "checkpoints") == tmp_path / "checkpoints" / "3dpe.pt"
     assert hub == []
 
 
@@ -427,11 +428,25 @@ def test_resolve_weight_env_var_overrides_the_default_folder(hub, tmp_path, monk
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "3dpe.pt").write_bytes(b"x")
     monkeypatch.setenv("THREEDPE_WEIGHTS", str(tmp_path / "elsewhere"))
-    assert ckpt.resolve_weight("3dpe.pt") == tmp_path / "elsewhere" / "3dpe.pt"
+    assert resolve_weight("3dpe.pt") == tmp_path / "elsewhere" / "3dpe.pt"
+
+
+def test_the_default_folder_and_the_text_model_source(hub, tmp_path, monkeypatch):
+    from threedpe.weights import INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, default_folder, text_model_source
+
+    assert default_folder() == Path("checkpoints")
+    monkeypatch.setenv("THREEDPE_WEIGHTS", str(tmp_path / "elsewhere"))
+    assert default_folder() == tmp_path / "elsewhere"
+    local = tmp_path / "elsewhere" / "instruct-pix2pix"
+    local.mkdir(parents=True)
+    assert text_model_source(tmp_path / "elsewhere") == (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION)  # empty
+    (local / "model_index.json").write_text("{}")
+    assert text_model_source(tmp_path / "elsewhere") == (local, None)
+    assert text_model_source(None) == (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION)
 
 
 def test_resolve_weight_downloads_a_pinned_revision(hub, tmp_path):
-    path = ckpt.resolve_weight("3dpe.safetensors", repo_id="me/threedpe-weights", revision=SHA, subfolder="v1")
+    path = resolve_weight("3dpe.safetensors", repo_id="me/threedpe-weights", revision=SHA, subfolder="v1")
     assert path == tmp_path / "hub-cache" / "3dpe.safetensors"
     assert hub == [{"repo_id": "me/threedpe-weights", "filename": "3dpe.safetensors", "subfolder": "v1", "revision": SHA}]
 
@@ -439,33 +454,33 @@ def test_resolve_weight_downloads_a_pinned_revision(hub, tmp_path):
 def test_resolve_weight_hub_settings_from_env(hub, monkeypatch):
     monkeypatch.setenv("THREEDPE_HUB_REPO", "me/env-repo")
     monkeypatch.setenv("THREEDPE_HUB_REVISION", SHA)
-    ckpt.resolve_weight("3dpe.json")
+    resolve_weight("3dpe.json")
     assert hub[0]["repo_id"] == "me/env-repo" and hub[0]["revision"] == SHA
 
 
 def test_resolve_weight_uses_the_known_hub_copy(hub):
-    ckpt.resolve_weight("ffhqrebalanced512-128.pkl", revision=SHA)
+    resolve_weight("ffhqrebalanced512-128.pkl", revision=SHA)
     assert hub == [{"repo_id": "gwang-kim/datid3d-finetuned-eg3d-models", "subfolder": None, "revision": SHA,
                     "filename": "finetuned_models/nvidia_ffhqrebalanced512-128.pkl"}]
 
 
 def test_resolve_weight_refuses_unpinned_revisions(hub):
     with pytest.raises(CheckpointError, match="not pinned"):
-        ckpt.resolve_weight("3dpe.pt", repo_id="me/weights", revision="main")
+        resolve_weight("3dpe.pt", repo_id="me/weights", revision="main")
     with pytest.raises(MissingWeightsError, match="no pinned revision for gwang-kim/datid3d-finetuned-eg3d-models"):
-        ckpt.resolve_weight("ffhqrebalanced512-128.pkl")
+        resolve_weight("ffhqrebalanced512-128.pkl")
     assert hub == []
 
 
 def test_resolve_weight_missing_names_file_place_and_source(hub, tmp_path):
     with pytest.raises(MissingWeightsError) as info:
-        ckpt.resolve_weight("3dpe.pt")
+        resolve_weight("3dpe.pt")
     message = str(info.value)
     assert "'3dpe.pt'" in message and f"not in {tmp_path / 'checkpoints'}." in message
     assert info.value.filename == "3dpe.pt" and info.value.folder.resolve() == (tmp_path / "checkpoints").resolve()
     assert "github.com/EzioBy/3dpe" in message and "non-commercial" in message
     with pytest.raises(MissingWeightsError, match=r"'mystery.bin'.*not one of the known files \(ffhqrebalanced512-128.pkl"):
-        ckpt.resolve_weight("mystery.bin")
+        resolve_weight("mystery.bin")
 
 
 def test_resolve_weight_reports_hub_failures(hub, monkeypatch):
@@ -477,4 +492,4 @@ def test_resolve_weight_reports_hub_failures(hub, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(MissingWeightsError, match=r"'3dpe.pt'.*me/weights@0123456789ab: LocalEntryNotFoundError"):
-        ckpt.resolve_weight("3dpe.pt", repo_id="me/weights", revision=SHA)
+        resolve_weight("3dpe.pt", repo_id="me/weights", revision=SHA)

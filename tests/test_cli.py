@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from threedpe.cli import main
+from threedpe.cli import build_parser, main
+from threedpe.edit_settings import EditSettings, edit_settings
 from threedpe.models.generator import TriPlaneGenerator
-from threedpe.testing import TINY_EG3D, tiny_generator_config
+from threedpe.tiny import TINY_EG3D, tiny_generator_config
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,31 @@ def test_help_does_not_import_torch():
     code = ("import sys; from threedpe.cli import build_parser; build_parser().format_help(); "
             "assert 'torch' not in sys.modules and 'gradio' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_edit_settings_flags_take_their_defaults_from_edit_settings():
+    from threedpe.training.datagen import build_parser as datagen_parser
+
+    edit = ["edit", "--input", "me.jpg", "--prompt", "x", "--out", "out"]
+    customize = ["customize", "--instruction", "x", "--steps", "3", "--out", "s.safetensors"]
+    datagen = ["--instruction", "x", "--count", "4", "--out", "data"]
+    for args in (build_parser().parse_args(edit), build_parser().parse_args(customize),
+                 datagen_parser().parse_args(datagen)):
+        assert edit_settings(args) == EditSettings()
+    assert build_parser().parse_args(customize).steps == 3  # customize's --steps: fine-tuning steps
+
+
+def test_edit_steps_is_one_flag_and_the_old_steps_a_hidden_alias(capsys):
+    edit = ["edit", "--input", "me.jpg", "--prompt", "x", "--out", "out"]
+    new, old = (build_parser().parse_args([*edit, flag, "7"]) for flag in ("--edit-steps", "--steps"))
+    assert edit_settings(new) == edit_settings(old) == EditSettings(steps=7)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edit", "--help"])
+    shown = capsys.readouterr().out
+    assert "--edit-steps" in shown and "--steps" not in shown.replace("--edit-steps", "")
+    customize = ["customize", "--instruction", "x", "--steps", "3", "--out", "s.safetensors"]
+    assert build_parser().parse_args(customize).lora_rank == 8  # the name of train's flag too
+    assert build_parser().parse_args([*customize, "--rank", "4"]).lora_rank == 4  # the old name, hidden
 
 
 def test_user_errors_are_one_line_messages(tiny_weights, tmp_path, capsys):

@@ -10,16 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.fixtures import ColourEditor, small_training_models
 from threedpe.cancel import Cancelled
-from threedpe.customize import CustomizeConfig, CustomizeError, StyleTrainer, lora_targets, split_held_out
-from threedpe.datagen import SyntheticSamples
-from threedpe.diffusion import EditSettings
-from threedpe.models.generator import TriPlaneGenerator
+from threedpe.edit_settings import EditSettings
 from threedpe.models.encoder import preprocess_input, preprocess_reference
-from threedpe.objective import trainable_parameters
+from threedpe.models.generator import TriPlaneGenerator
 from threedpe.pipeline import PortraitEditor
 from threedpe.styles import Style, StyleError
-from threedpe.testing import ColourEditor, save_editor_weights, small_training_models, tiny_generator_config
+from threedpe.tiny import save_editor_weights, tiny_generator_config
+from threedpe.training.customize import CustomizeConfig, CustomizeError, StyleTrainer, lora_targets, split_held_out
+from threedpe.training.objective import trainable_parameters
+from threedpe.training.samples import SyntheticSamples
 
 SEEDS = [0, 1, 2, 4, 5]  # four identities to train on, one held out
 # The tiny models learn slowly through LoRA at the default 1e-4 (held-out loss -10% in 20 steps, -44% at 1e-3).

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from threedpe import cameras
-from threedpe.data import DatasetError, DatasetWriter, EditingDataset, edited_path, item_path
+from threedpe.training.data import DatasetError, DatasetWriter, EditingDataset, edited_path, item_path
 
 SIDE = 64  # small images keep the tests fast; the layout does not depend on the size
 

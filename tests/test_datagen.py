@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from tests.fixtures import ColourEditor
 from threedpe.alignment import align_face, crop_aligned
 from threedpe.anchors import shipped_anchors
-from threedpe.checkpoints import MissingWeightsError
-from threedpe.datagen import (POSE_RANGES, DataError, EditCheck, SyntheticSamples, load_generator, photo_pairs,
-                              shard_seeds, training_pairs, usable)
-from threedpe.diffusion import EditSettings
-from threedpe.objective import random_novel_camera
-from threedpe.testing import ColourEditor
+from threedpe.edit_settings import EditSettings
+from threedpe.training.objective import random_novel_camera
+from threedpe.training.samples import (POSE_RANGES, DataError, EditCheck, SyntheticSamples, load_generator, photo_pairs,
+                                       shard_seeds, training_pairs, usable)
+from threedpe.weights import MissingWeightsError
 
 SMALL_EDITS = EditSettings(resolution=128)
 SEEDS = [0, 1, 2, 4, 5, 6]  # tiny random renders with some contrast (seeds 3 and 7 render nearly flat images)

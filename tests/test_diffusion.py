@@ -11,16 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from threedpe.diffusion import (
-    EditSettings,
-    InstructPix2PixEditor,
-    PromptError,
-    ReferenceCache,
-    TextReference,
-)
 from threedpe.anchors import ANCHOR_DIR, Anchor, shipped_anchors
 from threedpe.cancel import Cancelled
-from threedpe.testing import build_tiny_instruct_pix2pix
+from threedpe.diffusion import InstructPix2PixEditor, PromptError, ReferenceCache, TextReference
+from threedpe.edit_settings import EditSettings
+from threedpe.tiny import build_tiny_instruct_pix2pix
 
 FAST = EditSettings(steps=2, resolution=64)
 

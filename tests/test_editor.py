@@ -13,11 +13,11 @@ from tests.golden_compare import (ATOL, REDUCED_PRECISION_BOUNDS, assert_close, 
                                   reduced_precision_errors)
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
 from threedpe.cameras import camera
-from threedpe.checkpoints import load_3dpe
 from threedpe.models.editor import EditorConfig, EditorModel
 from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.precision import native_bf16
-from threedpe.testing import tiny_editor_config
+from threedpe.tiny import tiny_editor_config
+from threedpe.weights.checkpoints import load_3dpe
 
 
 def editor_cases(golden_dir: Path) -> list[Path]:
@@ -122,7 +122,8 @@ def test_editor_renderer_keys_match_manifest(golden_dir):
 
 
 def test_editor_rejects_a_checkpoint_for_another_architecture():
-    from threedpe.checkpoints import CheckpointError, ThreeDPECheckpoint
+    from threedpe.weights import CheckpointError
+    from threedpe.weights.checkpoints import ThreeDPECheckpoint
 
     tiny = EditorModel(tiny_editor_config())
     ckpt = ThreeDPECheckpoint(tiny.encoder.state_dict(), tiny.renderer.state_dict())

@@ -11,15 +11,9 @@ import torch
 from PIL import Image
 
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
-from threedpe.models.encoder import (
-    EncoderConfig,
-    Live3DEditingEncoder,
-    GridConv,
-    append_pixel_coordinates,
-    preprocess_input,
-    preprocess_reference,
-)
-from threedpe.testing import tiny_encoder_config
+from threedpe.models.encoder import (EncoderConfig, GridConv, Live3DEditingEncoder, append_pixel_coordinates,
+                                     preprocess_input, preprocess_reference)
+from threedpe.tiny import tiny_encoder_config
 
 RTOL = ATOL = 1e-4
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from threedpe import cameras
-from threedpe.diffusion import EditSettings, SettingsError
+from threedpe.edit_settings import EditSettings, SettingsError
+from threedpe.mesh import density_grid
 from threedpe.models.editor import EditorModel
 from threedpe.models.generator import TriPlaneGenerator
-from threedpe.mesh import density_grid
 from threedpe.models.rendering import (FoldedSuperresolution, OSGDecoder, PlaneField, RenderingConfig,
-                                SuperresolutionHybrid8XDC, TriplaneRenderer, render_rays, render_rays_fused,
-                                sample_from_planes, sample_rays)
+                                       SuperresolutionHybrid8XDC, TriplaneRenderer, render_rays, render_rays_fused,
+                                       sample_from_planes, sample_rays)
 from threedpe.models.stylegan2 import FoldedSynthesisBlock, SynthesisBlock
-from threedpe.testing import tiny_editor_config, tiny_generator_config
+from threedpe.tiny import tiny_editor_config, tiny_generator_config
 
 TOL = {"rtol": 1e-5, "atol": 2e-5}
 

@@ -10,7 +10,7 @@ import torch
 from tests.golden_compare import assert_close, assert_stats
 from tests.golden_recipe import check_sums, fill_state_dict, load_manifest
 from threedpe.models.generator import GeneratorConfig, TriPlaneGenerator
-from threedpe.testing import TINY_WEIGHTS_EG3D, tiny_generator_config
+from threedpe.tiny import TINY_WEIGHTS_EG3D, tiny_generator_config
 
 
 def official_config(manifest: dict) -> GeneratorConfig:

@@ -36,7 +36,7 @@ def cuda_editor(golden_dir, strict_fp32) -> EditorModel:
 def test_tiny_edit_views_video_and_mesh_on_cuda(tiny_weights, astronaut_photo, tmp_path):
     editor = PortraitEditor.from_pretrained(tiny_weights, device="cuda", cache_dir=tmp_path / "cache")
     result = editor(astronaut_photo, reference=astronaut_photo)
-    assert result.planes.is_cuda and result.path.startswith("cuda fp32, channels-last encoder")
+    assert result.planes.is_cuda and result.execution.startswith("cuda fp32, channels-last encoder")
     front, draft = result.view(), result.view(preview=True)
     assert front.size == draft.size == (128, 128)
     strip = result.strip()  # three views in one batch on CUDA

@@ -13,12 +13,12 @@ from PIL import Image
 from tests.golden_compare import assert_close, assert_stats
 from tests.golden_recipe import recipe_encoder_renderer
 from threedpe.cameras import camera
-from threedpe.checkpoints import (CheckpointError, MissingWeightsError, ThreeDPECheckpoint, convert, load_3dpe,
-                                  save_checkpoint)
-from threedpe.models.editor import (RECONSTRUCTION_WEIGHTS, EditorModel, ReconstructionConfig, ReconstructionModel,
-                             resolve_reconstruction_weights)
+from threedpe.models.editor import (EditorModel, ReconstructionConfig, ReconstructionModel,
+                                    resolve_reconstruction_weights)
 from threedpe.models.encoder import preprocess_input
-from threedpe.testing import tiny_editor_config, tiny_reconstruction_model
+from threedpe.tiny import tiny_editor_config, tiny_reconstruction_model
+from threedpe.weights import RECONSTRUCTION_WEIGHTS, CheckpointError, MissingWeightsError
+from threedpe.weights.checkpoints import ThreeDPECheckpoint, convert, load_3dpe, save_checkpoint
 
 
 def live3d_cases(golden_dir: Path) -> list[Path]:

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from threedpe.cameras import camera
-from threedpe.checkpoints import CheckpointError
 from threedpe.models.editor import EditorModel
-from threedpe.models.identity import IDENTITY_FILE, IdentityLoss, IRSE50
-from threedpe.objective import (OFFICIAL_LAUNCHER, TRAIN_OPTIONS_DEFAULTS, EditingObjective, LossWeights,
-                                NovelViewRanges, build_objective, prepare_for_training, random_novel_camera,
-                                trainable_parameters)
-from threedpe.models.perceptual import LPIPS, LPIPS_FILES, PromptEncoderDistance, load_perceptual
-from threedpe.testing import tiny_editor_config, tiny_reconstruction_model
+from threedpe.models.identity import IRSE50, IdentityLoss
+from threedpe.models.perceptual import LPIPS, PromptEncoderDistance, load_perceptual
+from threedpe.tiny import tiny_editor_config, tiny_reconstruction_model
+from threedpe.training.objective import (OFFICIAL_LAUNCHER, TRAIN_OPTIONS_DEFAULTS, EditingObjective, LossWeights,
+                                         NovelViewRanges, build_objective, prepare_for_training, random_novel_camera,
+                                         trainable_parameters)
+from threedpe.weights import IDENTITY_FILE, LPIPS_FILES, CheckpointError
 
 
 @pytest.fixture()

@@ -8,12 +8,13 @@ import torch
 import trimesh
 from PIL import Image
 
-from threedpe.alignment import NoFaceError
-from threedpe.checkpoints import CheckpointError, MissingWeightsError
-from threedpe.diffusion import EditSettings, PromptError
 from threedpe import pipeline
+from threedpe.alignment import NoFaceError
+from threedpe.diffusion import PromptError
+from threedpe.edit_settings import EditSettings
 from threedpe.mesh import extract_mesh
 from threedpe.pipeline import PortraitEditor
+from threedpe.weights import CheckpointError, MissingWeightsError
 
 FAST_TEXT = EditSettings()  # the defaults: 20 steps at 512^2 take about a second on the tiny model
 
@@ -142,7 +143,7 @@ def test_missing_and_mismatched_weights(tmp_path, tiny_weights):
         PortraitEditor.from_pretrained(tmp_path)
     assert "Google Drive" in str(missing.value)
     # A released-style 3dpe.pt of another architecture: a concise strict-loading error.
-    from threedpe.checkpoints import load_3dpe
+    from threedpe.weights.checkpoints import load_3dpe
 
     tiny = load_3dpe(tiny_weights / "3dpe.safetensors")
     torch.save({"encoder_state_dict": tiny.encoder_state_dict, "renderer_state_dict": tiny.renderer_state_dict},

@@ -14,7 +14,7 @@ from threedpe.models.editor import EditorModel
 from threedpe.models.generator import TriPlaneGenerator
 from threedpe.models.rendering import InferenceOptions
 from threedpe.pipeline import PortraitEditor
-from threedpe.testing import tiny_editor_config, tiny_generator_config
+from threedpe.tiny import tiny_editor_config, tiny_generator_config
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -121,9 +121,9 @@ def test_editor_precision_from_pretrained_and_settable(tiny_weights, astronaut_p
     editor = PortraitEditor.from_pretrained(tiny_weights, precision="fast")
     assert editor.precision == "fast" and editor.model.inference.precision == "fast"
     result = editor(astronaut_photo, reference=astronaut_photo, aligned=True)
-    assert result.path.startswith("cpu bf16 (fast precision")
+    assert result.execution.startswith("cpu bf16 (fast precision")
     editor.precision = "exact"
-    assert result.path.startswith("cpu fp32, ")
+    assert result.execution.startswith("cpu fp32, ")
     assert PortraitEditor.from_pretrained(tiny_weights).precision == "exact"  # the Python API's default
 
 

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from threedpe.data import DatasetWriter, EditingDataset, edited_path, item_path
-from threedpe.datagen import (DataError, SyntheticSamples, finish_dataset, generate_shard, load_generator,
-                              read_shards, shard_seeds, style_slug)
-from threedpe.diffusion import EditSettings
+from tests.fixtures import ColourEditor, small_training_models
+from threedpe.edit_settings import EditSettings
 from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.pipeline import PortraitEditor
-from threedpe.testing import ColourEditor, save_editor_weights, small_training_models
-from threedpe.train import main as train_main
+from threedpe.tiny import save_editor_weights
+from threedpe.training.data import DatasetWriter, EditingDataset, edited_path, item_path
+from threedpe.training.datagen import finish_dataset, generate_shard, read_shards, style_slug
+from threedpe.training.samples import DataError, SyntheticSamples, load_generator, shard_seeds
+from threedpe.training.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTION = "Make it golden!"
@@ -60,7 +61,7 @@ def dataset(tiny_weights, tmp_path_factory) -> tuple[Path, str]:
     """Two ranks generate 8 samples with the tiny InstructPix2Pix (2 steps at 128^2: noise, which passes the
     failed-edit check)."""
     out = tmp_path_factory.mktemp("generated") / "data"
-    stdout = launch("threedpe.datagen", ["--weights", str(tiny_weights), "--instruction", INSTRUCTION,
+    stdout = launch("threedpe.training.datagen", ["--weights", str(tiny_weights), "--instruction", INSTRUCTION,
                                          "--count", str(COUNT), "--out", str(out), "--edit-steps", "2",
                                          "--resolution", "128"])
     return out, stdout
@@ -81,11 +82,11 @@ def train_args(weights: Path, data: Path, out: Path, *more: str) -> list[str]:
 def runs(small_weights, dataset, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     """Two processes, full mode: ``whole`` 20 steps; ``first`` 1 step, then ``resumed`` from its checkpoint to 20."""
     root, data = tmp_path_factory.mktemp("runs"), dataset[0]
-    whole = launch("threedpe.train", train_args(small_weights, data, root / "whole", "--steps", str(STEPS),
+    whole = launch("threedpe.training.train", train_args(small_weights, data, root / "whole", "--steps", str(STEPS),
                                                 "--save-every", "10"))
-    first = launch("threedpe.train", train_args(small_weights, data, root / "parts", "--steps", "1",
+    first = launch("threedpe.training.train", train_args(small_weights, data, root / "parts", "--steps", "1",
                                                 "--save-every", "0"))
-    resumed = launch("threedpe.train", train_args(small_weights, data, root / "parts", "--steps", str(STEPS),
+    resumed = launch("threedpe.training.train", train_args(small_weights, data, root / "parts", "--steps", str(STEPS),
                                                   "--save-every", "0", "--resume", "auto"))
     return {"whole": (root / "whole", whole), "first": (root / "parts", first), "resumed": (root / "parts", resumed)}
 

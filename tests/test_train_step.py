@@ -15,10 +15,10 @@ from PIL import Image
 from tests.golden_compare import assert_close
 from tests.golden_recipe import recipe_encoder_renderer
 from threedpe.cameras import camera
-from threedpe.checkpoints import ThreeDPECheckpoint
 from threedpe.models.editor import EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
 from threedpe.models.encoder import preprocess_input, preprocess_reference
-from threedpe.objective import EditingObjective, LossWeights, prepare_for_training
+from threedpe.training.objective import EditingObjective, LossWeights, prepare_for_training
+from threedpe.weights.checkpoints import ThreeDPECheckpoint
 
 pytestmark = pytest.mark.golden
 LOSS_NAMES = ("triloss", "image", "raw", "depth", "feature", "mv_image", "mv_raw", "mv_depth", "mv_feature", "total")

@@ -24,8 +24,8 @@ _EXPORTS = {
     "align_face": "threedpe.alignment",
     "load_image": "threedpe.images",
     "Cancelled": "threedpe.cancel",
-    "CheckpointError": "threedpe.checkpoints",
-    "MissingWeightsError": "threedpe.checkpoints",
+    "CheckpointError": "threedpe.weights",
+    "MissingWeightsError": "threedpe.weights",
 }
 __all__ = ["__version__", *_EXPORTS]
 

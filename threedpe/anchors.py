@@ -20,7 +20,7 @@ from PIL import Image
 
 from threedpe import cameras
 from threedpe.models.generator import TriPlaneGenerator
-from threedpe.video import to_uint8
+from threedpe.video import to_image
 
 ANCHOR_DIR = Path(__file__).resolve().parents[1] / "examples" / "anchors"
 ANCHOR_SIZE = 512
@@ -93,9 +93,7 @@ class _GeneratorRenders:
             with torch.inference_mode():
                 planes, ws = generator.sample(seed, self.psi)
                 out = generator.render(planes, ws, cameras.frontal_camera().to(planes.device), deterministic=True)
-        image = Image.fromarray(to_uint8(out["image"][0]))
-        if image.size != (ANCHOR_SIZE, ANCHOR_SIZE):  # small test generators
-            image = image.resize((ANCHOR_SIZE, ANCHOR_SIZE), Image.Resampling.BICUBIC)
+        image = to_image(out["image"][0], ANCHOR_SIZE)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         image.save(staged, format="PNG")

@@ -3,40 +3,37 @@
 A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
 a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
 diffusers) are imported only by the command that needs them, so ``--help`` is instant. The commands meant for
-``torchrun``, ``python -m threedpe.datagen`` and ``python -m threedpe.train``, report errors the same way
-(:func:`run_command`).
+``torchrun``, ``python -m threedpe.training.datagen`` and ``python -m threedpe.training.train``, report errors the
+same way (:func:`threedpe.commands.run_command`). Nothing in the package imports this module.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
+from threedpe.commands import UsageError, run_command
+from threedpe.edit_settings import add_edit_arguments, edit_settings
 from threedpe.precision import PRECISIONS
+from threedpe.weights import default_folder
 
-DEFAULT_WEIGHTS = os.environ.get("THREEDPE_WEIGHTS", "checkpoints")
+WEIGHTS_HELP = "weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)"
 DEVICE_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'"
 PRECISION_HELP = ("exact: float32, equal to the official code (default); fast: bfloat16 where the hardware computes it "
                   "natively (AVX512-BF16/AMX CPUs, recent GPUs), float32 elsewhere; about 2x faster on such a CPU, "
                   "within the bounds stated in the README")
 
 
-class UsageError(ValueError):
-    """Arguments that cannot work together or point at nothing."""
-
-
 def _edit(args: argparse.Namespace) -> None:
-    from threedpe.diffusion import EditSettings, normalise_instruction
-    from threedpe.pipeline import PortraitEditor, resolve_device
+    from threedpe.devices import resolve_device
+    from threedpe.diffusion import normalise_instruction
+    from threedpe.pipeline import PortraitEditor
 
     # Everything that can be checked without loading a model is checked first.
     prompt = normalise_instruction(args.prompt) if args.prompt is not None else None
-    settings = EditSettings(steps=args.steps, text_guidance=args.text_guidance, image_guidance=args.image_guidance,
-                            resolution=args.resolution)
+    settings = edit_settings(args)
     for label, path in (("photo", args.input), ("reference", args.reference), ("style", args.style)):
         if path is not None and not Path(path).is_file():
             raise UsageError(f"the {label} {path} does not exist")
@@ -71,16 +68,17 @@ def _edit(args: argparse.Namespace) -> None:
     for path in written:
         print(f"wrote {path}")
     print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()))
-    print(f"path: {result.path}")
+    print(f"path: {result.execution}")
 
 
 def _customize(args: argparse.Namespace) -> None:
     from threedpe.cancel import Cancelled, stop_on_signals
-    from threedpe.customize import CustomizeConfig, CustomizeError, Progress, StyleTrainer
-    from threedpe.datagen import DataError, SyntheticSamples, load_generator, photo_pairs, usable
-    from threedpe.diffusion import EditSettings, normalise_instruction
+    from threedpe.devices import resolve_device
+    from threedpe.diffusion import normalise_instruction
     from threedpe.models.editor import resolve_reconstruction_weights
-    from threedpe.pipeline import PortraitEditor, default_cache_dir, resolve_device
+    from threedpe.pipeline import PortraitEditor, default_cache_dir
+    from threedpe.training.customize import CustomizeConfig, CustomizeError, Progress, StyleTrainer
+    from threedpe.training.samples import DataError, SyntheticSamples, load_generator, photo_pairs, usable
 
     # Everything that can be checked without loading a model is checked first.
     out = Path(args.out)
@@ -94,9 +92,9 @@ def _customize(args: argparse.Namespace) -> None:
     if args.instruction is not None and args.samples < 3:
         raise UsageError("--samples must be at least 3 (two identities to train on, one held out for previews)")
     instruction = normalise_instruction(args.instruction) if args.instruction is not None else None
-    settings = EditSettings(steps=args.edit_steps, resolution=args.resolution)
+    settings = edit_settings(args)
     try:
-        config = CustomizeConfig(mode=args.mode, rank=args.rank, batch_size=args.batch_size,
+        config = CustomizeConfig(mode=args.mode, rank=args.lora_rank, batch_size=args.batch_size,
                                  learning_rate=args.learning_rate, seed=args.seed)
         device = resolve_device(args.device)
 
@@ -157,8 +155,7 @@ def _customize(args: argparse.Namespace) -> None:
 
 def _eg3d_weights(path: str) -> Path:
     """An EG3D weight file given directly, or found in a folder (converted first)."""
-    from threedpe.checkpoints import resolve_first
-    from threedpe.pipeline import EG3D_WEIGHTS
+    from threedpe.weights import EG3D_WEIGHTS, resolve_first
 
     candidate = Path(path).expanduser()
     if candidate.is_file():
@@ -175,9 +172,9 @@ def _render(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from threedpe import cameras
+    from threedpe.devices import resolve_device
     from threedpe.models.generator import TriPlaneGenerator
     from threedpe.models.rendering import PlaneField
-    from threedpe.pipeline import resolve_device
     from threedpe.video import render_orbit, to_uint8, write_mp4
 
     device = resolve_device(args.device)
@@ -208,13 +205,13 @@ def _render(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from threedpe.checkpoints import convert
+    from threedpe.weights.checkpoints import convert
 
     print(f"wrote {convert(args.source, args.destination)} (+ .json)")
 
 
 def _tiny(args: argparse.Namespace) -> None:
-    from threedpe.testing import UNTRAINED_NOTE, save_tiny_weights
+    from threedpe.tiny import UNTRAINED_NOTE, save_tiny_weights
 
     folder = save_tiny_weights(args.folder, seed=args.seed)
     print(f"wrote a tiny weight set to {folder}. {UNTRAINED_NOTE}")
@@ -225,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     edit = commands.add_parser("edit", help="edit a portrait with a reference image or a text instruction")
-    edit.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)")
+    edit.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
     edit.add_argument("--input", required=True, help="the portrait photo")
     style = edit.add_mutually_exclusive_group(required=True)
     style.add_argument("--reference", help="reference image whose style is applied (used as given)")
@@ -242,10 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--mesh", action="store_true", help="also write mesh.glb and mesh.ply")
     edit.add_argument("--mesh-resolution", type=int, default=None,
                       help="density grid side for the mesh (default: the tri-planes' side, 256 for the released weights)")
-    edit.add_argument("--steps", type=int, default=20, help="InstructPix2Pix steps")
-    edit.add_argument("--text-guidance", type=float, default=7.5)
-    edit.add_argument("--image-guidance", type=float, default=1.5)
-    edit.add_argument("--resolution", type=int, default=512, help="InstructPix2Pix resolution")
+    add_edit_arguments(edit)
+    # --steps: the old name of --edit-steps (customize's --steps counts fine-tuning steps), hidden, kept a release
+    edit.add_argument("--steps", dest="edit_steps", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--style", help="a style file made by `customize`, applied to the editor for this edit")
     edit.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -259,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "`steps=<n> seconds=<s> held_out_loss_start=<a> held_out_loss_end=<b> style=<path> bytes=<size>`: "
                     "the loss of the held-out pair (never trained on) before and after the fine-tune; the lines "
                     "before it show the training loss of each step's batch.")
-    custom.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)")
+    custom.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
     data = custom.add_mutually_exclusive_group(required=True)
     data.add_argument("--instruction", help="InstructPix2Pix instruction applied to EG3D samples (needs the EG3D file)")
     data.add_argument("--pairs", help="folder with before/ and after/ photos of the same names")
@@ -270,21 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, help="fine-tuning minutes in all (resumed ones included)")
     custom.add_argument("--mode", choices=("lora", "full"), default="lora",
                         help="lora: low-rank adapters, a style of a few MB (default); full: the official trainable set")
-    custom.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    custom.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
+    custom.add_argument("--rank", dest="lora_rank", type=int, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # the old name of --lora-rank, hidden, kept a release
     custom.add_argument("--batch-size", type=int, default=2, help="pairs per step (default 2, as officially per GPU)")
     custom.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
     custom.add_argument("--resume", help="state file of an earlier run (written beside --out as <name>.state.pt)")
     custom.add_argument("--out", required=True, help="the style file to write (.safetensors)")
     custom.add_argument("--previews", help="folder for preview images of a held-out pair (10 s, 1, 2, 5 min)")
     custom.add_argument("--truncation", type=float, default=0.7, help="EG3D truncation psi for --instruction")
-    custom.add_argument("--edit-steps", type=int, default=20, help="InstructPix2Pix steps")
-    custom.add_argument("--resolution", type=int, default=512, help="InstructPix2Pix resolution")
+    add_edit_arguments(custom, guidance=False)
     custom.add_argument("--seed", type=int, default=0, help="seed of the fine-tune (adapters, pair order, cameras)")
     custom.add_argument("--device", default="auto", help=DEVICE_HELP)
     custom.set_defaults(run=_customize)
 
     render = commands.add_parser("render", help="render random heads of an EG3D generator")
-    render.add_argument("--weights", default=DEFAULT_WEIGHTS, help="EG3D file, or a folder holding one")
+    render.add_argument("--weights", default=str(default_folder()), help="EG3D file, or a folder holding one")
     render.add_argument("--seeds", type=int, nargs="+", default=[0])
     render.add_argument("--truncation", type=float, default=0.7, help="truncation psi (1 = none)")
     render.add_argument("--out", required=True)
@@ -305,19 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_tiny)
     return parser
-
-
-def run_command(run: Callable[[], None], *user_errors: type[Exception]) -> int:
-    """Run a command: 0 when it succeeds; a user error (:data:`~threedpe.pipeline.USER_ERRORS`, ``UsageError``, file
-    system refusals and ``user_errors``) prints ``error: <message>`` and gives 2; anything else keeps its traceback."""
-    from threedpe.pipeline import USER_ERRORS
-
-    try:
-        run()
-    except (*USER_ERRORS, *user_errors, UsageError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

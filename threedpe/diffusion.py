@@ -29,7 +29,9 @@ from PIL import Image
 
 from threedpe.anchors import Anchor
 from threedpe.cancel import CancelSignal, check
+from threedpe.edit_settings import EditSettings
 from threedpe.files import atomic_write
+from threedpe.weights import INSTRUCT_PIX2PIX_REVISION
 
 logger = logging.getLogger(__name__)
 
@@ -44,57 +46,9 @@ class _TorchvisionFallbackNote(logging.Filter):
 
 logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackNote())
 
-INSTRUCT_PIX2PIX_REPO = "timbrooks/instruct-pix2pix"
-# Commit of the Hub repo that the defaults were chosen against (pinned so a repo update cannot change results).
-INSTRUCT_PIX2PIX_REVISION = "93224554bd65f19b6f0c99cbcce3a4ac59bb6382"
 
 class PromptError(ValueError):
     """The instruction cannot be used as given (empty, or longer than the text encoder's context)."""
-
-
-class SettingsError(ValueError):
-    """Sampling settings that cannot work (no steps, guidance that would switch itself off, odd resolution)."""
-
-
-@dataclass(frozen=True)
-class EditSettings:
-    """Sampling settings of one 2D edit (Euler-ancestral sampler, dual classifier-free guidance).
-
-    steps: denoising steps. text_guidance: guidance towards the instruction (> 1, else diffusers silently turns all
-    guidance off). image_guidance: guidance towards the input image (>= 1, same reason). resolution: side of the square
-    image the edit runs at, a multiple of 64 (512 for the real model; tiny test models may use 64).
-    """
-
-    steps: int = 20
-    text_guidance: float = 7.5
-    image_guidance: float = 1.5
-    resolution: int = 512
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise SettingsError(f"steps must be >= 1, got {self.steps}")
-        if self.text_guidance <= 1.0:
-            raise SettingsError(f"text_guidance must be > 1 (guidance is disabled otherwise), got {self.text_guidance}")
-        if self.image_guidance < 1.0:
-            raise SettingsError(f"image_guidance must be >= 1 (guidance is disabled otherwise), got {self.image_guidance}")
-        if self.resolution < 64 or self.resolution % 64:
-            raise SettingsError(f"resolution must be a positive multiple of 64, got {self.resolution}")
-
-    @classmethod
-    def preset(cls, name: str) -> EditSettings:
-        """Named settings (:data:`SETTINGS_PRESETS`): ``"quality"`` (the defaults, 512^2) or ``"fast"`` (256^2).
-
-        The 3DPE editor sees a reference at 224^2 only (its MAE prompt encoder), so a text reference made at 256^2
-        loses little of what the editor uses, for about a quarter of the UNet/VAE work per step. It is a different
-        image from the 512^2 edit of the same seed (another latent size), cached under its own key.
-        """
-        try:
-            return SETTINGS_PRESETS[name]
-        except KeyError:
-            raise SettingsError(f"unknown preset {name!r}: choose one of {', '.join(SETTINGS_PRESETS)}") from None
-
-
-SETTINGS_PRESETS = {"quality": EditSettings(), "fast": EditSettings(resolution=256)}
 
 
 def edit_key(instruction: str, settings: EditSettings, image_id: str, seed: int, model: str) -> tuple[str, dict]:

@@ -8,7 +8,7 @@ a depth image, a mesh. Views are given in degrees from the frontal view (see :mo
     result = editor("me.jpg", prompt="Make him resemble a young child")
     result.strip().save("strip.png"); result.video("orbit.mp4"); result.mesh("head.glb")
 
-A style made by customisation (:mod:`threedpe.customize`) is applied per call and removed afterwards:
+A style made by customisation (:mod:`threedpe.training.customize`) is applied per call and removed afterwards:
 ``editor(photo, reference=..., style=editor.load_style("gold.safetensors"))``.
 """
 from __future__ import annotations
@@ -27,47 +27,29 @@ import torch.nn.functional as F
 from PIL import Image
 
 from threedpe import cameras
-from threedpe.alignment import AlignConfig, AlignedFace, NoFaceError, align_face
-from threedpe.alignment import align_reference as align_reference_photo
+from threedpe.alignment import (AlignConfig, AlignedFace, NoFaceError, align_face,
+                                align_reference as align_reference_photo)
 from threedpe.anchors import Anchor, eg3d_anchors, shipped_anchors
 from threedpe.cancel import CancelSignal, Cancelled, check
-from threedpe.checkpoints import CheckpointError, MissingWeightsError, load_3dpe, resolve_first, resolve_weight
-from threedpe.diffusion import (INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, EditSettings, InstructPix2PixEditor,
-                                PromptError, SettingsError, TextReference)
-from threedpe.models.editor import EditorModel
-from threedpe.models.encoder import preprocess_input, preprocess_reference
+from threedpe.devices import DeviceError, resolve_device
+from threedpe.diffusion import InstructPix2PixEditor, PromptError, TextReference
+from threedpe.edit_settings import EditSettings, SettingsError
 from threedpe.images import ImageError, ImageInput, frames_note, load_image
 from threedpe.mesh import export_mesh, extract_mesh
+from threedpe.models.editor import EditorModel
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.precision import PrecisionError, check_precision
 from threedpe.styles import Style, StyleError, applied, model_fingerprint
 from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, write_mp4
+from threedpe.weights import (EDITOR_WEIGHTS, INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, CheckpointError,
+                              MissingWeightsError, default_folder, local_eg3d_weights, resolve_first, resolve_weight,
+                              text_model_source)
+from threedpe.weights.checkpoints import load_3dpe
 
-EDITOR_WEIGHTS = ("3dpe.safetensors", "3dpe.pt")  # converted first, then the released file
-EG3D_WEIGHTS = ("ffhqrebalanced512-128.safetensors", "ffhqrebalanced512-128.pth", "ffhqrebalanced512-128.pkl")
-TEXT_MODEL_FOLDER = "instruct-pix2pix"
 HUB_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 RENDER_CACHE_SIZE = 4  # rendered views an EditResult keeps
 MIN_REFERENCE_SIDE = 64
 UNTRAINED_NOTE = "UNTRAINED random weights: outputs are noise, for trying the app and the API only."
-
-
-class DeviceError(ValueError):
-    """The device asked for does not exist on this machine."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA when available, else CPU; a device CUDA cannot serve is refused with a clear message."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise DeviceError(f"unknown device {str(device)!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
-        raise DeviceError(f"device {str(device)!r} was asked for, but CUDA is not available here (torch "
-                         f"{torch.__version__}, {build}); use 'cpu' or 'auto'")
-    return resolved
 
 
 # Errors a user can act on (their messages say what to do); the app and the CLI show them without a traceback.
@@ -118,7 +100,7 @@ class EditResult:
     _renders: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (yaw, pitch, preview) -> outputs
 
     @property
-    def path(self) -> str:
+    def execution(self) -> str:
         """How this result's views, videos and meshes are computed, in words (for a timings panel), e.g.
         ``"cpu fp32, channels-last token grids, fused volume rendering, folded channels-last SR"``."""
         return self.editor.model.describe_inference()
@@ -228,11 +210,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("THREEDPE_CACHE", Path.home() / ".cache" / "threedpe" / "references")).expanduser()
 
 
-def local_eg3d_weights(folder: str | os.PathLike) -> Path | None:
-    """The EG3D generator file in ``folder`` (converted first), or None; nothing is downloaded for it."""
-    return next((Path(folder) / name for name in EG3D_WEIGHTS if (Path(folder) / name).is_file()), None)
-
-
 class PortraitEditor:
     """Real-time 3D-aware portrait editing (3DPE): ``editor(photo, reference=...)`` or ``editor(photo, prompt=...)``.
 
@@ -280,7 +257,7 @@ class PortraitEditor:
         check_precision(precision)
         if source is not None and not Path(source).expanduser().exists() and HUB_REPO_ID.fullmatch(str(source)):
             source, repo_id = None, str(source)
-        folder = Path(source if source is not None else os.environ.get("THREEDPE_WEIGHTS", "checkpoints")).expanduser()
+        folder = Path(source).expanduser() if source is not None else default_folder()
         try:
             weights = resolve_first(EDITOR_WEIGHTS, local_dir=folder, repo_id=repo_id, revision=revision)
         except MissingWeightsError as missing:
@@ -289,10 +266,9 @@ class PortraitEditor:
         if weights.suffix == ".safetensors":  # its config must sit beside it (the Hub keeps a snapshot together)
             resolve_weight(weights.with_suffix(".json").name, local_dir=folder, repo_id=repo_id, revision=revision)
         model = EditorModel.from_checkpoint(load_3dpe(weights))
-        local_text = folder / TEXT_MODEL_FOLDER
-        text_model = local_text if (local_text / "model_index.json").is_file() else None
-        editor = cls(model, text_model=text_model, text_revision=None if text_model else INSTRUCT_PIX2PIX_REVISION,
-                     cache_dir=cache_dir, weights_folder=folder if repo_id is None else None)
+        text_model, text_revision = text_model_source(folder)
+        editor = cls(model, text_model=text_model, text_revision=text_revision, cache_dir=cache_dir,
+                     weights_folder=folder if repo_id is None else None)
         generator = local_eg3d_weights(folder)
         if generator is not None:
             editor.anchors = eg3d_anchors(generator, editor.cache_dir / "anchors",

@@ -1,5 +1,5 @@
-"""Styles: what a customisation fine-tune (:mod:`threedpe.customize`) changed in the editor, as a small file that
-is applied to the shared editor for one request and then removed.
+"""Styles: what a customisation fine-tune (:mod:`threedpe.training.customize`) changed in the editor, as a small
+file that is applied to the shared editor for one request and then removed.
 
 A style file is one ``.safetensors`` file holding only the adapted tensors, named after the editing encoder's
 parameters (``encoder_state_dict`` names):
@@ -12,7 +12,7 @@ parameters (``encoder_state_dict`` names):
 Its header metadata holds one key, :data:`METADATA_KEY`, whose value is a JSON object: ``format``
 (:data:`FORMAT_NAME`), ``version``, ``mode``, ``rank`` and ``alpha`` (LoRA; null in full mode),
 ``base_fingerprint`` (:func:`model_fingerprint` of the editor it was trained from; another editor refuses it),
-and what :mod:`threedpe.customize` records about the training (source, steps, seconds, losses, ...).
+and what :mod:`threedpe.training.customize` records about the training (source, steps, seconds, losses, ...).
 """
 from __future__ import annotations
 

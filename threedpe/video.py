@@ -12,6 +12,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from threedpe import cameras
@@ -31,6 +32,13 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
         raise ValueError(f"expected an image (3, H, W) or (B, 3, H, W), got shape {tuple(image.shape)}")
     pixels = ((image.detach().float().clamp(-1, 1) + 1) * (255 / 2)).round().to(torch.uint8)
     return pixels.movedim(-3, -1).cpu().numpy()
+
+
+def to_image(image: torch.Tensor, size: int) -> Image.Image:
+    """A generator's image (3, H, W) in [-1, 1] as a ``size``^2 RGB image: generators whose output is not ``size``
+    pixels on a side (EG3D's 128^2 ShapeNet model, the tiny weight set's 64^2 one) are resized bicubically."""
+    rendered = Image.fromarray(to_uint8(image))
+    return rendered if rendered.size == (size, size) else rendered.resize((size, size), Image.Resampling.BICUBIC)
 
 
 def triplane_view(renderer: TriplaneRenderer, planes: torch.Tensor, deterministic: bool = True,

@@ -19,14 +19,14 @@ from typing import ClassVar, Self
 import torch
 from torch import nn
 
-from threedpe.checkpoints import (EDITOR_MODEL, RECONSTRUCTION_MODEL, ThreeDPECheckpoint, load_3dpe, load_into,
-                                  require_model, resolve_first, resolve_weight)
 from threedpe.models.encoder import (EncoderConfig, Live3DEditingEncoder, Live3DEncoder, append_pixel_coordinates,
                                      set_grid_layout)
 from threedpe.models.rendering import InferenceOptions, RenderingConfig, TriplaneRenderer
 from threedpe.precision import native_bf16_label
+from threedpe.weights import RECONSTRUCTION_WEIGHTS, resolve_first, resolve_weight
+from threedpe.weights.checkpoints import (EDITOR_MODEL, RECONSTRUCTION_MODEL, ThreeDPECheckpoint, load_3dpe, load_into,
+                                          require_model)
 
-RECONSTRUCTION_WEIGHTS = ("encoder_render_LT_90000.safetensors", "encoder_render_LT_90000.pt")  # converted first
 PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -107,8 +107,9 @@ class _TriplaneModel(nn.Module):
         return model.eval()
 
     def checkpoint(self) -> ThreeDPECheckpoint:
-        """The weights (state dicts, not copies) and the architecture, as :func:`~threedpe.checkpoints.save_checkpoint`
-        and :func:`~threedpe.checkpoints.save_official` write them."""
+        """The weights (state dicts, not copies) and the architecture, as
+        :func:`~threedpe.weights.checkpoints.save_checkpoint` and :func:`~threedpe.weights.checkpoints.save_official`
+        write them."""
         return ThreeDPECheckpoint(self.encoder.state_dict(), self.renderer.state_dict(), self.config.to_dict())
 
     @property
@@ -232,7 +233,7 @@ def resolve_reconstruction_weights(folder: str | os.PathLike | None = None, *, r
                                    revision: str | None = None) -> Path:
     """The Live3D weights: our converted ``encoder_render_LT_90000.safetensors`` (+ ``.json``) first, else the
     released ``encoder_render_LT_90000.pt``; ``folder`` defaults to ``$THREEDPE_WEIGHTS`` or ``checkpoints``,
-    then the Hub (see :func:`threedpe.checkpoints.resolve_weight`). Raises ``MissingWeightsError``."""
+    then the Hub (see :func:`threedpe.weights.resolve_weight`). Raises ``MissingWeightsError``."""
     weights = resolve_first(RECONSTRUCTION_WEIGHTS, local_dir=folder, repo_id=repo_id, revision=revision)
     if weights.suffix == ".safetensors":  # its config must sit beside it
         resolve_weight(weights.with_suffix(".json").name, local_dir=folder, repo_id=repo_id, revision=revision)

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from threedpe import cameras
-from threedpe.checkpoints import EG3DCheckpoint, load_eg3d, load_into
 from threedpe.models.rendering import (InferenceOptions, OSGDecoder, PlaneField, RenderingConfig,
-                                      SuperresolutionHybrid8XDC, render_planes)
+                                       SuperresolutionHybrid8XDC, render_planes)
 from threedpe.models.stylegan2 import MappingNetwork, SynthesisNetwork
+from threedpe.weights.checkpoints import EG3DCheckpoint, load_eg3d, load_into
 
 SR_MODULE = "training.superresolution.SuperresolutionHybrid8XDC"
 PLANE_RESOLUTION = 256  # EG3D's backbone always synthesises 3 planes x 32 channels at 256^2
@@ -41,7 +41,7 @@ class GeneratorConfig:
     c_scale: float = 1.0
     c_gen_conditioning_zero: bool = False
     decoder_lr_multiplier: float = 1.0
-    sr_widths: tuple[int, int] = (256, 128)  # EG3D's; threedpe's small test generators narrow them (see from_official)
+    sr_widths: tuple[int, int] = (256, 128)  # EG3D's; the tiny weight set narrows them (see from_official)
     rendering: RenderingConfig = field(default_factory=RenderingConfig)
 
     @classmethod

@@ -1,7 +1,7 @@
 """3DPE's identity loss: ArcFace IR-SE50 embeddings of a face crop (InsightFace_Pytorch layout, ``model_ir_se50.pth``).
 
 The official weight λ_id is 0, so the network is only built when that file is present and the weight is
-positive (see :func:`threedpe.objective.build_objective`).
+positive (see :func:`threedpe.training.objective.build_objective`).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threedpe.checkpoints import load_into, read_state_dict
+from threedpe.weights import IDENTITY_FILE
+from threedpe.weights.checkpoints import load_into, read_state_dict
 
-IDENTITY_FILE = "model_ir_se50.pth"
 
 
 class SqueezeExcite(nn.Module):

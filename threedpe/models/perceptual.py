@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threedpe.checkpoints import CheckpointError, load_into, read_state_dict
 from threedpe.models.encoder import IMAGENET_MEAN, IMAGENET_STD, MAEEncoder
+from threedpe.weights import LPIPS_FILES, CheckpointError
+from threedpe.weights.checkpoints import load_into, read_state_dict
 
 LOG = logging.getLogger(__name__)
-LPIPS_FILES = ("alexnet-owt-4df8aa71.pth", "alex_lin.pth")
 
 
 def unit_channels(x: torch.Tensor, dim: int = 1, eps: float = 1e-10) -> torch.Tensor:

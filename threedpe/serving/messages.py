@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from threedpe.checkpoints import CheckpointError, MissingWeightsError
+from threedpe.weights import CheckpointError, MissingWeightsError
 from threedpe.gallery import Record
 from threedpe.pipeline import PortraitEditor
 

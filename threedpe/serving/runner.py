@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from threedpe.cancel import Cancelled
-from threedpe.checkpoints import CheckpointError
-from threedpe.customize import CustomizeError, StyleTrainer
-from threedpe.datagen import StyleSample, SyntheticSamples, load_generator
+from threedpe.weights import CheckpointError
+from threedpe.training.customize import CustomizeError, StyleTrainer
+from threedpe.training.samples import StyleSample, SyntheticSamples, load_generator
 from threedpe.diffusion import EditSettings
 from threedpe.files import atomic_write
 from threedpe.images import ImageInput, load_image
@@ -127,8 +127,8 @@ class StoredEdit:
     def from_result(cls, result: EditResult, **details) -> StoredEdit:
         return cls(planes=result.planes.detach().float().cpu().numpy(), image=result.image,
                    reference=result.reference, timings=dict(result.timings), notes=list(result.warnings),
-                   anchor=result.anchor, execution=result.path, precision=result.editor.precision,
-                   **details)  # EditResult.path: how it ran
+                   anchor=result.anchor, execution=result.execution, precision=result.editor.precision,
+                   **details)
 
     def result(self, editor: PortraitEditor) -> EditResult:
         """An ``EditResult`` that renders these tri-planes with ``editor`` (no re-encoding)."""

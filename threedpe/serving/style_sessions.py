@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from threedpe.customize import CustomizeConfig, Snapshot, StyleTrainer
-from threedpe.datagen import StyleSample, photo_pairs, usable
+from threedpe.training.customize import CustomizeConfig, Snapshot, StyleTrainer
+from threedpe.training.samples import StyleSample, photo_pairs, usable
 from threedpe.styles import Style
 
 SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL = 2, 10  # customisation work per GPU call (ZeroGPU quotas, visible progress)

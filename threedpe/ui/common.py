@@ -25,12 +25,13 @@ from gradio.events import Dependency
 
 from threedpe.anchors import Anchor, shipped_anchors
 from threedpe.cancel import Cancelled, check
-from threedpe.checkpoints import CheckpointError
-from threedpe.customize import CustomizeError
-from threedpe.datagen import DataError
+from threedpe.weights import CheckpointError
+from threedpe.training.customize import CustomizeError
+from threedpe.training.samples import DataError
 from threedpe.diffusion import EditSettings
 from threedpe.gallery import Gallery, GalleryError
-from threedpe.pipeline import USER_ERRORS, PortraitEditor, resolve_device
+from threedpe.devices import resolve_device
+from threedpe.pipeline import USER_ERRORS, PortraitEditor
 from threedpe.precision import check_precision, native_bf16_label
 from threedpe.serving.messages import disabled_reason, public_message, timings_line
 from threedpe.serving.runner import EditFiles, EditRunner, OutputSettings, StoredEdit, check_upload

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from threedpe.customize import CustomizeConfig
-from threedpe.datagen import usable
+from threedpe.training.customize import CustomizeConfig
+from threedpe.training.samples import usable
 from threedpe.serving.style_sessions import (SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL, StyleSession, curve_table,
                                              photo_samples, sample_tiles, slug, snapshot_tiles, style_status,
                                              tuning_status)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from threedpe.checkpoints import CheckpointError
+from threedpe.weights import CheckpointError
 from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.messages import weights_notice

@@ -27,8 +27,9 @@ from torch import nn
 
 from threedpe.cameras import camera as make_camera
 from threedpe.models.editor import EditorModel, ReconstructionModel
-from threedpe.models.identity import IDENTITY_FILE, IdentityLoss
+from threedpe.models.identity import IdentityLoss
 from threedpe.models.perceptual import LPIPS, PromptEncoderDistance, load_perceptual
+from threedpe.weights import IDENTITY_FILE
 
 LOG = logging.getLogger(__name__)
 TRAINABLE_MODULES = ("Final_encoder", "Ref_encoder")  # the official optimiser's list, in its order

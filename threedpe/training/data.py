@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.files import atomic_write
+from threedpe.models.encoder import preprocess_input, preprocess_reference
 
 LABELS = "dataset.json"
 RESOLUTION = 512

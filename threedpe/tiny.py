@@ -1,41 +1,33 @@
-"""Tiny, randomly initialised models with the real structure: the scaffolding of tests, demos and benchmarks.
+"""``python -m threedpe tiny-weights DIR``: tiny, randomly initialised models with the real structure.
 
-Nothing here is used by the product's editing path. ``python -m threedpe tiny-weights DIR`` (:func:`save_tiny_weights`)
-writes a complete weight folder in the layout of the released files, at widths that run every action of the app
-and the CLI in seconds on a CPU; the outputs are noise (the weights are untrained and labelled so).
+:func:`save_tiny_weights` writes a complete weight folder in the layout of the released files, at widths that run
+every action of the app and the CLI in seconds on a CPU; the outputs are noise (the weights are untrained and labelled
+so). Its parts serve tests, demos and benchmarks too:
 
 - :func:`tiny_encoder_config`, :func:`tiny_editor_config`, :data:`TINY_EG3D` / :func:`tiny_generator_config`:
   the same module trees and state-dict keys as the released models, at small widths;
 - :func:`tiny_reconstruction_model`: a tiny Live3D network sharing a tiny editor's weights;
 - :func:`build_tiny_instruct_pix2pix`: a tiny InstructPix2Pix in the diffusers layout with the standard VAE scale
   factor (8), so a 512^2 edit runs on a 64^2 latent, and attention only at the UNet's lowest resolution;
-- :func:`save_tiny_weights`: all of them in one folder, at the smaller sizes of :func:`tiny_weights_editor_config` and
-  :data:`TINY_WEIGHTS_EG3D` (where the commands spend their time);
-- :func:`small_training_models`: a tiny editor and Live3D network at 128^2 input for fine-tuning tests in seconds;
-  :func:`save_editor_weights` writes such a pair as a weight folder (for training runs through the command line);
-- :class:`ColourEditor`: a deterministic stand-in for InstructPix2Pix (a fixed colour transform), with failures
-  on request.
+- :func:`save_editor_weights`: an editor and its Live3D network as a weight folder; :func:`save_tiny_weights`: all of
+  them in one folder, at the smaller sizes of :func:`tiny_weights_editor_config` and :data:`TINY_WEIGHTS_EG3D`.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
-from threedpe.cancel import CancelSignal, check
-from threedpe.checkpoints import EG3DCheckpoint, save_checkpoint
-from threedpe.models.editor import RECONSTRUCTION_WEIGHTS, EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
+from threedpe.models.editor import EditorConfig, EditorModel, ReconstructionConfig, ReconstructionModel
 from threedpe.models.encoder import EncoderConfig
 from threedpe.models.generator import GeneratorConfig, TriPlaneGenerator
-from threedpe.diffusion import EditSettings
-from threedpe.pipeline import TEXT_MODEL_FOLDER, UNTRAINED_NOTE
 from threedpe.models.rendering import RenderingConfig
-
+from threedpe.pipeline import UNTRAINED_NOTE
+from threedpe.weights import RECONSTRUCTION_WEIGHTS, TEXT_MODEL_FOLDER
+from threedpe.weights.checkpoints import EG3DCheckpoint, save_checkpoint
 
 
 def tiny_encoder_config(**changes) -> EncoderConfig:
@@ -102,19 +94,6 @@ def tiny_reconstruction_model(editor: EditorModel) -> ReconstructionModel:
     return model.eval()
 
 
-def small_training_models(seed: int = 0) -> tuple[EditorModel, ReconstructionModel]:
-    """A tiny editor taking 128^2 inputs (tri-planes 64^2), rendering 16^2 rays (64^2 images), and the tiny
-    Live3D network sharing its weights: a fine-tuning step takes a fraction of a second on one CPU thread."""
-    torch.manual_seed(seed)
-    config = dataclasses.replace(
-        tiny_editor_config(), encoder=tiny_encoder_config(image_size=128),
-        rendering=RenderingConfig(depth_resolution=8, depth_resolution_importance=8, neural_rendering_resolution=16))
-    editor = EditorModel(config).eval()
-    with torch.no_grad():  # density around the surface level, so that renders depend on the tri-planes
-        editor.renderer.decoder.net[2].bias[0] = 10.0
-    return editor, tiny_reconstruction_model(editor)
-
-
 def save_editor_weights(folder: str | os.PathLike, editor: EditorModel, reconstruction: ReconstructionModel,
                         source: str) -> Path:
     """Write ``editor`` and ``reconstruction`` to ``folder`` as ``3dpe.safetensors`` / ``.json`` and
@@ -123,47 +102,6 @@ def save_editor_weights(folder: str | os.PathLike, editor: EditorModel, reconstr
     save_checkpoint(editor.checkpoint(), folder / "3dpe", source=source)
     save_checkpoint(reconstruction.checkpoint(), folder / Path(RECONSTRUCTION_WEIGHTS[0]).stem, source=source)
     return folder
-
-
-WARM_TINT = ((1.1, 0.1, 0.0), (0.05, 0.95, 0.0), (0.0, 0.05, 0.7)), (0.05, 0.02, 0.0)  # keeps the contrast
-
-
-class ColourEditor:
-    """Stand-in for a 2D instruction editor (``ImageEditor2D``): every image gets the same colour transform
-    ``clip(rgb @ matrix.T + offset)`` (default: a warm tint), whatever the instruction and seed.
-
-    ``failures`` maps the index of an edited image (counting every image this editor was given, from 0) to a
-    failure to simulate: ``"unchanged"`` returns the input, ``"uniform"`` a flat grey image. ``calls`` counts
-    the images edited."""
-
-    def __init__(self, matrix: Sequence[Sequence[float]] = WARM_TINT[0], offset: Sequence[float] = WARM_TINT[1],
-                 failures: Mapping[int, Literal["unchanged", "uniform"]] | None = None) -> None:
-        self.matrix = np.asarray(matrix, dtype=np.float32)
-        self.offset = np.asarray(offset, dtype=np.float32)
-        self.failures = dict(failures or {})
-        self.calls = 0
-
-    @property
-    def identity(self) -> str:
-        return f"stand-in colour transform {self.matrix.tolist()} + {self.offset.tolist()}"
-
-    def edit(self, images: list[Image.Image], instruction: str, settings: EditSettings, seed: int,
-             cancel: CancelSignal | None = None) -> list[Image.Image]:
-        check(cancel, "before the stand-in edit")
-        side = settings.resolution
-        edited = []
-        for image in images:
-            rgb = image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
-            failure = self.failures.get(self.calls)
-            self.calls += 1
-            if failure == "unchanged":
-                edited.append(rgb)
-            elif failure == "uniform":
-                edited.append(Image.new("RGB", (side, side), (128, 128, 128)))
-            else:
-                values = np.asarray(rgb, dtype=np.float32) / 255 @ self.matrix.T + self.offset
-                edited.append(Image.fromarray((np.clip(values, 0, 1) * 255).round().astype(np.uint8)))
-        return edited
 
 
 def save_tiny_weights(folder: str | os.PathLike, seed: int = 0) -> Path:
@@ -198,7 +136,7 @@ _TINY_WORDS = (
 
 _TINY_README = """UNTRAINED tiny InstructPix2Pix pipeline (random weights)
 =========================================================
-Written by threedpe.testing.build_tiny_instruct_pix2pix for tests and offline smoke runs.
+Written by threedpe.tiny.build_tiny_instruct_pix2pix for tests and offline smoke runs.
 Every weight is random (seed 0) and the tokenizer vocabulary is a small byte-level BPE made up by threedpe:
 its edits are noise, not edits. Nothing here was downloaded. Use timbrooks/instruct-pix2pix for real results.
 Layout: the diffusers folder layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/);

@@ -1,9 +1,9 @@
 """Customising the editor to a new edit by fine-tuning (the paper's "~5 min fine-tuning per style"), as a style.
 
 :class:`StyleTrainer` fine-tunes a private copy of the editor (the shared editor is never modified) on
-:class:`~threedpe.datagen.TrainingPair` s with the official objective (:func:`threedpe.objective.build_objective`:
-LPIPS when its files are in the weight folder, else the logged substitute) and AdamW (lr 1e-4, as the official
-launcher), in one of two modes:
+:class:`~threedpe.training.samples.TrainingPair` s with the official objective
+(:func:`threedpe.training.objective.build_objective`: LPIPS when its files are in the weight folder, else the logged
+substitute) and AdamW (lr 1e-4, as the official launcher), in one of two modes:
 
 * ``"lora"`` (default): low-rank adapters (peft) on every ``nn.Linear`` and ``nn.Conv2d`` of the official
   trainable set (``Final_encoder``, ``Ref_encoder``), except the depthwise (grouped) convolutions, which peft's
@@ -11,7 +11,7 @@ launcher), in one of two modes:
 * ``"full"``: the official trainable set itself (191 tensors at full size).
 
 Both modes are set up by :func:`trainable_set` and written as a style by :func:`make_style`, which training at
-scale (:mod:`threedpe.train`) uses as well.
+scale (:mod:`threedpe.training.train`) uses as well.
 
 Training runs in chunks (:meth:`StyleTrainer.train` with step / second budgets counted from the start of the
 fine-tune), reports every step to a callback (the loss curve), takes preview snapshots of a fixed held-out pair
@@ -35,13 +35,13 @@ from torch import nn
 
 from threedpe import __version__, cameras
 from threedpe.cancel import CancelSignal, check
-from threedpe.datagen import DataError, StyleSample, TrainingPair, training_pairs, usable
+from threedpe.files import atomic_write
 from threedpe.models.editor import EditorModel, ReconstructionModel
 from threedpe.models.encoder import preprocess_input, preprocess_reference
-from threedpe.files import atomic_write
-from threedpe.objective import (OFFICIAL_LAUNCHER, TRAINABLE_MODULES, EditingObjective, LossWeights, build_objective,
-                                prepare_for_training, random_novel_camera)
 from threedpe.styles import Style, model_fingerprint
+from threedpe.training.objective import (OFFICIAL_LAUNCHER, TRAINABLE_MODULES, EditingObjective, LossWeights,
+                                         build_objective, prepare_for_training, random_novel_camera)
+from threedpe.training.samples import DataError, StyleSample, TrainingPair, training_pairs, usable
 from threedpe.video import to_uint8
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""One process per device, as ``torchrun`` starts them: the process's place in the run, its device, the process group.
+"""One process per device, as ``torchrun`` starts them: the process's place in the run, its device, the process group;
+and the one way a torchrun command (:mod:`~threedpe.training.datagen`, :mod:`~threedpe.training.train`) starts.
 
 ``torchrun`` sets ``RANK`` / ``WORLD_SIZE`` (global, across nodes) and ``LOCAL_RANK`` (on this node); without it a
 command runs as the only process of a world of one and no process group is made. The backend follows the device:
@@ -6,10 +7,13 @@ NCCL for CUDA, gloo for the CPU (``init(backend="gloo")`` for CPU-only collectiv
 """
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +22,11 @@ import torch
 import torch.distributed as dist
 
 from threedpe.cancel import stop_on_signals
-from threedpe.pipeline import resolve_device
+from threedpe.commands import run_command
+from threedpe.devices import resolve_device
+from threedpe.weights import default_folder
+
+DEVICE_HELP = "'auto' (each process its GPU, cuda:LOCAL_RANK, when there are GPUs, else the CPU), 'cpu' or 'cuda:N'"
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ class World:
 
     def device(self, requested: str | torch.device = "auto") -> torch.device:
         """This process's device: ``"auto"`` or ``"cuda"`` -> ``cuda:<local_rank>`` when CUDA is available (one GPU
-        per process), else the CPU; any other request as :func:`~threedpe.pipeline.resolve_device` resolves it."""
+        per process), else the CPU; any other request as :func:`~threedpe.devices.resolve_device` resolves it."""
         device = resolve_device(requested)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.local_rank)
@@ -90,3 +98,26 @@ class World:
                 yield stop
         finally:
             self.close()
+
+
+def command_parser(module: str, description: str, weights_help: str) -> argparse.ArgumentParser:
+    """The parser of the torchrun command ``-m module``, with the options every such command has: ``--weights``
+    (default: $THREEDPE_WEIGHTS or checkpoints/) and ``--device`` (:meth:`World.device`)."""
+    parser = argparse.ArgumentParser(prog=f"torchrun --nproc_per_node N -m {module}", description=description)
+    parser.add_argument("--weights", default=str(default_folder()), help=weights_help)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    return parser
+
+
+def command_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], None], argv: list[str] | None,
+                 *user_errors: type[Exception]) -> int:
+    """Parse ``argv`` and run the command as every command runs (:func:`threedpe.commands.run_command`): exit status 0,
+    or 2 with a one-line message for a user error (``user_errors`` included)."""
+    args = parser.parse_args(argv)
+    return run_command(lambda: run(args), *user_errors)
+
+
+def run_as_script(module: str) -> None:
+    """``python -m module`` / ``torchrun -m module``: exit with ``module.main()``, imported under its own name so that
+    what it defines lives in ``module`` and not in ``__main__`` (data-loading processes unpickle it from there)."""
+    sys.exit(importlib.import_module(module).main())

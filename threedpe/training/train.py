@@ -1,11 +1,12 @@
-"""Training the editor on a 3DPE dataset, one process per device: ``torchrun --nproc_per_node N -m threedpe.train``.
+"""Training the editor on a 3DPE dataset, one process per device:
+``torchrun --nproc_per_node N -m threedpe.training.train``.
 
 The official recipe (``Coach.train_ref_encoder``) with this package's parts: the objective
-(:class:`~threedpe.objective.EditingObjective`: frozen Live3D lifts each edited target to pseudo-ground-truth
-tri-planes; the adversarial term is off), the trainable set or LoRA adapters (:func:`~threedpe.customize.trainable_set`,
-as customisation), AdamW at 1e-4 (the official launcher), a :class:`~threedpe.data.EditingDataset`.
+(:class:`~threedpe.training.objective.EditingObjective`: frozen Live3D lifts each edited target to pseudo-ground-truth
+tri-planes; the adversarial term is off), the trainable set or LoRA adapters (:func:`~threedpe.training.customize.trainable_set`,
+as customisation), AdamW at 1e-4 (the official launcher), a :class:`~threedpe.training.data.EditingDataset`.
 
-* Processes: :class:`~threedpe.distributed.World` (gloo on the CPU, NCCL on GPUs); the editor's objective runs in
+* Processes: :class:`~threedpe.training.distributed.World` (gloo on the CPU, NCCL on GPUs); the editor's objective runs in
   the forward of :class:`EditingStep`, which ``DistributedDataParallel`` wraps, so its gradient all-reduce is the
   one that syncs the ranks. A ``DistributedSampler`` shards and shuffles each epoch; ``set_epoch`` goes to the
   sampler and to the dataset (its reference / style draws). ``batch_size`` items per process and micro-step,
@@ -33,7 +34,6 @@ import dataclasses
 import hashlib
 import json
 import random
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -50,18 +50,20 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from threedpe import __version__, cameras
 from threedpe.cancel import CancelSignal, is_cancelled
-from threedpe.checkpoints import ThreeDPECheckpoint, load_3dpe, resolve_first, save_checkpoint, save_official
-from threedpe.customize import (HELD_OUT_NOVEL_VIEW, CustomizeConfig, changed, cpu_optimizer_state, cpu_tensors,
-                                make_style, read_state, restore_trained, trainable_set)
-from threedpe.data import EditingDataset
-from threedpe.distributed import World
+from threedpe.commands import UsageError
+from threedpe.files import atomic_write
 from threedpe.models.editor import EditorModel, ReconstructionModel, resolve_reconstruction_weights
 from threedpe.models.encoder import IMAGENET_MEAN, IMAGENET_STD
-from threedpe.files import atomic_write
-from threedpe.objective import EditingObjective, StepLosses, build_objective, random_novel_camera
-from threedpe.pipeline import EDITOR_WEIGHTS
 from threedpe.styles import model_fingerprint
+from threedpe.training.customize import (HELD_OUT_NOVEL_VIEW, CustomizeConfig, CustomizeError, changed,
+                                         cpu_optimizer_state, cpu_tensors, make_style, read_state, restore_trained,
+                                         trainable_set)
+from threedpe.training.data import DatasetError, EditingDataset
+from threedpe.training.distributed import World, command_main, command_parser, run_as_script
+from threedpe.training.objective import EditingObjective, StepLosses, build_objective, random_novel_camera
 from threedpe.video import to_uint8
+from threedpe.weights import EDITOR_WEIGHTS, resolve_first
+from threedpe.weights.checkpoints import ThreeDPECheckpoint, load_3dpe, save_checkpoint, save_official
 
 STATE_FORMAT = "threedpe-train-state"
 STATE_VERSION = 1
@@ -384,7 +386,7 @@ class Trainer:
             return style.save(self.out / "style.safetensors")
         checkpoint = self.module.editor.checkpoint()
         weights = save_checkpoint(checkpoint, self.out / "3dpe",
-                                  source=f"threedpe.train, {self.step} steps on {source}")
+                                  source=f"threedpe.training.train, {self.step} steps on {source}")
         save_official(checkpoint, self.out / "3dpe.pt", step=self.step)
         return weights
 
@@ -452,17 +454,14 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from threedpe.cli import DEFAULT_WEIGHTS
-
-    parser = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node N -m threedpe.train",
-        description="Train the 3DPE editor on a dataset (threedpe.datagen's output or the official layout), one "
-                    "process per GPU (or CPU processes), as the paper did on 8 GPUs. The last line printed is "
-                    "`steps=<n> loss_start=<a> loss_end=<b> checkpoint=<path>` (mean training losses of the first "
-                    "and last 5 steps; the product: 3dpe.safetensors, or style.safetensors in mode lora).")
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
-                        help="weight folder: 3dpe.pt or 3dpe.safetensors (the start), Live3D (encoder_render_LT_90000"
-                             ".pt or .safetensors, the frozen pseudo-ground truth), LPIPS files (else a substitute)")
+    parser = command_parser(
+        "threedpe.training.train",
+        "Train the 3DPE editor on a dataset (threedpe.training.datagen's output or the official layout), one process "
+        "per GPU (or CPU processes), as the paper did on 8 GPUs. The last line printed is `steps=<n> loss_start=<a> "
+        "loss_end=<b> checkpoint=<path>` (mean training losses of the first and last 5 steps; the product: "
+        "3dpe.safetensors, or style.safetensors in mode lora).",
+        weights_help="weight folder: 3dpe.pt or 3dpe.safetensors (the start), Live3D (encoder_render_LT_90000.pt or "
+                     ".safetensors, the frozen pseudo-ground truth), LPIPS files (else a substitute)")
     parser.add_argument("--data", required=True, help="dataset folder or zip")
     parser.add_argument("--out", required=True, help="output folder: product, checkpoints/, metrics.jsonl, previews/")
     parser.add_argument("--steps", type=int, required=True, help="optimiser steps in all (resumed ones included)")
@@ -487,14 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=4, help="data-loading processes per process (default 4)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 autocast on CUDA, float32 on the CPU")
-    parser.add_argument("--device", default="auto", help="'auto' (each process its GPU, cuda:LOCAL_RANK, when there "
-                                                         "are GPUs, else the CPU), 'cpu' or 'cuda:N'")
     return parser
 
 
 def _train(args: argparse.Namespace) -> None:
-    from threedpe.cli import UsageError
-
     # Everything that can be checked without loading a model is checked first.
     if args.steps < 1 or args.batch_size < 1 or args.keep < 1 or args.workers < 0 or args.print_every < 1:
         raise UsageError("--steps, --batch-size, --keep and --print-every must be positive, --workers at least 0")
@@ -537,16 +532,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m threedpe.train`` / ``torchrun ... -m threedpe.train``: see :func:`build_parser`."""
-    from threedpe.cli import run_command
-    from threedpe.customize import CustomizeError
-    from threedpe.data import DatasetError
-
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: _train(args), TrainError, CustomizeError, DatasetError)
+    """``python -m threedpe.training.train`` (or under ``torchrun``): see :func:`build_parser`."""
+    return command_main(build_parser(), _train, argv, TrainError, CustomizeError, DatasetError)
 
 
 if __name__ == "__main__":
-    from threedpe.train import main as train_main  # the module's names live in threedpe.train, not __main__
-
-    sys.exit(train_main())
+    run_as_script("threedpe.training.train")

@@ -1,0 +1,75 @@
+"""Test scaffolding shared by the tests and the benchmarks (the tiny weight set itself is :mod:`threedpe.tiny`).
+
+- :func:`small_training_models`: a tiny editor and Live3D network at 128^2 input for fine-tuning tests in seconds
+  (:func:`threedpe.tiny.save_editor_weights` writes such a pair as a weight folder);
+- :class:`ColourEditor`: a deterministic stand-in for InstructPix2Pix (a fixed colour transform), with failures
+  on request.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from threedpe.cancel import CancelSignal, check
+from threedpe.edit_settings import EditSettings
+from threedpe.models.editor import EditorModel, ReconstructionModel
+from threedpe.models.rendering import RenderingConfig
+from threedpe.tiny import tiny_editor_config, tiny_encoder_config, tiny_reconstruction_model
+
+
+def small_training_models(seed: int = 0) -> tuple[EditorModel, ReconstructionModel]:
+    """A tiny editor taking 128^2 inputs (tri-planes 64^2), rendering 16^2 rays (64^2 images), and the tiny
+    Live3D network sharing its weights: a fine-tuning step takes a fraction of a second on one CPU thread."""
+    torch.manual_seed(seed)
+    config = dataclasses.replace(
+        tiny_editor_config(), encoder=tiny_encoder_config(image_size=128),
+        rendering=RenderingConfig(depth_resolution=8, depth_resolution_importance=8, neural_rendering_resolution=16))
+    editor = EditorModel(config).eval()
+    with torch.no_grad():  # density around the surface level, so that renders depend on the tri-planes
+        editor.renderer.decoder.net[2].bias[0] = 10.0
+    return editor, tiny_reconstruction_model(editor)
+
+
+WARM_TINT = ((1.1, 0.1, 0.0), (0.05, 0.95, 0.0), (0.0, 0.05, 0.7)), (0.05, 0.02, 0.0)  # keeps the contrast
+
+
+class ColourEditor:
+    """Stand-in for a 2D instruction editor (``ImageEditor2D``): every image gets the same colour transform
+    ``clip(rgb @ matrix.T + offset)`` (default: a warm tint), whatever the instruction and seed.
+
+    ``failures`` maps the index of an edited image (counting every image this editor was given, from 0) to a
+    failure to simulate: ``"unchanged"`` returns the input, ``"uniform"`` a flat grey image. ``calls`` counts
+    the images edited."""
+
+    def __init__(self, matrix: Sequence[Sequence[float]] = WARM_TINT[0], offset: Sequence[float] = WARM_TINT[1],
+                 failures: Mapping[int, Literal["unchanged", "uniform"]] | None = None) -> None:
+        self.matrix = np.asarray(matrix, dtype=np.float32)
+        self.offset = np.asarray(offset, dtype=np.float32)
+        self.failures = dict(failures or {})
+        self.calls = 0
+
+    @property
+    def identity(self) -> str:
+        return f"stand-in colour transform {self.matrix.tolist()} + {self.offset.tolist()}"
+
+    def edit(self, images: list[Image.Image], instruction: str, settings: EditSettings, seed: int,
+             cancel: CancelSignal | None = None) -> list[Image.Image]:
+        check(cancel, "before the stand-in edit")
+        side = settings.resolution
+        edited = []
+        for image in images:
+            rgb = image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+            failure = self.failures.get(self.calls)
+            self.calls += 1
+            if failure == "unchanged":
+                edited.append(rgb)
+            elif failure == "uniform":
+                edited.append(Image.new("RGB", (side, side), (128, 128, 128)))
+            else:
+                values = np.asarray(rgb, dtype=np.float32) / 255 @ self.matrix.T + self.offset
+                edited.append(Image.fromarray((np.clip(values, 0, 1) * 255).round().astype(np.uint8)))
+        return edited
