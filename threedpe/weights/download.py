@@ -57,7 +57,7 @@ def _present(item: WeightFile, folder: Path) -> bool:
     return all((folder / name).is_file() for name in item.kept_names())
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:400]
 
@@ -113,7 +113,7 @@ def _hub_snapshot(source: HubSnapshot, staging: Path, name: str) -> Path:
     return folder
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
+def network_errors() -> tuple[type[BaseException], ...]:
     import requests
     from gdown.exceptions import DownloadError, FileURLRetrievalError
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -178,7 +178,7 @@ def verify_text_model(folder: Path) -> None:
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{folder.name}/model_index.json is missing or corrupt ({_one_line(error)})") from None
+        raise CheckpointError(f"{folder.name}/model_index.json is missing or corrupt ({one_line(error)})") from None
     for part in ("text_encoder", "unet", "vae"):
         if part not in index:
             raise CheckpointError(f"{folder.name}/model_index.json does not list the {part}")
@@ -190,7 +190,7 @@ def verify_text_model(folder: Path) -> None:
                 if not list(handle.keys()):
                     raise CheckpointError(f"{folder.name}/{part}/{weights[0].name} holds no tensors")
         except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{folder.name}/{part}/{weights[0].name} is truncated or corrupt ({_one_line(error)})") from None
+            raise CheckpointError(f"{folder.name}/{part}/{weights[0].name} is truncated or corrupt ({one_line(error)})") from None
     for part in ("scheduler", "tokenizer"):
         if not (folder / part).is_dir():
             raise CheckpointError(f"{folder.name}/{part} is missing")
@@ -298,7 +298,7 @@ def download(folder: str | os.PathLike, only: list[str] | None = None, accept: b
     if missing:
         accept_licences(folder, accept, ask, say)
     staging = folder / STAGING
-    network = _network_errors()
+    network = network_errors()
     outcomes, archive = [], None
     try:
         for item in items:
@@ -313,11 +313,11 @@ def download(folder: str | os.PathLike, only: list[str] | None = None, accept: b
                 kept = _keep(item, path, folder)
             except network as error:
                 raise WeightDownloadError(
-                    f"could not download {item.name} from {origin}: {_one_line(error)}. Partial data (if any) is kept "
+                    f"could not download {item.name} from {origin}: {one_line(error)}. Partial data (if any) is kept "
                     f"in {staging} and the next run resumes it. Manual way: {item.manual}") from None
             except CheckpointError as error:
                 _remove(staging / "hub")
-                raise WeightDownloadError(f"refused {item.name} from {origin}: it does not load ({_one_line(error)}); "
+                raise WeightDownloadError(f"refused {item.name} from {origin}: it does not load ({one_line(error)}); "
                                           f"the file was removed. Manual way: {item.manual}") from None
             _remove(staging / "hub")  # huggingface_hub's copy and bookkeeping (kept on a network error: it resumes)
             outcomes.append(Outcome(item, "downloaded", kept, origin))

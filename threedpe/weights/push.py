@@ -81,10 +81,16 @@ def push(plan: PushPlan, repo: str, private: bool = False, token: str | None = N
     """Create ``repo`` if needed and commit the plan's files and card in one commit; returns the commit sha."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    from threedpe.weights.download import network_errors, one_line
+
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
-    api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
     operations = [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)) for path in plan.files]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=plan.card.encode("utf-8")))
-    info = api.create_commit(repo, operations=operations, commit_message="threedpe weights (converted, safetensors)",
-                             repo_type="model")
+    try:
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        info = api.create_commit(repo, operations=operations, commit_message="threedpe weights (converted, safetensors)",
+                                 repo_type="model")
+    except network_errors() as error:
+        raise CheckpointError(f"could not upload to the Hub repository {repo}: {one_line(error)}. Log in with "
+                              "`hf auth login` (or set HF_TOKEN) with a token that can write there") from None
     return info.oid
