@@ -1,6 +1,7 @@
 """3DPE Gradio app (Hugging Face Space or local): edit a portrait photo in 3D with a text instruction or a reference.
 
     python app.py                          # weights from $THREEDPE_WEIGHTS or checkpoints/
+    python app.py --download               # missing weights fetched first (after the licence prompt); not on a Space
     python app.py --weights DIR --port 7860 [--host 0.0.0.0] [--share]
 
 Layout only: the work is done by ``threedpe.demo.DemoRunner`` (wrapped in ``@spaces.GPU`` for ZeroGPU, a no-op
@@ -33,7 +34,7 @@ from gradio.events import Dependency
 
 from threedpe.anchors import shipped_anchors
 from threedpe.cancel import Cancelled, check
-from threedpe.checkpoints import CheckpointError
+from threedpe.checkpoints import CheckpointError, MissingWeightsError
 from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL,
                            DemoRunner, OutputSettings, RateLimiter, RateLimitError, SessionFiles, StoredEdit,
                            StyleSession, check_upload, curve_table, disabled_reason, latest_edit, load_editor,
@@ -43,6 +44,7 @@ from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, SAMPL
 from threedpe.customize import CustomizeConfig, CustomizeError
 from threedpe.datagen import DataError, usable
 from threedpe.gallery import Gallery, GalleryError
+from threedpe.weights.download import WeightDownloadError, first_start, missing_weights_hint
 from threedpe.diffusion import EditSettings
 from threedpe.pipeline import USER_ERRORS, PortraitEditor, resolve_device
 
@@ -744,7 +746,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
 
     with gr.Blocks(title="3DPE: real-time 3D-aware portrait editing", delete_cache=(3600, SESSION_MAX_AGE_S)) as demo:
         gr.Markdown(HEADER, elem_id="title")
-        gr.Markdown(weights_notice(editor, text_error), elem_id="notice")
+        missing = missing_weights_hint() if isinstance(editor, MissingWeightsError) else ""
+        gr.Markdown(weights_notice(editor, text_error) + missing, elem_id="notice")
         gr.Markdown(HOW_TO)
         tokens = gr.BrowserState({}, storage_key="threedpe-gallery-owner-tokens")
         panels = []
@@ -923,10 +926,19 @@ def main() -> None:
     parser.add_argument("--gallery", default=None,
                         help="folder of the published edits (default: $THREEDPE_GALLERY or ~/.cache/threedpe/gallery); "
                              "with THREEDPE_GALLERY_REPO and HF_TOKEN set it is synced with that Hub dataset")
+    parser.add_argument("--download", action="store_true",
+                        help="when weights are missing, download them from their official sources first (also "
+                             "THREEDPE_DOWNLOAD=1; in a terminal the app asks); never on a Space")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("threedpe").setLevel(logging.INFO)
     editor = load_editor(args.weights)  # at start-up, on CUDA when present: ZeroGPU wants it before any GPU call
+    if isinstance(editor, MissingWeightsError):
+        try:
+            if first_start(args.weights, requested=args.download):
+                editor = load_editor(args.weights)
+        except WeightDownloadError as error:
+            print(f"threedpe: error: {error}", file=sys.stderr)
     if isinstance(editor, CheckpointError):  # the full message, paths included, for whoever runs the server
         print(f"threedpe: editing is disabled: {editor}", file=sys.stderr)
     text_error = load_text_model(editor) if isinstance(editor, PortraitEditor) else None

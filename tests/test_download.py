@@ -372,3 +372,26 @@ def test_doctor_reports_missing_and_present_files(tmp_path, capsys, monkeypatch)
     (folder / "3dpe.safetensors").write_bytes(b"broken")
     code, out, _ = _run(["doctor", "--weights", str(folder)], capsys)
     assert code == 1 and re.search(r"\[--\] 3dpe.pt: .*does not load", out)
+
+
+def test_first_start_downloads_what_editing_needs_but_never_on_a_space(standin, tmp_path, monkeypatch):
+    from threedpe.pipeline import PortraitEditor
+
+    folder = tmp_path / "weights"
+    monkeypatch.setenv("SPACE_ID", "someone/threedpe")
+    assert not fetching.first_start(folder, requested=True) and not folder.exists() and not standin.requests
+    assert "push-weights" in fetching.missing_weights_hint() and "THREEDPE_HUB_REVISION" in fetching.missing_weights_hint()
+    monkeypatch.delenv("SPACE_ID")
+    assert "python -m threedpe download" in fetching.missing_weights_hint()
+    monkeypatch.setattr(fetching, "terminal_prompt", lambda: None)  # no terminal: nothing is asked or fetched
+    assert not fetching.first_start(folder)
+    with pytest.raises(fetching.WeightDownloadError, match="--accept-licences"):  # asked for, licences not accepted
+        PortraitEditor.from_pretrained(folder, download=True)
+    answers = iter(["y", "yes"])  # the download offer, then the licences
+    monkeypatch.setattr(fetching, "terminal_prompt", lambda: lambda prompt: next(answers))
+    assert fetching.first_start(folder)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        ["3dpe.safetensors", "3dpe.json", "ffhqrebalanced512-128.safetensors", "ffhqrebalanced512-128.json",
+         "instruct-pix2pix", fetching.ACCEPTED])
+    editor = PortraitEditor.from_pretrained(folder, download=True)  # all there: nothing more is fetched
+    assert editor.text_model == folder / "instruct-pix2pix"

@@ -349,3 +349,45 @@ def _size(path: Path) -> int:
 def terminal_prompt() -> Callable[[str], str] | None:
     """``input`` when stdin is a terminal (the user can answer), else None."""
     return input if sys.stdin is not None and sys.stdin.isatty() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# First start: the app (and PortraitEditor.from_pretrained(download=True)) without weights.
+
+FIRST_START_GROUPS = ["editor", "eg3d", "text"]  # what editing needs (training's live3d and lpips are left out)
+
+
+def on_space() -> bool:
+    """Whether this runs on a Hugging Face Space (which never downloads from Google Drive by itself)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def missing_weights_hint() -> str:
+    """Markdown for the no-weights notice: on a Space, how its owner publishes weights; elsewhere, the command."""
+    if on_space():
+        return ("\n\nThis Space does not download weights from Google Drive by itself. Its owner can publish converted "
+                "weights from a machine that has them: `python -m threedpe download`, then `python -m threedpe "
+                "push-weights --repo <user>/<name>`, and set the `THREEDPE_HUB_REPO` and `THREEDPE_HUB_REVISION` "
+                "variables it prints in the Space's settings.")
+    return ("\n\nOr fetch them in one command: `python -m threedpe download` (from their official sources, verified "
+            "and converted), or start with `python app.py --download`.")
+
+
+def first_start(folder: str | os.PathLike, requested: bool = False, say: Callable[[str], None] = print) -> bool:
+    """Offer to download what editing needs into ``folder`` when its weights are missing: when ``requested``
+    (``--download``, ``THREEDPE_DOWNLOAD=1``) or when the user says yes at a terminal prompt; never on a Space.
+    Returns whether a download ran (it raises :class:`WeightDownloadError` when it failed)."""
+    if on_space():
+        return False
+    requested = requested or os.environ.get("THREEDPE_DOWNLOAD", "").lower() in ("1", "true", "yes")
+    ask = terminal_prompt()
+    if not requested:
+        if ask is None:
+            return False
+        answer = ask(f"No weights in {Path(folder).resolve()}. Download them now from their official sources "
+                     "(the 3DPE editor, EG3D and InstructPix2Pix, about 5 GB)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return False
+    outcomes = download(folder, FIRST_START_GROUPS, ask=ask, say=say)
+    say(summary(outcomes))
+    return True
