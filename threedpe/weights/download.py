@@ -385,7 +385,7 @@ def first_start(folder: str | os.PathLike, requested: bool = False, say: Callabl
         if ask is None:
             return False
         answer = ask(f"No weights in {Path(folder).resolve()}. Download them now from their official sources "
-                     "(the 3DPE editor, EG3D and InstructPix2Pix, about 5 GB)? [y/N] ")
+                     "(the 3DPE editor, EG3D and InstructPix2Pix: several GB)? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             return False
     outcomes = download(folder, FIRST_START_GROUPS, ask=ask, say=say)
