@@ -92,6 +92,9 @@ class _Handler(BaseHTTPRequestHandler):
             cut = file_id in self.server.cut_once and not self.headers.get("Range")
             self.server.cut_once.discard(file_id)
             return self._file(self.server.drive[file_id], head, {"Content-Disposition": f'attachment; filename="{file_id}"'}, cut)
+        if parts.path.startswith("/https/"):  # a plain HTTPS download
+            name = parts.path[len("/https/"):]
+            return self._file(self.server.drive[name], head, {}) if name in self.server.drive else self._send(404)
         tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", parts.path)
         if tree:
             files = self.server.hub.get(tree.group(1), {})
@@ -395,3 +398,35 @@ def test_first_start_downloads_what_editing_needs_but_never_on_a_space(standin, 
          "instruct-pix2pix", fetching.ACCEPTED])
     editor = PortraitEditor.from_pretrained(folder, download=True)  # all there: nothing more is fetched
     assert editor.text_model == folder / "instruct-pix2pix"
+
+
+def test_lpips_files_over_https_are_verified_together(standin, tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from threedpe.models.perceptual import LPIPS
+    from threedpe.weights import sources
+
+    state = LPIPS().state_dict()
+    for name, tensors in (("alexnet-owt-4df8aa71.pth", {k: v for k, v in state.items() if k.startswith("features.")}),
+                          ("alex_lin.pth", {f"lin{k.split('.')[1]}.model.1.weight": v for k, v in state.items()
+                                            if k.startswith("lin.")})):
+        buffer = io.BytesIO()
+        torch.save({k: torch.randn_like(v) for k, v in tensors.items()}, buffer)
+        standin.drive[name] = buffer.getvalue()
+    catalogue = tuple(dataclasses.replace(item, source=sources.HttpsFile(f"{standin.url}/https/{item.name}"))
+                      if item.group == "lpips" else item for item in sources.CATALOGUE)
+    monkeypatch.setattr(sources, "CATALOGUE", catalogue)
+    folder = tmp_path / "weights"
+    code, out, err = _run(["download", "--to", str(folder), "--only", "lpips", "--accept-licences"], capsys)
+    assert code == 0, err
+    LPIPS.from_files(folder / "alexnet-owt-4df8aa71.pth", folder / "alex_lin.pth")
+    assert sorted(path.name for path in folder.iterdir()) == ["LICENCES-ACCEPTED.txt", "alex_lin.pth", "alexnet-owt-4df8aa71.pth"]
+    # a head of the wrong shape is refused by the strict load together with its partner
+    bad = torch.load(io.BytesIO(standin.drive["alex_lin.pth"]))
+    bad["lin0.model.1.weight"] = torch.zeros(1, 3, 1, 1)
+    buffer = io.BytesIO()
+    torch.save(bad, buffer)
+    standin.drive["alex_lin.pth"] = buffer.getvalue()
+    (folder / "alex_lin.pth").unlink()
+    code, out, err = _run(["download", "--to", str(folder), "--only", "lpips"], capsys)
+    assert code == 2 and "shape mismatches" in _error_line(err) and not (folder / "alex_lin.pth").exists()

@@ -146,8 +146,9 @@ def _extract(archive: Path, member: str, staging: Path) -> Path | None:
 # Verifying and keeping.
 
 
-def verify(path: Path, kind: str) -> None:
-    """Load ``path`` into the network of ``kind`` with strict keys (raises ``CheckpointError``), as every start does."""
+def verify(path: Path, kind: str, folder: Path | None = None) -> None:
+    """Load ``path`` into the network of ``kind`` with strict keys (raises ``CheckpointError``), as every start does.
+    An LPIPS part (``state_dict``) is loaded with its partner from ``folder`` (default: beside it) when that is there."""
     if kind in ("editor", "live3d"):
         from threedpe.models.editor import EditorModel, ReconstructionModel
 
@@ -157,14 +158,13 @@ def verify(path: Path, kind: str) -> None:
 
         TriPlaneGenerator.from_checkpoint(load_eg3d(path))
     elif kind == "state_dict":
+        from threedpe.models.perceptual import LPIPS, LPIPS_FILES
+
         if not read_state_dict(path):
             raise CheckpointError(f"{path.name} holds no tensors")
-        folder = path.parent
-        lpips = [folder / name for name in ("alexnet-owt-4df8aa71.pth", "alex_lin.pth")]
-        if all(part.is_file() for part in lpips):
-            from threedpe.models.perceptual import LPIPS
-
-            LPIPS.from_files(*lpips)
+        parts = [path if name == path.name else (folder or path.parent) / name for name in LPIPS_FILES]
+        if all(part.is_file() for part in parts):
+            LPIPS.from_files(*parts)
     elif kind == "diffusers":
         verify_text_model(path)
     else:
@@ -199,7 +199,7 @@ def verify_text_model(folder: Path) -> None:
 def _keep(item: WeightFile, path: Path, folder: Path) -> list[Path]:
     """Verify ``path`` (staged) and put it in ``folder`` in its kept form; a file that does not load is removed."""
     try:
-        verify(path, item.kind)
+        verify(path, item.kind, folder)
         if item.converted:
             weights = convert(path, folder / item.converted)
             kept = [weights, weights.with_suffix(".json")]
