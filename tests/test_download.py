@@ -10,7 +10,6 @@ import re
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 import yaml
 
 from threedpe import cli
-from threedpe.checkpoints import load_3dpe, load_eg3d, read_checkpoint, save_checkpoint, save_official
+from threedpe.checkpoints import load_3dpe, load_eg3d, read_checkpoint, save_official
 from threedpe.diffusion import INSTRUCT_PIX2PIX_REVISION
 from threedpe.testing import save_tiny_weights
 from threedpe.weights import download as fetching
@@ -250,6 +249,17 @@ def test_download_eg3d_from_the_hub_and_text_model_snapshot(standin, tmp_path, c
     before = len(standin.requests)
     code, out, _ = _run(["download", "--to", str(folder), "--only", "eg3d", "text"], capsys)
     assert code == 0 and len(standin.requests) == before and out.count("already there") == 2
+
+
+def test_files_put_there_by_hand_are_kept_and_not_fetched(standin, released, tmp_path, capsys):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "3dpe.pt").write_bytes(released["3dpe.pt"])
+    (folder / "ffhqrebalanced512-128.pth").write_bytes(released["ffhqrebalanced512-128.pth"])
+    code, out, err = _run(["download", "--to", str(folder), "--only", "editor", "eg3d", "--accept-licences"], capsys)
+    assert code == 0, err
+    assert out.count("already there") == 2 and not standin.requests
+    assert (folder / "3dpe.pt").read_bytes() == released["3dpe.pt"]
 
 
 def test_download_resumes_an_interrupted_transfer(standin, tmp_path, capsys, monkeypatch):

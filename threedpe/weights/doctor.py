@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from threedpe.checkpoints import CheckpointError
-from threedpe.weights.download import verify
-from threedpe.weights.sources import CATALOGUE, WeightFile, human_size
+from threedpe.weights.download import found, verify
+from threedpe.weights.sources import CATALOGUE, human_size
 
 
 @dataclass
@@ -48,23 +48,11 @@ def versions() -> list[str]:
             f"spaces {_version('spaces')} ({zero_gpu})"]
 
 
-def _found(item: WeightFile, folder: Path) -> Path | None:
-    """The kept form of ``item`` in ``folder`` (converted first), or the released file, or None."""
-    if item.kind == "diffusers":
-        return folder / item.name if (folder / item.name / "model_index.json").is_file() else None
-    for name in (*item.kept_names(), item.name):
-        if (folder / name).is_file():
-            return folder / name
-    if item.name == "ffhqrebalanced512-128.pkl" and (folder / "ffhqrebalanced512-128.pth").is_file():
-        return folder / "ffhqrebalanced512-128.pth"
-    return None
-
-
 def weight_checks(folder: Path, load: bool = True) -> list[Check]:
     """Each catalogue file: found (and, with ``load``, loaded strictly) or missing with its source."""
     checks = []
     for item in CATALOGUE:
-        path = _found(item, folder)
+        path = found(item, folder)
         if path is None:
             checks.append(Check(item.name, False, f"missing; source: {item.source.describe()}"))
             continue

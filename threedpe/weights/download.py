@@ -51,10 +51,19 @@ def plan(items: list[WeightFile], folder: Path) -> list[str]:
     return lines
 
 
-def _present(item: WeightFile, folder: Path) -> bool:
+def found(item: WeightFile, folder: Path) -> Path | None:
+    """``item`` in ``folder``: its kept form first (the converted pair, the text model's folder), else the released
+    file (or the archive's alias of it, e.g. 3DPE's ``.pth`` of the EG3D pickle); None when absent."""
     if item.kind == "diffusers":
-        return (folder / item.name / "model_index.json").is_file()
-    return all((folder / name).is_file() for name in item.kept_names())
+        return folder / item.name if (folder / item.name / "model_index.json").is_file() else None
+    if all((folder / name).is_file() for name in item.kept_names()):
+        return folder / item.kept_names()[0]
+    aliases = [alias for alias, name in ARCHIVE_ALIASES.items() if name == item.name]
+    return next((folder / name for name in (item.name, *aliases) if (folder / name).is_file()), None)
+
+
+def _present(item: WeightFile, folder: Path) -> bool:
+    return found(item, folder) is not None
 
 
 def one_line(error: BaseException) -> str:
@@ -303,7 +312,7 @@ def download(folder: str | os.PathLike, only: list[str] | None = None, accept: b
     try:
         for item in items:
             if _present(item, folder):
-                outcomes.append(Outcome(item, "present", [folder / name for name in item.kept_names()], "already there"))
+                outcomes.append(Outcome(item, "present", [found(item, folder)], "already there"))
                 continue
             say(f"fetching {item.name}")
             staging.mkdir(parents=True, exist_ok=True)
