@@ -374,17 +374,17 @@ def test_doctor_reports_missing_and_present_files(tmp_path, capsys, monkeypatch)
     empty = tmp_path / "empty"
     code, out, _ = _run(["doctor", "--weights", str(empty)], capsys)
     assert code == 1
-    assert re.search(r"\[--\] 3dpe.pt: missing; source: Google Drive zip .*1ZRH9WGHcostGAywqdJJp1kJBUiqN-xxF", out)
+    assert re.search(r"\[--\] 3dpe.pt \(editor\): missing; source: Google Drive zip .*1ZRH9WGHcostGAywqdJJp1kJBUiqN-xxF", out)
     assert "editing cannot run" in out and "torch " in out and "gradio " in out and "free disk" in out
     folder = save_tiny_weights(tmp_path / "tiny")
     code, out, _ = _run(["doctor", "--weights", str(folder)], capsys)
     assert code == 0, out
-    assert re.search(r"\[ok\] 3dpe.pt: .*3dpe.safetensors \(loads\)", out)
-    assert re.search(r"\[--\] alex_lin.pth: missing; source: https://raw.githubusercontent.com", out)
+    assert re.search(r"\[ok\] 3dpe.pt \(editor\): .*3dpe.safetensors \(loads\)", out)
+    assert re.search(r"\[--\] alex_lin.pth \(lpips\): missing; source: https://raw.githubusercontent.com", out)
     assert "[ok] text model: local folder" in out and "[ok] cache:" in out and "editing can run" in out
     (folder / "3dpe.safetensors").write_bytes(b"broken")
     code, out, _ = _run(["doctor", "--weights", str(folder)], capsys)
-    assert code == 1 and re.search(r"\[--\] 3dpe.pt: .*does not load", out)
+    assert code == 1 and re.search(r"\[--\] 3dpe.pt \(editor\): .*does not load", out)
 
 
 def test_first_start_downloads_what_editing_needs_but_never_on_a_space(standin, tmp_path, monkeypatch):

@@ -52,16 +52,18 @@ def weight_checks(folder: Path, load: bool = True) -> list[Check]:
     """Each catalogue file: found (and, with ``load``, loaded strictly) or missing with its source."""
     checks = []
     for item in CATALOGUE:
-        path = found(item, folder)
+        if item.kind == "diffusers":  # the text model has its own line (a local folder or the Hub cache)
+            continue
+        label, path = f"{item.name} ({item.group})", found(item, folder)
         if path is None:
-            checks.append(Check(item.name, False, f"missing; source: {item.source.describe()}"))
+            checks.append(Check(label, False, f"missing; source: {item.source.describe()}"))
             continue
         try:
             if load:
                 verify(path, item.kind)
-            checks.append(Check(item.name, True, f"{path} ({'loads' if load else 'found'})"))
+            checks.append(Check(label, True, f"{path} ({'loads' if load else 'found'})"))
         except CheckpointError as error:
-            checks.append(Check(item.name, False, f"{path} does not load: {' '.join(str(error).split())[:300]}"))
+            checks.append(Check(label, False, f"{path} does not load: {' '.join(str(error).split())[:300]}"))
     return checks
 
 
@@ -113,7 +115,11 @@ def report(folder: str | os.PathLike) -> tuple[list[str], bool]:
         lines.append(f"  [{'ok' if check.ok else '--'}] {check.label}: {check.detail}")
     existing = next(parent for parent in (folder, *folder.resolve().parents) if parent.exists())
     lines.append(f"free disk at {existing}: {human_size(shutil.disk_usage(existing).free)}")
-    editor_ok = next(check for check in checks if check.label == "3dpe.pt").ok
+    hub = os.environ.get("THREEDPE_HUB_REPO")
+    if hub:
+        lines.append(f"Hub copy: THREEDPE_HUB_REPO={hub} THREEDPE_HUB_REVISION={os.environ.get('THREEDPE_HUB_REVISION')} "
+                     "(files missing here are fetched from there at start-up; not checked here)")
+    editor_ok = next(check.ok for check in checks if check.label.endswith("(editor)"))  # all that editing needs
     lines.append("editing can run" if editor_ok else
-                 "editing cannot run: the editor weights are missing or broken; run `python -m threedpe download`")
+                 "editing cannot run here: the editor weights are missing or broken; run `python -m threedpe download`")
     return lines, editor_ok
