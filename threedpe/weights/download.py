@@ -67,7 +67,7 @@ def _present(item: WeightFile, folder: Path) -> bool:
 
 
 def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = " ".join(str(error).split()).rstrip(".") or type(error).__name__
     return text[:400]
 
 
@@ -321,9 +321,10 @@ def download(folder: str | os.PathLike, only: list[str] | None = None, accept: b
                 path, origin, archive = _fetch(item, staging, archive)
                 kept = _keep(item, path, folder)
             except network as error:
-                raise WeightDownloadError(
-                    f"could not download {item.name} from {origin}: {one_line(error)}. Partial data (if any) is kept "
-                    f"in {staging} and the next run resumes it. Manual way: {item.manual}") from None
+                partial = any(path.is_file() for path in staging.rglob("*"))
+                resume = f" The partial download is kept in {staging} and the next run resumes it." if partial else ""
+                raise WeightDownloadError(f"could not download {item.name} from {origin}: {one_line(error)}.{resume} "
+                                          f"Manual way: {item.manual}") from None
             except CheckpointError as error:
                 _remove(staging / "hub")
                 raise WeightDownloadError(f"refused {item.name} from {origin}: it does not load ({one_line(error)}); "
