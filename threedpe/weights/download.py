@@ -321,10 +321,13 @@ def download(folder: str | os.PathLike, only: list[str] | None = None, accept: b
                 path, origin, archive = _fetch(item, staging, archive)
                 kept = _keep(item, path, folder)
             except network as error:
-                partial = any(path.is_file() for path in staging.rglob("*"))
+                partial = any(part.is_file() and part != archive for part in staging.rglob("*"))
                 resume = f" The partial download is kept in {staging} and the next run resumes it." if partial else ""
                 raise WeightDownloadError(f"could not download {item.name} from {origin}: {one_line(error)}.{resume} "
                                           f"Manual way: {item.manual}") from None
+            except KeyboardInterrupt:
+                raise WeightDownloadError(f"stopped while fetching {item.name}; run the same command again to resume "
+                                          f"(partial data waits in {staging})") from None
             except CheckpointError as error:
                 _remove(staging / "hub")
                 raise WeightDownloadError(f"refused {item.name} from {origin}: it does not load ({one_line(error)}); "
