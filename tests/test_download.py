@@ -7,14 +7,17 @@ import hashlib
 import io
 import json
 import re
+import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import gdown
 import pytest
 import torch
 import yaml
+from gdown.download import GoogleDriveFileToDownload
 
 from threedpe import cli
 from threedpe.checkpoints import load_3dpe, load_eg3d, read_checkpoint, save_official
@@ -23,7 +26,9 @@ from threedpe.testing import save_tiny_weights
 from threedpe.weights import download as fetching
 from threedpe.weights.sources import EG3D_HUB_PATH, EG3D_HUB_REPO, LIVE3D_FOLDER_ID, THREEDPE_ARCHIVE
 
+LIST_FOLDER = gdown.download_folder
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+LIVE3D_FILE_ID = "1Live3dEncoderRenderLT90000StandIn"  # Drive ids are 25+ characters
 PUSHED = "fedcba9876543210fedcba9876543210fedcba98"
 
 
@@ -40,6 +45,7 @@ class StandIn(ThreadingHTTPServer):
         self.cut_once: set[str] = set()
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, Range header
         self.commits: list[dict] = []
+        self.confirm = False  # answer Drive ids with the large-file confirmation page first
 
     @property
     def url(self) -> str:
@@ -84,13 +90,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         parts = urlsplit(self.path)
         self.server.requests.append((self.command, parts.path, self.headers.get("Range")))
-        if parts.path == "/uc":
-            file_id = parse_qs(parts.query).get("id", [""])[0]
+        if parts.path in ("/uc", "/download"):
+            query = parse_qs(parts.query)
+            file_id = query.get("id", [""])[0]
             if file_id not in self.server.drive:
                 return self._send(404, b"not found")
+            if self.server.confirm and "confirm" not in query:  # Drive's virus-scan warning page of large files
+                form = (f'<form id="download-form" action="https://drive.usercontent.google.com/download" method="get">'
+                        f'<input type="hidden" name="id" value="{file_id}"><input type="hidden" name="export" '
+                        f'value="download"><input type="hidden" name="confirm" value="t"></form>')
+                return self._send(200, f"<html><body>\n{form}\n</body></html>".encode(), {"Content-Type": "text/html"})
             cut = file_id in self.server.cut_once and not self.headers.get("Range")
             self.server.cut_once.discard(file_id)
             return self._file(self.server.drive[file_id], head, {"Content-Disposition": f'attachment; filename="{file_id}"'}, cut)
+        if parts.path == "/embeddedfolderview" and parse_qs(parts.query).get("id") == [LIVE3D_FOLDER_ID]:
+            links = f'<a href="https://drive.google.com/file/d/{LIVE3D_FILE_ID}/view">encoder_render_LT_90000.pt</a>'
+            page = f"<html><head><title>Live3D weights</title></head><body>{links}</body></html>"
+            return self._send(200, page.encode(), {"Content-Type": "text/html"})
         if parts.path.startswith("/https/"):  # a plain HTTPS download
             name = parts.path[len("/https/"):]
             return self._file(self.server.drive[name], head, {}) if name in self.server.drive else self._send(404)
@@ -177,7 +193,7 @@ def standin(released, monkeypatch, tmp_path):
     server = StandIn()
     server.drive[THREEDPE_ARCHIVE.file_id] = _zip({"3dpe.pt": released["3dpe.pt"],
                                                    "ffhqrebalanced512-128.pth": released["ffhqrebalanced512-128.pth"]})
-    server.drive["live3d-file-id"] = released["encoder_render_LT_90000.pt"]
+    server.drive[LIVE3D_FILE_ID] = released["encoder_render_LT_90000.pt"]
     server.hub[EG3D_HUB_REPO] = {EG3D_HUB_PATH: released["ffhqrebalanced512-128.pth"]}
     server.hub["timbrooks/instruct-pix2pix"] = {name[len("ip2p/"):]: data for name, data in released.items()
                                                  if name.startswith("ip2p/")}
@@ -190,14 +206,14 @@ def standin(released, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.setenv("THREEDPE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("THREEDPE_GALLERY", str(tmp_path / "gallery"))
-    # Drive folders are listed by gdown's own page parser, which needs drive.google.com: list the stand-in's one file.
-    from gdown.download import GoogleDriveFileToDownload
+    # Drive folders are listed by gdown's own page parser, which needs drive.google.com: list the stand-in's one file
+    # (test_drive_downloads_go_through_gdowns_google_drive_flow runs the parser).
 
     def listing(id, skip_download, quiet):
         assert id == LIVE3D_FOLDER_ID and skip_download
-        return [GoogleDriveFileToDownload(id="live3d-file-id", path="encoder_render_LT_90000.pt", local_path="x")]
+        return [GoogleDriveFileToDownload(id=LIVE3D_FILE_ID, path="encoder_render_LT_90000.pt", local_path="x")]
 
-    monkeypatch.setattr("gdown.download_folder", listing)
+    monkeypatch.setattr(gdown, "download_folder", listing)
     yield server
     server.shutdown()
     server.server_close()
@@ -283,11 +299,11 @@ def test_download_resumes_an_interrupted_transfer(standin, tmp_path, capsys, mon
 
 def test_download_retries_a_dropped_transfer_in_the_same_run(standin, tmp_path, capsys):
     folder = tmp_path / "weights"
-    standin.cut_once.add("live3d-file-id")
+    standin.cut_once.add(LIVE3D_FILE_ID)
     code, _out, err = _run(["download", "--to", str(folder), "--only", "live3d", "--accept-licences"], capsys)
     assert code == 0, err
     ranges = [int(r[len("bytes="):-1]) for method, path, r in standin.requests if path == "/uc" and r]
-    assert len(ranges) == 1 and 0 < ranges[0] <= len(standin.drive["live3d-file-id"]) // 2
+    assert len(ranges) == 1 and 0 < ranges[0] <= len(standin.drive[LIVE3D_FILE_ID]) // 2
     assert load_3dpe(folder / "encoder_render_LT_90000.safetensors").renderer_state_dict
 
 
@@ -440,3 +456,34 @@ def test_lpips_files_over_https_are_verified_together(standin, tmp_path, capsys,
     (folder / "alex_lin.pth").unlink()
     code, out, err = _run(["download", "--to", str(folder), "--only", "lpips"], capsys)
     assert code == 2 and "shape mismatches" in _error_line(err) and not (folder / "alex_lin.pth").exists()
+
+
+def test_drive_downloads_go_through_gdowns_google_drive_flow(standin, tmp_path, capsys, monkeypatch):
+    """Without THREEDPE_DRIVE_URL the real Drive addresses are used: gdown's session is routed to the stand-in, which
+    answers with Drive's large-file confirmation page first and lists the Live3D folder, as drive.google.com does."""
+    import requests
+
+    class ToStandIn(requests.adapters.HTTPAdapter):
+        def send(self, request, **kwargs):
+            parts = urlsplit(request.url)
+            assert parts.hostname in ("drive.google.com", "drive.usercontent.google.com"), request.url
+            request.url = f"{standin.url}{parts.path}?{parts.query}"
+            return super().send(request, **kwargs)
+
+    def session():
+        routed = requests.Session()
+        routed.mount("https://", ToStandIn())
+        return routed
+
+    monkeypatch.delenv("THREEDPE_DRIVE_URL")
+    monkeypatch.setattr(requests, "session", session)
+    monkeypatch.setattr(gdown, "download_folder", LIST_FOLDER)
+    monkeypatch.setattr(sys.modules["gdown.download"], "DEFAULT_COOKIES_FILE", str(tmp_path / "gdown-cookies.txt"))
+    standin.confirm = True
+    folder = tmp_path / "weights"
+    code, out, err = _run(["download", "--to", str(folder), "--only", "editor", "live3d", "--accept-licences"], capsys)
+    assert code == 0, err
+    assert [path for _method, path, _range in standin.requests] == ["/uc", "/download", "/embeddedfolderview", "/uc",
+                                                                     "/download"]
+    assert load_3dpe(folder / "3dpe.safetensors").encoder_state_dict
+    assert load_3dpe(folder / "encoder_render_LT_90000.safetensors").renderer_state_dict
