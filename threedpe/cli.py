@@ -241,9 +241,11 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from threedpe.gallery import default_root
+    from threedpe.pipeline import default_cache_dir
     from threedpe.weights.doctor import report
 
-    lines, can_edit = report(args.weights)
+    lines, can_edit = report(args.weights, {"cache": default_cache_dir(), "gallery": default_root()})
     print("\n".join(lines))
     return 0 if can_edit else 1
 

@@ -97,11 +97,9 @@ def writable(label: str, folder: Path) -> Check:
         return Check(label, False, f"{folder} is not writable ({error.strerror or error})")
 
 
-def report(folder: str | os.PathLike) -> tuple[list[str], bool]:
-    """The doctor's lines and whether editing can run (the editor's weights load)."""
-    from threedpe.gallery import default_root
-    from threedpe.pipeline import default_cache_dir
-
+def report(folder: str | os.PathLike, folders: dict[str, Path]) -> tuple[list[str], bool]:
+    """The doctor's lines and whether editing can run (the editor's weights load); ``folders``: label -> a folder
+    the app writes to (the reference cache, the gallery), checked for writing."""
     folder = Path(folder).expanduser()
     lines = ["versions:"] + [f"  {line}" for line in versions()]
     lines.append(f"weights in {folder.resolve()}:")
@@ -111,7 +109,7 @@ def report(folder: str | os.PathLike) -> tuple[list[str], bool]:
     text = text_model_check(folder)
     lines.append(f"  [{'ok' if text.ok else '--'}] {text.label}: {text.detail}")
     lines.append("folders:")
-    for check in (writable("cache", default_cache_dir()), writable("gallery", default_root())):
+    for check in (writable(label, path) for label, path in folders.items()):
         lines.append(f"  [{'ok' if check.ok else '--'}] {check.label}: {check.detail}")
     existing = next(parent for parent in (folder, *folder.resolve().parents) if parent.exists())
     lines.append(f"free disk at {existing}: {human_size(shutil.disk_usage(existing).free)}")
