@@ -44,9 +44,9 @@ from threedpe.demo import (MAX_PITCH_DEGREES, MAX_UPLOAD, MAX_YAW_DEGREES, SAMPL
 from threedpe.customize import CustomizeConfig, CustomizeError
 from threedpe.datagen import DataError, usable
 from threedpe.gallery import Gallery, GalleryError
-from threedpe.weights.download import WeightDownloadError, first_start, missing_weights_hint
 from threedpe.diffusion import EditSettings
 from threedpe.pipeline import USER_ERRORS, PortraitEditor, resolve_device
+from threedpe.weights.download import WeightDownloadError, first_start, missing_weights_hint
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLE_PHOTO = str(ROOT / "examples" / "astronaut.jpg")
