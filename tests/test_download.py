@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import re
 import sys
 import threading
@@ -487,3 +488,31 @@ def test_drive_downloads_go_through_gdowns_google_drive_flow(standin, tmp_path, 
                                                                      "/download"]
     assert load_3dpe(folder / "3dpe.safetensors").encoder_state_dict
     assert load_3dpe(folder / "encoder_render_LT_90000.safetensors").renderer_state_dict
+
+
+def test_the_app_downloads_at_first_start_with_download_and_never_on_a_space(standin, tmp_path, capsys, monkeypatch):
+    import app
+    from threedpe.pipeline import PortraitEditor
+
+    launched = []
+    logger = logging.getLogger("threedpe")
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # main() sets up logging for a server
+    monkeypatch.setattr(logger, "setLevel", lambda level: None)
+    monkeypatch.setattr(app, "build_demo", lambda editor, text_error, gallery: (editor, text_error))
+    monkeypatch.setattr(app, "launch", lambda demo, gallery, **kwargs: launched.append(demo))
+    monkeypatch.setattr(fetching, "terminal_prompt", lambda: None)  # a server: no terminal
+    folder = tmp_path / "weights"
+    argv = ["app.py", "--weights", str(folder), "--download", "--gallery", str(tmp_path / "gallery")]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setenv("SPACE_ID", "someone/threedpe")
+    app.main()
+    assert not standin.requests and "editing is disabled" in capsys.readouterr().err
+    monkeypatch.delenv("SPACE_ID")
+    app.main()  # no terminal to accept the licences in
+    assert not standin.requests and "--accept-licences" in capsys.readouterr().err and not folder.exists()
+    folder.mkdir()
+    (folder / fetching.ACCEPTED).write_text("accepted earlier\n")
+    app.main()
+    editor, text_error = launched[-1]
+    assert isinstance(editor, PortraitEditor) and text_error is None, capsys.readouterr().err
+    assert editor.text_model == folder / "instruct-pix2pix"
