@@ -41,7 +41,8 @@ class Outcome:
 
 
 def plan(items: list[WeightFile], folder: Path) -> list[str]:
-    """What a download of ``items`` into ``folder`` would do, one line per file (no network)."""
+    """What a download of ``items`` into ``folder`` would do: per file its name, group, size, source, kept names and
+    licence (no network)."""
     lines = []
     for item in items:
         there = " [already there]" if _present(item, folder) else ""
@@ -67,6 +68,7 @@ def _present(item: WeightFile, folder: Path) -> bool:
 
 
 def one_line(error: BaseException) -> str:
+    """An error's message on one line (at most 400 characters), for the one ``error:`` line of a command."""
     text = " ".join(str(error).split()).rstrip(".") or type(error).__name__
     return text[:400]
 
