@@ -1,6 +1,7 @@
 """3DPE Gradio app (Hugging Face Space or local): edit a portrait photo in 3D with a text instruction or a reference.
 
     python app.py                          # weights from $THREEDPE_WEIGHTS or checkpoints/
+    python app.py --download               # missing weights fetched first (after the licence prompt); not on a Space
     python app.py --weights DIR --port 7860 [--host 0.0.0.0] [--share]
 
 Launch only: the page is built by ``threedpe.ui`` (one module per tab) over ``threedpe.serving``, whose GPU work is
@@ -20,11 +21,12 @@ import argparse  # noqa: E402 -- after the allocator setting above
 import logging
 import sys
 
-from threedpe.weights import CheckpointError
 from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.runner import load_editor, load_text_model
 from threedpe.ui.page import build_demo, launch
+from threedpe.weights import CheckpointError, MissingWeightsError, default_folder
+from threedpe.weights.download import WeightDownloadError, first_start
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gallery", default=None,
                         help="folder of the published edits (default: $THREEDPE_GALLERY or ~/.cache/threedpe/gallery); "
                              "with THREEDPE_GALLERY_REPO and HF_TOKEN set it is synced with that Hub dataset")
+    parser.add_argument("--download", action="store_true",
+                        help="when weights are missing, download them from their official sources first (also "
+                             "THREEDPE_DOWNLOAD=1; in a terminal the app asks); never on a Space")
     return parser.parse_args(argv)
 
 
@@ -46,6 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("threedpe").setLevel(logging.INFO)
     editor = load_editor(args.weights)  # at start-up, on CUDA when present: ZeroGPU wants it before any GPU call
+    if isinstance(editor, MissingWeightsError):
+        try:
+            if first_start(args.weights, requested=args.download):
+                editor = load_editor(args.weights)
+        except WeightDownloadError as error:
+            print(f"threedpe: error: {error}", file=sys.stderr)
     if isinstance(editor, CheckpointError):  # the full message, paths included, for whoever runs the server
         print(f"threedpe: editing is disabled: {editor}", file=sys.stderr)
     text_error = load_text_model(editor) if isinstance(editor, PortraitEditor) else None

@@ -302,6 +302,7 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
     try:
         config = page_config(url)
         assert "Editing is disabled" in config and "3dpe.pt" in config and "tiny-weights" in config
+        assert "python -m threedpe download" in config and "python app.py --download" in config  # not a Space
         assert str(tmp_path) not in config and "/empty" not in config
         assert "`empty/`" in config and "`checkpoints/`" not in config  # the folder it was started with, by name
         buttons = {key: props["interactive"] for key, props in

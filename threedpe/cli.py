@@ -1,4 +1,4 @@
-"""Command line: ``python -m threedpe {edit,customize,render,convert,tiny-weights} ...``.
+"""Command line: ``python -m threedpe {edit,customize,render,convert,tiny-weights,download,doctor,push-weights} ...``.
 
 A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
 a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
@@ -217,6 +217,54 @@ def _tiny(args: argparse.Namespace) -> None:
     print(f"wrote a tiny weight set to {folder}. {UNTRAINED_NOTE}")
 
 
+def _download(args: argparse.Namespace) -> None:
+    from threedpe.weights.download import download, plan, summary, terminal_prompt
+    from threedpe.weights.sources import selected
+
+    folder = Path(args.to)
+    try:
+        items = selected(args.only)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.dry_run:
+        print(f"would download into {folder.resolve()} (nothing is fetched with --dry-run):")
+        for line in plan(items, folder):
+            print(line)
+        return
+    outcomes = download(folder, args.only, accept=args.accept_licences, ask=terminal_prompt())
+    print(f"weights in {folder.resolve()}:")
+    print(summary(outcomes))
+    print("next: `python app.py` (or `python -m threedpe doctor` to check everything)")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from threedpe.gallery import default_root
+    from threedpe.pipeline import default_cache_dir
+    from threedpe.weights.doctor import report
+
+    lines, can_edit = report(args.weights, {"cache": default_cache_dir(), "gallery": default_root()})
+    print("\n".join(lines))
+    return 0 if can_edit else 1
+
+
+def _push_weights(args: argparse.Namespace) -> None:
+    from threedpe.weights.push import plan_push, push
+
+    plan = plan_push(args.weights, args.repo)
+    print(f"{'would upload' if args.dry_run else 'uploading'} to {args.repo} ({'private' if args.private else 'public'}):")
+    for path in plan.files:
+        print(f"  {path.name} ({path.stat().st_size} bytes)")
+    print("  README.md (model card: sources and licences)")
+    if plan.missing:
+        print(f"not converted here, left out: {', '.join(plan.missing)}")
+    if args.dry_run:
+        return
+    commit = push(plan, args.repo, private=args.private)
+    print("set these on the Space (Settings > Variables):")
+    print(f"THREEDPE_HUB_REPO={args.repo}")
+    print(f"THREEDPE_HUB_REVISION={commit}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m threedpe", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -301,6 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("folder")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_tiny)
+
+    fetch = commands.add_parser("download", help="download the real weights from their official sources, verified and "
+                                                 "converted to safetensors")
+    fetch.add_argument("--to", default=str(default_folder()), help=WEIGHTS_HELP)
+    fetch.add_argument("--only", nargs="+", metavar="GROUP",
+                       help="only these groups: editor, eg3d, live3d, text, lpips (default: all)")
+    fetch.add_argument("--dry-run", action="store_true", help="print every file, its source and licence; fetch nothing")
+    fetch.add_argument("--accept-licences", action="store_true",
+                       help="accept the weights' licences without the prompt (for scripts; they are non-commercial)")
+    fetch.set_defaults(run=_download)
+
+    doctor = commands.add_parser("doctor", help="versions, weights, text model, folders and disk: what to check first")
+    doctor.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
+    doctor.set_defaults(run=_doctor)
+
+    publish = commands.add_parser("push-weights", help="upload the converted weights and a model card to a Hub model "
+                                                       "repository, for a Space")
+    publish.add_argument("--repo", required=True, help="Hub model repository, <user>/<name> (created if absent)")
+    publish.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
+    publish.add_argument("--private", action="store_true", help="create the repository private")
+    publish.add_argument("--dry-run", action="store_true", help="list what would be uploaded and show nothing else")
+    publish.set_defaults(run=_push_weights)
     return parser
 
 

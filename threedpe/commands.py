@@ -12,14 +12,15 @@ class UsageError(ValueError):
     """Arguments that cannot work together or point at nothing."""
 
 
-def run_command(run: Callable[[], None], *user_errors: type[Exception]) -> int:
-    """Run a command: 0 when it succeeds; a user error (:data:`~threedpe.pipeline.USER_ERRORS`, ``UsageError``, file
-    system refusals and ``user_errors``) prints ``error: <message>`` and gives 2; anything else keeps its traceback."""
+def run_command(run: Callable[[], int | None], *user_errors: type[Exception]) -> int:
+    """Run a command: its own exit status (0 when it returns None); a user error
+    (:data:`~threedpe.pipeline.USER_ERRORS`, ``UsageError``, file system refusals and ``user_errors``) prints
+    ``error: <message>`` and gives 2; anything else keeps its traceback."""
     from threedpe.pipeline import USER_ERRORS
 
     try:
-        run()
+        status = run()
     except (*USER_ERRORS, *user_errors, UsageError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

@@ -242,7 +242,7 @@ class PortraitEditor:
     def from_pretrained(cls, source: str | os.PathLike | None = None, *, repo_id: str | None = None,
                         revision: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
-                        precision: str = "exact") -> PortraitEditor:
+                        precision: str = "exact", download: bool = False) -> PortraitEditor:
         """Load from a weight folder (default ``$THREEDPE_WEIGHTS`` or ``checkpoints/``), else the Hub.
 
         ``source`` is a folder or a Hub repository id (``owner/name``; the same as ``repo_id=``), read at
@@ -251,13 +251,19 @@ class PortraitEditor:
         otherwise ``timbrooks/instruct-pix2pix`` is loaded from the Hub on the first text edit) and the EG3D generator
         (whose frontal samples then serve as anchor portraits for text edits, beside the shipped photos). Text
         references are cached in memory and in ``cache_dir`` (default :func:`default_cache_dir`). ``device``: None
-        (CPU), ``"auto"``, or a device. ``precision``: ``"exact"`` or ``"fast"`` (see :attr:`precision`). Raises
-        ``MissingWeightsError`` naming what is missing.
+        (CPU), ``"auto"``, or a device. ``precision``: ``"exact"`` or ``"fast"`` (see :attr:`precision`). ``download``:
+        when the folder lacks the editor, fetch what editing needs from the official sources first (the licences are
+        asked for in a terminal; see ``python -m threedpe download``). Raises ``MissingWeightsError`` naming what is
+        missing.
         """
         check_precision(precision)
         if source is not None and not Path(source).expanduser().exists() and HUB_REPO_ID.fullmatch(str(source)):
             source, repo_id = None, str(source)
         folder = Path(source).expanduser() if source is not None else default_folder()
+        if download and repo_id is None and not any((folder / name).is_file() for name in EDITOR_WEIGHTS):
+            from threedpe.weights.download import first_start
+
+            first_start(folder, requested=True)
         try:
             weights = resolve_first(EDITOR_WEIGHTS, local_dir=folder, repo_id=repo_id, revision=revision)
         except MissingWeightsError as missing:

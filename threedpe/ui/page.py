@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from threedpe.weights import CheckpointError
+from threedpe.weights import CheckpointError, MissingWeightsError
+from threedpe.weights.download import missing_weights_hint
 from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.messages import weights_notice
@@ -59,7 +60,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
     ctx = UIContext.create(editor, text_error, sessions, limiter, gallery)
     with gr.Blocks(title="3DPE: real-time 3D-aware portrait editing", delete_cache=(3600, SESSION_MAX_AGE_S)) as demo:
         gr.Markdown(HEADER, elem_id="title")
-        gr.Markdown(weights_notice(editor, text_error), elem_id="notice")
+        missing = missing_weights_hint() if isinstance(editor, MissingWeightsError) else ""
+        gr.Markdown(weights_notice(editor, text_error) + missing, elem_id="notice")
         gr.Markdown(HOW_TO)
         precision_choice(ctx)
         tokens = gr.BrowserState({}, storage_key="threedpe-gallery-owner-tokens")
