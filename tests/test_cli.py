@@ -155,3 +155,18 @@ def test_user_errors_are_one_line_messages(tiny_weights, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err and "Traceback" not in err
+
+
+def test_training_autocast_is_mixed_precision_not_the_editors_precision(capsys):
+    """`--precision` is the editor's exact/fast everywhere; train's autocast flag is `--mixed-precision` (its old
+    name `--precision` still parses, hidden)."""
+    from threedpe.training.train import build_parser as train_parser
+
+    required = ["--data", "data", "--out", "out", "--steps", "1"]
+    assert train_parser().parse_args(required).mixed_precision == "auto"
+    assert train_parser().parse_args([*required, "--mixed-precision", "fp32"]).mixed_precision == "fp32"
+    assert train_parser().parse_args([*required, "--precision", "bf16"]).mixed_precision == "bf16"
+    with pytest.raises(SystemExit):
+        train_parser().parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--mixed-precision" in shown and "--precision" not in shown.replace("--mixed-precision", "")

@@ -484,8 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-every", type=int, default=50, help="print the loss every N steps (default 50)")
     parser.add_argument("--resume", help="a checkpoint to continue, or 'auto': the latest in --out/checkpoints if any")
     parser.add_argument("--workers", type=int, default=4, help="data-loading processes per process (default 4)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: bf16 autocast on CUDA, float32 on the CPU")
+    parser.add_argument("--mixed-precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="training's autocast (not the editor's exact/fast precision): auto: bf16 autocast on "
+                             "CUDA, float32 on the CPU")
+    parser.add_argument("--precision", dest="mixed_precision", choices=("auto", "bf16", "fp32"),
+                        help=argparse.SUPPRESS)  # its name until 0.3: kept for a release
     return parser
 
 
@@ -511,8 +514,8 @@ def _train(args: argparse.Namespace) -> None:
     with world.running(device, timeout=PROCESS_TIMEOUT) as stop:
         data = EditingDataset(args.data, seed=args.seed)
         val = EditingDataset(args.val_data, seed=args.seed) if args.val_data else None
-        trainer = Trainer(settings, args.weights, data, args.out, world, device, val=val, precision=args.precision,
-                          workers=args.workers)
+        trainer = Trainer(settings, args.weights, data, args.out, world, device, val=val,
+                          precision=args.mixed_precision, workers=args.workers)
         if resume is not None:
             trainer.resume(resume)
             if world.is_main:
