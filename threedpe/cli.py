@@ -24,6 +24,9 @@ PRECISION_HELP = ("exact: float32, equal to the official code (default); fast: b
                   "natively (AVX512-BF16/AMX CPUs, recent GPUs), float32 elsewhere; about 2x faster on such a CPU, "
                   "within the bounds stated in the README")
 
+STRENGTH_HELP = ("edit strength: 0 = the unedited photo in 3D, 1 = the edit (default), up to 1.5 exaggerates it; other "
+                 "values than 1 need Live3D's encoder_render_LT_90000.pt in the weight folder")
+
 
 class UsageError(ValueError):
     """Arguments that cannot work together or point at nothing."""
@@ -31,10 +34,11 @@ class UsageError(ValueError):
 
 def _edit(args: argparse.Namespace) -> None:
     from threedpe.diffusion import EditSettings, normalise_instruction
-    from threedpe.pipeline import PortraitEditor, resolve_device
+    from threedpe.pipeline import PortraitEditor, check_strength, resolve_device
 
     # Everything that can be checked without loading a model is checked first.
     prompt = normalise_instruction(args.prompt) if args.prompt is not None else None
+    check_strength(args.strength)
     settings = EditSettings(steps=args.steps, text_guidance=args.text_guidance, image_guidance=args.image_guidance,
                             resolution=args.resolution)
     for label, path in (("photo", args.input), ("reference", args.reference), ("style", args.style)):
@@ -47,7 +51,7 @@ def _edit(args: argparse.Namespace) -> None:
     style = editor.load_style(args.style) if args.style is not None else None
     result = editor(args.input, reference=args.reference, prompt=prompt, aligned=args.aligned,
                     align_reference=args.align_reference, anchor=anchor, use_own_photo=args.own_photo,
-                    settings=settings, seed=args.seed, style=style)
+                    settings=settings, seed=args.seed, style=style, strength=args.strength)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "input_aligned.png", out / "reference.png", out / "views.png", out / "depth.png"]
@@ -248,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--resolution", type=int, default=512, help="InstructPix2Pix resolution")
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--style", help="a style file made by `customize`, applied to the editor for this edit")
+    edit.add_argument("--strength", type=float, default=1.0, help=STRENGTH_HELP)
     edit.add_argument("--device", default="auto", help=DEVICE_HELP)
     edit.add_argument("--precision", choices=PRECISIONS, default="exact", help=PRECISION_HELP)
     edit.set_defaults(run=_edit)
