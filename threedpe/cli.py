@@ -1,4 +1,4 @@
-"""Command line: ``python -m threedpe {edit,customize,render,convert,tiny-weights} ...``.
+"""Command line: ``python -m threedpe {edit,batch,customize,render,convert,tiny-weights} ...``.
 
 A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
 a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
@@ -256,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--device", default="auto", help=DEVICE_HELP)
     edit.add_argument("--precision", choices=PRECISIONS, default="exact", help=PRECISION_HELP)
     edit.set_defaults(run=_edit)
+
+    from threedpe.batch import add_arguments as batch_arguments, run as batch_run
+
+    batch = commands.add_parser(
+        "batch", help="edit every photo of a folder, zip or CSV, with a report",
+        description="Edit every photo of a folder (recursively), a zip or a CSV (rows photo,reference|prompt,strength) "
+                    "into OUT/photos/<name>/; a re-run skips what is done and retries failures; Ctrl-C stops after the "
+                    "current photo. Writes OUT/results.csv and OUT/report.html; the last line printed is "
+                    "`edited=<n> skipped=<n> failed=<n> report=<path>`. Under torchrun (`torchrun --nproc_per_node N "
+                    "-m threedpe.batch ...`) the photos are shared out over the processes.")
+    batch_arguments(batch).set_defaults(run=batch_run)
 
     custom = commands.add_parser(
         "customize", help="fine-tune the editor to a new edit and write a style file",
