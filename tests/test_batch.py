@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from tests.test_strength import weights_copy
 from tests.test_train import ROOT, launch
 from threedpe.batch import BatchError, BatchOptions, collect_jobs, edit_jobs, read_outcomes, write_report
 from threedpe.cli import main
@@ -133,6 +134,10 @@ def test_batch_usage_errors(tiny_weights, photos, reference, tmp_path, capsys):
     assert main([*base, "--input", str(photos)]) == 2  # neither --reference nor --prompt
     assert main([*base, "--input", str(photos), "--reference", str(reference), "--strength", "2"]) == 2
     assert capsys.readouterr().err.count("error:") == 3 and not (tmp_path / "out").exists()
+    no_live3d = weights_copy(tiny_weights, tmp_path / "no-live3d", None)
+    assert main([*base[:1], "--weights", str(no_live3d), *base[3:], "--input", str(photos), "--reference",
+                 str(reference), "--strength", "0.5"]) == 2  # before any photo
+    assert "encoder_render_LT_90000.pt" in capsys.readouterr().err and not (tmp_path / "out" / "photos").exists()
 
 
 def test_interrupt_leaves_a_valid_report(tiny_weights, photos, reference, tmp_path):

@@ -19,7 +19,7 @@ from threedpe.pipeline import PortraitEditor
 LIVE3D = Path(RECONSTRUCTION_WEIGHTS[0]).stem
 
 
-def _weights_copy(source: Path, target: Path, live3d: ReconstructionModel | None) -> Path:
+def weights_copy(source: Path, target: Path, live3d: ReconstructionModel | None) -> Path:
     """``source``'s editor files in ``target``, with ``live3d`` as the Live3D file (None: no Live3D file)."""
     target.mkdir(exist_ok=True)
     for name in ("3dpe.safetensors", "3dpe.json"):
@@ -43,7 +43,7 @@ def _perturbed_live3d(tiny_weights: Path, prefix: str, seed: int) -> Reconstruct
 
 @pytest.fixture(scope="module")
 def weights(tiny_weights, tmp_path_factory) -> Path:
-    return _weights_copy(tiny_weights, tmp_path_factory.mktemp("own-final"),
+    return weights_copy(tiny_weights, tmp_path_factory.mktemp("own-final"),
                          _perturbed_live3d(tiny_weights, "Final_encoder.", 1))
 
 
@@ -117,7 +117,7 @@ def test_new_strength_does_not_encode_again(editor, photo, reference, one_thread
 
 
 def test_live3d_with_other_branches_encodes_the_crop(tiny_weights, tmp_path, photo, reference, one_thread):
-    weights = _weights_copy(tiny_weights, tmp_path / "w", _perturbed_live3d(tiny_weights, "EHigh_encoder.", 2))
+    weights = weights_copy(tiny_weights, tmp_path / "w", _perturbed_live3d(tiny_weights, "EHigh_encoder.", 2))
     editor = PortraitEditor.from_pretrained(weights)
     result = editor(photo, reference=reference, aligned=True, strength=0.0)
     assert not editor.reconstruction()[1]
@@ -127,7 +127,7 @@ def test_live3d_with_other_branches_encodes_the_crop(tiny_weights, tmp_path, pho
 
 
 def test_without_live3d_the_strength_names_the_file(tiny_weights, tmp_path, photo, reference, one_thread):
-    editor = PortraitEditor.from_pretrained(_weights_copy(tiny_weights, tmp_path / "w", None))
+    editor = PortraitEditor.from_pretrained(weights_copy(tiny_weights, tmp_path / "w", None))
     assert "encoder_render_LT_90000.pt" in editor.strength_unavailable
     result = editor(photo, reference=reference, aligned=True)  # strength 1 needs no Live3D
     assert not result.strength_available and result._unedited.branches is None  # nothing kept for nothing

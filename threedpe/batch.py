@@ -269,6 +269,8 @@ def edit_jobs(editor: PortraitEditor, jobs: list[BatchJob], out: str | os.PathLi
 
     from threedpe.pipeline import USER_ERRORS
 
+    if any(job.strength != 1.0 for job in jobs):
+        editor.require_strength()  # before any photo: the Live3D file is missing
     out = Path(out)
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     style = editor.load_style(options.style) if options.style is not None else None

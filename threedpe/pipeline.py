@@ -157,7 +157,8 @@ class EditResult:
         planes = edited
         if strength != 1.0:
             unedited = self.unedited_planes
-            planes = unedited if strength == 0.0 else torch.lerp(unedited, edited, strength)
+            with torch.inference_mode():
+                planes = unedited if strength == 0.0 else torch.lerp(unedited, edited, strength)
         timings = {stage: seconds for stage, seconds in self.timings.items() if stage not in ("render", "video", "mesh")}
         return dataclasses.replace(self, planes=planes, strength=strength, edited_planes=edited, timings=timings,
                                    warnings=list(self.warnings), _renders=OrderedDict())
@@ -398,15 +399,20 @@ class PortraitEditor:
     def reconstruction(self) -> tuple[ReconstructionModel, bool]:
         """Live3D's network on this editor's device and inference options, and whether it shares the editor's E_low /
         E_high branches and renderer (loaded once). ``MissingWeightsError`` naming the file when it is absent."""
-        if self._live3d is None:
-            note = self.strength_unavailable
-            if note is not None:
-                raise MissingWeightsError(note, filename=RECONSTRUCTION_WEIGHTS[1], folder=self.weights_folder)
-            live3d = ReconstructionModel.from_checkpoint(load_3dpe(resolve_reconstruction_weights(self.weights_folder)))
-            live3d.renderer.inference = self.model.inference  # one precision / fast-path setting for both networks
-            live3d.to(self.device).encoder.to(next(self.model.encoder.parameters()).dtype)
-            self._live3d = (live3d, live3d.shares_branches(self.model))
+        self.require_strength()
+        with self.style_lock:  # no style is applied while the branches are compared
+            if self._live3d is None:
+                live3d = ReconstructionModel.from_checkpoint(load_3dpe(resolve_reconstruction_weights(self.weights_folder)))
+                live3d.renderer.inference = self.model.inference  # one precision / fast-path setting for both
+                live3d.to(self.device).encoder.to(next(self.model.encoder.parameters()).dtype)
+                self._live3d = (live3d, live3d.shares_branches(self.model))
         return self._live3d
+
+    def require_strength(self) -> None:
+        """Raise the ``MissingWeightsError`` of :attr:`strength_unavailable` (naming the Live3D file), if any."""
+        if self.strength_unavailable is not None:
+            raise MissingWeightsError(self.strength_unavailable, filename=RECONSTRUCTION_WEIGHTS[1],
+                                      folder=self.weights_folder)
 
     def reconstruct(self, crop: Image.Image, branches: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The unedited 3D reconstruction (1, 96, P, P) of an aligned ``crop``: Live3D's ``Final_encoder`` on the
@@ -487,9 +493,8 @@ class PortraitEditor:
         """
         if (reference is None) == (prompt is None):
             raise ValueError("give either a reference image or a text instruction (exactly one)")
-        if check_strength(strength) != 1.0 and self.strength_unavailable is not None:  # before any work: fails fast
-            raise MissingWeightsError(self.strength_unavailable, filename=RECONSTRUCTION_WEIGHTS[1],
-                                      folder=self.weights_folder)
+        if check_strength(strength) != 1.0:  # before any work: fails fast
+            self.require_strength()
         if style is not None:
             style.check_base(self.fingerprint)  # before any work: fails fast
         if prompt is not None:
