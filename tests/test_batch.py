@@ -108,11 +108,16 @@ def test_batch_sizes_zip_and_csv(tiny_weights, photos, reference, tmp_path):
         for path in sorted(photos.rglob("*")):
             if path.is_file():
                 zipped.write(path, path.relative_to(photos).as_posix())
+        zipped.writestr("../../escape.png", b"not a png")
     jobs = collect_jobs(archive, reference=reference)
-    assert [job.photo for job in jobs] == ["anna.png", "broken.jpg", "class/ben.jpg", "wall.png"]
+    assert [job.photo for job in jobs] == ["../../escape.png", "anna.png", "broken.jpg", "class/ben.jpg", "wall.png"]
+    assert [job.name for job in jobs] == ["escape_png", "anna_png", "broken_jpg", "class/ben_jpg", "wall_png"]
     editor = PortraitEditor.from_pretrained(tiny_weights)
+    batches, edit_crops = [], editor.edit_crops
+    editor.edit_crops = lambda crops, *args: batches.append(len(crops)) or edit_crops(crops, *args)
     outcomes = edit_jobs(editor, jobs, tmp_path / "zip", BatchOptions(batch_size=4), progress=False)
-    assert [o.status for o in outcomes] == ["failed", "failed", "edited", "edited"]  # failures recorded as they happen
+    assert [o.status for o in outcomes] == ["failed"] * 3 + ["edited"] * 2  # failures recorded as they happen
+    assert {o.photo for o in outcomes[3:]} == {"anna.png", "class/ben.jpg"} and batches == [2]  # one encode
 
     table = tmp_path / "jobs.csv"
     table.write_text(f"photo,reference|prompt,strength\n{photos / 'anna.png'},{reference},0\n"

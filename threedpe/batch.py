@@ -26,7 +26,7 @@ import sys
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -123,9 +123,13 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def _folder_name(relative: str) -> str:
-    """``class/anna.jpg`` -> ``class/anna_jpg``: one folder per photo, also for ``anna.jpg`` beside ``anna.png``."""
-    path = Path(relative)
-    return (path.parent / f"{path.stem}_{path.suffix.lstrip('.').lower()}").as_posix().lstrip("./") or "photo"
+    """``class/anna.jpg`` -> ``class/anna_jpg``: one folder per photo, also for ``anna.jpg`` beside ``anna.png``; a
+    zip member's ``..`` and root parts are dropped (its folder stays inside the output)."""
+    parts = [part for part in PurePosixPath(relative.replace("\\", "/")).parts if part not in ("/", ".", "..")]
+    if not parts:
+        return "photo"
+    stem, suffix = PurePosixPath(parts[-1]).stem, PurePosixPath(parts[-1]).suffix.lstrip(".").lower()
+    return "/".join([*parts[:-1], f"{stem}_{suffix}" if suffix else stem])
 
 
 def collect_jobs(source: str | os.PathLike, reference: str | os.PathLike | None = None, prompt: str | None = None,
