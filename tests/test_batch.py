@@ -185,3 +185,24 @@ def test_two_processes_share_the_photos(tiny_weights, photos, reference, tmp_pat
     assert [len(lines) for lines in by_rank] == [2, 2]  # jobs[rank::2]
     assert write_report(out, collect_jobs(photos, reference=reference), shards) == out / "report.html"
     assert _rows(out)["class/ben.jpg"]["status"] == "edited"
+
+
+def test_an_instruction_is_prepared_once(tiny_weights, photos, tmp_path, monkeypatch):
+    from threedpe.diffusion import EditSettings
+
+    monkeypatch.setenv("THREEDPE_CACHE", str(tmp_path / "cache"))
+    table = tmp_path / "jobs.csv"
+    table.write_text(f"{photos / 'anna.png'},make it golden,\n{photos / 'class' / 'ben.jpg'},make it golden,0.5\n")
+    jobs = collect_jobs(table)
+    assert [(job.prompt, job.strength) for job in jobs] == [("make it golden", 1.0), ("make it golden", 0.5)]
+    editor = PortraitEditor.from_pretrained(tiny_weights, cache_dir=tmp_path / "cache")
+    options = BatchOptions(settings=EditSettings(steps=2, resolution=128))
+    stop = []  # Ctrl-C while the instruction is prepared: nothing is run, nothing is kept as failed
+    outcomes = edit_jobs(editor, jobs, tmp_path / "out", options, cancel=lambda: bool(stop) or stop.append(1) and False,
+                         progress=False)
+    assert outcomes == [] and not (tmp_path / "out" / "photos").exists()
+    calls, reference = [], editor.text_reference.reference
+    monkeypatch.setattr(editor.text_reference, "reference", lambda *a, **k: calls.append(a) or reference(*a, **k))
+    outcomes = edit_jobs(editor, jobs, tmp_path / "out", options, progress=False)
+    assert [o.status for o in outcomes] == ["edited", "edited"] and len(calls) == 1
+

@@ -220,6 +220,7 @@ class ReferencePreparer:
         self._prepared: dict[str, Image.Image | Exception] = {}
 
     def get(self, job: BatchJob, cancel: CancelSignal | None = None) -> Image.Image:
+        from threedpe.cancel import Cancelled
         from threedpe.diffusion import EditSettings
         from threedpe.pipeline import USER_ERRORS
 
@@ -233,6 +234,8 @@ class ReferencePreparer:
                     self._prepared[job.reference_key] = text.reference(
                         prompt, self.options.settings or EditSettings(), text.anchor_index(self.options.anchor),
                         self.options.seed, cancel=cancel).image
+            except Cancelled:  # a stop, not a failure of this reference: nothing is kept
+                raise
             except USER_ERRORS as error:
                 self._prepared[job.reference_key] = error
         prepared = self._prepared[job.reference_key]
@@ -271,6 +274,7 @@ def edit_jobs(editor: PortraitEditor, jobs: list[BatchJob], out: str | os.PathLi
     jobs not reached are left out of the outcomes."""
     from tqdm.auto import tqdm
 
+    from threedpe.cancel import Cancelled
     from threedpe.pipeline import USER_ERRORS
 
     if any(job.strength != 1.0 for job in jobs):
@@ -311,6 +315,8 @@ def edit_jobs(editor: PortraitEditor, jobs: list[BatchJob], out: str | os.PathLi
                 reference = references.get(job, cancel)
                 pending.append(_Aligned(job, _align(editor, job, out / PHOTOS / job.name, options), reference,
                                         time.perf_counter() - start))
+            except Cancelled:  # stopped while an instruction was turned into a reference: this photo is not run
+                break
             except (*USER_ERRORS, OSError) as error:
                 record(Outcome(job.photo, job.name, "failed", _reason(error), time.perf_counter() - start))
         flush()
