@@ -526,7 +526,7 @@ def roofline(bench: Bench, model: EditorModel, quick: bool, peaks: dict[str, dic
     """The product path (``inference.fast``) stage by stage, in fp32 ("exact") and, where bf16 is native, in
     "fast": the encoder's sub-blocks (each timed on the inputs it got in a full pass), the fused volume rendering,
     the folded super-resolution, and (fp32) the mesh density grid."""
-    from threedpe.models.encoder import append_pixel_coordinates, set_grid_layout
+    from threedpe.models.encoder import set_grid_layout
     from threedpe.models.rendering import render_rays_fused, sample_rays
 
     device = bench.device

@@ -54,7 +54,6 @@ from threedpe.training.objective import EditingObjective  # noqa: E402
 from threedpe.training.samples import StyleSample  # noqa: E402
 from threedpe.weights import LPIPS_FILES, RECONSTRUCTION_WEIGHTS  # noqa: E402
 from threedpe.weights.checkpoints import ThreeDPECheckpoint, save_checkpoint  # noqa: E402
-from threedpe.weights.checkpoints import ThreeDPECheckpoint, save_checkpoint  # noqa: E402
 
 GOLDEN = Path(ROOT.parent / "shared" / "golden")
 

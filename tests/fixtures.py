@@ -8,6 +8,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
@@ -19,6 +25,8 @@ from threedpe.edit_settings import EditSettings
 from threedpe.models.editor import EditorModel, ReconstructionModel
 from threedpe.models.rendering import RenderingConfig
 from threedpe.tiny import tiny_editor_config, tiny_encoder_config, tiny_reconstruction_model
+from threedpe.weights import RECONSTRUCTION_WEIGHTS
+from threedpe.weights.checkpoints import save_checkpoint
 
 
 def small_training_models(seed: int = 0) -> tuple[EditorModel, ReconstructionModel]:
@@ -73,3 +81,38 @@ class ColourEditor:
                 values = np.asarray(rgb, dtype=np.float32) / 255 @ self.matrix.T + self.offset
                 edited.append(Image.fromarray((np.clip(values, 0, 1) * 255).round().astype(np.uint8)))
         return edited
+
+
+# --- torchrun launches and weight folders -------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_TIMEOUT = 150  # seconds per torchrun launch
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(module: str, args: list[str], processes: int = 2) -> str:
+    """``torchrun --nproc_per_node <processes> -m <module> <args>`` on loopback, one thread per process; its
+    stdout (the run fails the test with its output when it fails or outlasts :data:`LAUNCH_TIMEOUT`)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", module, *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+           "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done.stdout
+
+
+def weights_copy(source: Path, target: Path, live3d: ReconstructionModel | None) -> Path:
+    """``source``'s editor files in ``target``, with ``live3d`` as the Live3D file (None: no Live3D file)."""
+    target.mkdir(exist_ok=True)
+    for name in ("3dpe.safetensors", "3dpe.json"):
+        shutil.copy(source / name, target / name)
+    if live3d is not None:
+        save_checkpoint(live3d.checkpoint(), target / Path(RECONSTRUCTION_WEIGHTS[0]).stem,
+                        source="test: a Live3D network apart from the editor")
+    return target

@@ -4,19 +4,15 @@ the command-line errors."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.fixtures import ColourEditor, small_training_models
+from tests.fixtures import ColourEditor, launch, small_training_models
 from threedpe.edit_settings import EditSettings
 from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.pipeline import PortraitEditor
@@ -26,34 +22,14 @@ from threedpe.training.datagen import finish_dataset, generate_shard, read_shard
 from threedpe.training.samples import DataError, SyntheticSamples, load_generator, shard_seeds
 from threedpe.training.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTION = "Make it golden!"
 STYLE = "make-it-golden"
 COUNT = 8
 STEPS = 20  # the issue's command: --steps 20
 LAST_LINE = re.compile(r"steps=(\d+) loss_start=([\d.e-]+) loss_end=([\d.e-]+) checkpoint=(\S+)")
-LAUNCH_TIMEOUT = 150  # seconds per torchrun launch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def launch(module: str, args: list[str], processes: int = 2) -> str:
-    """``torchrun --nproc_per_node <processes> -m <module> <args>`` on loopback, one thread per process; its
-    stdout (the run fails the test with its output when it fails or outlasts :data:`LAUNCH_TIMEOUT`)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", module, *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
-           "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

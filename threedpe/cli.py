@@ -1,4 +1,4 @@
-"""Command line: ``python -m threedpe {edit,customize,render,convert,tiny-weights,download,doctor,push-weights} ...``.
+"""Command line: ``python -m threedpe {edit,batch,customize,render,convert,tiny-weights,download,doctor,push-weights} ...``.
 
 A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
 a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
@@ -14,25 +14,21 @@ import sys
 import time
 from pathlib import Path
 
-from threedpe.commands import UsageError, run_command
+from threedpe.commands import DEVICE_HELP, PRECISION_HELP, STRENGTH_HELP, WEIGHTS_HELP, UsageError, run_command
 from threedpe.edit_settings import add_edit_arguments, edit_settings
 from threedpe.precision import PRECISIONS
 from threedpe.weights import default_folder
 
-WEIGHTS_HELP = "weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)"
-DEVICE_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'"
-PRECISION_HELP = ("exact: float32, equal to the official code (default); fast: bfloat16 where the hardware computes it "
-                  "natively (AVX512-BF16/AMX CPUs, recent GPUs), float32 elsewhere; about 2x faster on such a CPU, "
-                  "within the bounds stated in the README")
 
 
 def _edit(args: argparse.Namespace) -> None:
     from threedpe.devices import resolve_device
     from threedpe.diffusion import normalise_instruction
-    from threedpe.pipeline import PortraitEditor
+    from threedpe.pipeline import PortraitEditor, check_strength
 
     # Everything that can be checked without loading a model is checked first.
     prompt = normalise_instruction(args.prompt) if args.prompt is not None else None
+    check_strength(args.strength)
     settings = edit_settings(args)
     for label, path in (("photo", args.input), ("reference", args.reference), ("style", args.style)):
         if path is not None and not Path(path).is_file():
@@ -44,7 +40,7 @@ def _edit(args: argparse.Namespace) -> None:
     style = editor.load_style(args.style) if args.style is not None else None
     result = editor(args.input, reference=args.reference, prompt=prompt, aligned=args.aligned,
                     align_reference=args.align_reference, anchor=anchor, use_own_photo=args.own_photo,
-                    settings=settings, seed=args.seed, style=style)
+                    settings=settings, seed=args.seed, style=style, strength=args.strength)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "input_aligned.png", out / "reference.png", out / "views.png", out / "depth.png"]
@@ -292,9 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--steps", dest="edit_steps", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--style", help="a style file made by `customize`, applied to the editor for this edit")
+    edit.add_argument("--strength", type=float, default=1.0, help=STRENGTH_HELP)
     edit.add_argument("--device", default="auto", help=DEVICE_HELP)
     edit.add_argument("--precision", choices=PRECISIONS, default="exact", help=PRECISION_HELP)
     edit.set_defaults(run=_edit)
+
+    from threedpe.batch import add_arguments as batch_arguments, run as batch_run
+
+    batch = commands.add_parser(
+        "batch", help="edit every photo of a folder, zip or CSV, with a report",
+        description="Edit every photo of a folder (recursively), a zip or a CSV (rows photo,reference|prompt,strength) "
+                    "into OUT/photos/<name>/; a re-run skips what is done and retries failures; Ctrl-C stops after the "
+                    "current photo. Writes OUT/results.csv and OUT/report.html; the last line printed is "
+                    "`edited=<n> skipped=<n> failed=<n> report=<path>`. Under torchrun (`torchrun --nproc_per_node N "
+                    "-m threedpe.batch ...`) the photos are shared out over the processes.")
+    batch_arguments(batch).set_defaults(run=batch_run)
 
     custom = commands.add_parser(
         "customize", help="fine-tune the editor to a new edit and write a style file",

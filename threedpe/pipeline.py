@@ -13,6 +13,8 @@ A style made by customisation (:mod:`threedpe.training.customize`) is applied pe
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 import threading
@@ -36,20 +38,21 @@ from threedpe.diffusion import InstructPix2PixEditor, PromptError, TextReference
 from threedpe.edit_settings import EditSettings, SettingsError
 from threedpe.images import ImageError, ImageInput, frames_note, load_image
 from threedpe.mesh import export_mesh, extract_mesh
-from threedpe.models.editor import EditorModel
+from threedpe.models.editor import EditorModel, ReconstructionModel, resolve_reconstruction_weights
 from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.precision import PrecisionError, check_precision
 from threedpe.styles import Style, StyleError, applied, model_fingerprint
 from threedpe.video import ORBIT_FPS, render_orbit, to_uint8, triplane_view, write_mp4
-from threedpe.weights import (EDITOR_WEIGHTS, INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, CheckpointError,
-                              MissingWeightsError, default_folder, local_eg3d_weights, resolve_first, resolve_weight,
-                              text_model_source)
+from threedpe.weights import (EDITOR_WEIGHTS, INSTRUCT_PIX2PIX_REPO, INSTRUCT_PIX2PIX_REVISION, RECONSTRUCTION_WEIGHTS,
+                              CheckpointError, MissingWeightsError, default_folder, local_eg3d_weights, resolve_first,
+                              resolve_weight, text_model_source)
 from threedpe.weights.checkpoints import load_3dpe
 
 HUB_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 RENDER_CACHE_SIZE = 4  # rendered views an EditResult keeps
 MIN_REFERENCE_SIDE = 64
 UNTRAINED_NOTE = "UNTRAINED random weights: outputs are noise, for trying the app and the API only."
+STRENGTH_RANGE = (0.0, 1.5)  # 0: the unedited 3D reconstruction of the photo, 1: the edit, above 1: extrapolated
 
 
 # Errors a user can act on (their messages say what to do); the app and the CLI show them without a traceback.
@@ -74,6 +77,24 @@ def reference_notes(image: Image.Image) -> list[str]:
     return notes
 
 
+def check_strength(strength: float) -> float:
+    """``strength`` as a float, or a ``SettingsError`` when it lies outside :data:`STRENGTH_RANGE`."""
+    low, high = STRENGTH_RANGE
+    if not isinstance(strength, (int, float)) or not math.isfinite(strength) or not low <= strength <= high:
+        raise SettingsError(f"the edit strength must be a number from {low:g} (the unedited photo in 3D) to {high:g} "
+                            f"(1 = the edit, above 1 exaggerates it), got {strength!r}")
+    return float(strength)
+
+
+@dataclass
+class Unedited:
+    """The unedited reconstruction of an edit's photo, shared by every strength of that edit: the editor's E_low /
+    E_high features of the photo (kept from the edit's encode) until the tri-planes are made from them, once."""
+
+    branches: tuple[torch.Tensor, torch.Tensor] | None
+    planes: torch.Tensor | None = None
+
+
 @dataclass
 class EditResult:
     """An edited 3D portrait: tri-planes that render on demand, plus what produced them.
@@ -84,7 +105,8 @@ class EditResult:
     reference edit or the own-photo route); ``timings`` seconds per stage: 'align', 'reference' and 'encode' from the
     edit, then 'render' (every view rendered so far: strip, views, view, depth, summed), 'video' and 'mesh' (the
     latest of each) as they are made; ``warnings`` notes for the user. Views take degrees from the frontal view: positive ``yaw`` moves the camera to
-    the right of the frontal image, positive ``pitch`` moves it down.
+    the right of the frontal image, positive ``pitch`` moves it down. ``strength``: how strongly ``planes`` carry the
+    edit (see :meth:`with_strength`); ``edited_planes`` the tri-planes at strength 1 (None: ``planes`` are).
     """
 
     planes: torch.Tensor
@@ -96,8 +118,43 @@ class EditResult:
     anchor: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    strength: float = 1.0
+    edited_planes: torch.Tensor | None = field(default=None, repr=False)
 
     _renders: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (yaw, pitch, preview) -> outputs
+    _unedited: Unedited | None = field(default=None, repr=False)
+
+    @property
+    def strength_available(self) -> bool:
+        """Whether :meth:`with_strength` can go below or above 1 (the Live3D file is in the weight folder); see
+        :attr:`PortraitEditor.strength_unavailable` for why not."""
+        return self.editor.strength_unavailable is None
+
+    def with_strength(self, strength: float) -> EditResult:
+        """This edit at another ``strength`` in :data:`STRENGTH_RANGE` without encoding anything again: the tri-planes
+        are ``lerp(unedited, edited, strength)`` (see :attr:`unedited_planes`), the views are rendered anew. Strength 1
+        returns the edit's own tri-planes (bit-identical). ``MissingWeightsError`` without the Live3D file."""
+        strength = check_strength(strength)
+        edited = self.planes if self.edited_planes is None else self.edited_planes
+        planes = edited
+        if strength != 1.0:
+            unedited = self.unedited_planes
+            with torch.inference_mode():
+                planes = unedited if strength == 0.0 else torch.lerp(unedited, edited, strength)
+        timings = {stage: seconds for stage, seconds in self.timings.items() if stage not in ("render", "video", "mesh")}
+        return dataclasses.replace(self, planes=planes, strength=strength, edited_planes=edited, timings=timings,
+                                   warnings=list(self.warnings), _renders=OrderedDict())
+
+    @property
+    def unedited_planes(self) -> torch.Tensor:
+        """The unedited 3D reconstruction of the photo (1, 96, P, P): Live3D's ``Final_encoder`` on the E_low / E_high
+        features the edit's encode computed (the networks share them), made once per edit and kept."""
+        if self._unedited is None:
+            self._unedited = Unedited(None)
+        if self._unedited.planes is None:
+            self._unedited.planes = self.editor.reconstruct(self.image, self._unedited.branches)
+            self._unedited.branches = None  # no longer needed: free them
+        return self._unedited.planes
 
     @property
     def execution(self) -> str:
@@ -229,6 +286,7 @@ class PortraitEditor:
         self._text: TextReference | None = None
         self.style_lock = threading.Lock()  # held by every encode: a style applied for one call is seen by no other
         self._fingerprint: str | None = None
+        self._live3d: tuple[ReconstructionModel, bool] | None = None  # (network, shares_branches), loaded on first use
 
     @property
     def untrained(self) -> bool:
@@ -301,9 +359,52 @@ class PortraitEditor:
             self.model.to(device)
             if self._text is not None:
                 self._text.editor.to(device)
+            if self._live3d is not None:
+                self._live3d[0].to(device)
         if dtype is not None:
             self.model.encoder.to(dtype)
+            if self._live3d is not None:
+                self._live3d[0].encoder.to(dtype)
         return self
+
+    @property
+    def strength_unavailable(self) -> str | None:
+        """None when edits can be re-rendered at any strength (:meth:`EditResult.with_strength`); else why not, naming
+        the file that enables it (the UI hides its strength slider then). Looks for the file, loads nothing."""
+        folder = self.weights_folder
+        if self._live3d is not None or folder is not None and any((folder / n).is_file() for n in RECONSTRUCTION_WEIGHTS):
+            return None
+        where = f"the weight folder {folder}" if folder is not None else "a local weight folder (Hub-loaded editors have none)"
+        return (f"edit strengths other than 1 need Live3D's reconstruction network for the unedited portrait: put "
+                f"{RECONSTRUCTION_WEIGHTS[1]} (or its converted {RECONSTRUCTION_WEIGHTS[0]} + .json) in {where}")
+
+    def reconstruction(self) -> tuple[ReconstructionModel, bool]:
+        """Live3D's network on this editor's device and inference options, and whether it shares the editor's E_low /
+        E_high branches and renderer (loaded once). ``MissingWeightsError`` naming the file when it is absent."""
+        self.require_strength()
+        with self.style_lock:  # no style is applied while the branches are compared
+            if self._live3d is None:
+                live3d = ReconstructionModel.from_checkpoint(load_3dpe(resolve_reconstruction_weights(self.weights_folder)))
+                live3d.renderer.inference = self.model.inference  # one precision / fast-path setting for both
+                live3d.to(self.device).encoder.to(next(self.model.encoder.parameters()).dtype)
+                self._live3d = (live3d, live3d.shares_branches(self.model))
+        return self._live3d
+
+    def require_strength(self) -> None:
+        """Raise the ``MissingWeightsError`` of :attr:`strength_unavailable` (naming the Live3D file), if any."""
+        if self.strength_unavailable is not None:
+            raise MissingWeightsError(self.strength_unavailable, filename=RECONSTRUCTION_WEIGHTS[1],
+                                      folder=self.weights_folder)
+
+    def reconstruct(self, crop: Image.Image, branches: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The unedited 3D reconstruction (1, 96, P, P) of an aligned ``crop``: Live3D's ``Final_encoder`` on the
+        editor's ``branches`` (E_low, E_high) of it when the networks share them (as the released files do), else
+        Live3D's whole encoder on the crop."""
+        live3d, shared = self.reconstruction()
+        with torch.inference_mode():
+            if shared and branches is not None:
+                return live3d.from_branches(*branches)
+            return live3d.encode(preprocess_input(crop, self.model.config.encoder.image_size).to(self.device))
 
     @property
     def fingerprint(self) -> str:
@@ -323,16 +424,18 @@ class PortraitEditor:
         style.check_base(self.fingerprint)
         return style
 
-    def encode(self, x: torch.Tensor, ref: torch.Tensor, style: Style | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, ref: torch.Tensor, style: Style | None = None,
+               keep_branches: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The editor's tri-planes (B, 96, S/2, S/2) for inputs x (B, 3, S, S) in [-1, 1] and references ref
-        (B, 3, 224, 224) ImageNet-normalised, with ``style`` applied for this call only (restored bit-exactly after).
-        Thread-safe: every encode holds ``style_lock``."""
+        (B, 3, 224, 224) ImageNet-normalised, with ``style`` applied for this call only (restored bit-exactly after);
+        ``keep_branches``: also the E_low / E_high features (see :meth:`EditorModel.encode`). Thread-safe: every
+        encode holds ``style_lock``."""
         with self.style_lock:
             if style is None:
-                return self.model.encode(x, ref)
+                return self.model.encode(x, ref, keep_branches)
             style.check_base(self._unstyled_fingerprint())
             with applied(self.model.encoder, style):
-                return self.model.encode(x, ref)
+                return self.model.encode(x, ref, keep_branches)
 
     @property
     def text_reference(self) -> TextReference:
@@ -357,7 +460,7 @@ class PortraitEditor:
     def __call__(self, image: ImageInput, reference: ImageInput | None = None, prompt: str | None = None, *,
                  aligned: bool = False, align_reference: bool = False, anchor: int | str = 0,
                  use_own_photo: bool = False, settings: EditSettings | None = None, seed: int = 0,
-                 style: Style | None = None, cancel: CancelSignal | None = None) -> EditResult:
+                 style: Style | None = None, cancel: CancelSignal | None = None, strength: float = 1.0) -> EditResult:
         """Edit a portrait with a reference image or a text instruction (exactly one of them).
 
         image: a photo (path, bytes, array or PIL); it is detected and aligned unless ``aligned=True``.
@@ -367,9 +470,13 @@ class PortraitEditor:
         name, see ``self.anchors``) or, with ``use_own_photo=True``, to the aligned photo itself (not cached).
         style: a customised style (:meth:`load_style`) applied to the editor for this call only, with either route.
         cancel: checked between the stages and the denoising steps; raises ``threedpe.cancel.Cancelled``.
+        strength: how strongly the edit applies, in :data:`STRENGTH_RANGE` (0 = the unedited reconstruction, 1 = the
+        edit, bit-identical to leaving it out); change it later with :meth:`EditResult.with_strength`, no re-encode.
         """
         if (reference is None) == (prompt is None):
             raise ValueError("give either a reference image or a text instruction (exactly one)")
+        if check_strength(strength) != 1.0:  # before any work: fails fast
+            self.require_strength()
         if style is not None:
             style.check_base(self.fingerprint)  # before any work: fails fast
         if prompt is not None:
@@ -400,15 +507,33 @@ class PortraitEditor:
         timings["reference"] = time.perf_counter() - start
 
         check(cancel, "before encoding")
+        result = self.edit_crops([crop], ref_image, style)[0]
+        result.alignment, result.edited_2d, result.anchor = face, edited_2d, anchor_label
+        result.timings, result.warnings = {**timings, **result.timings}, notes + result.warnings
+        return result if strength == 1.0 else result.with_strength(strength)
+
+    def edit_crops(self, crops: list[Image.Image], reference: Image.Image, style: Style | None = None) -> list[EditResult]:
+        """Edit aligned crops (as :meth:`align` returns them) with one prepared ``reference`` image, encoded as one batch:
+        one :class:`EditResult` per crop at strength 1 (``timings["encode"]`` its share of the batch). The E_low / E_high
+        features are kept with each result while strengths are available, so that :meth:`EditResult.with_strength`
+        needs no second encode."""
         start = time.perf_counter()
-        x = preprocess_input(crop, self.model.config.encoder.image_size).to(self.device)
-        ref = preprocess_reference(ref_image).to(self.device)
+        size = self.model.config.encoder.image_size
+        x = torch.cat([preprocess_input(crop, size) for crop in crops]).to(self.device)
+        ref = preprocess_reference(reference).to(self.device).expand(len(crops), -1, -1, -1)
+        keep = self.strength_unavailable is None
         with torch.inference_mode():
-            planes = self.encode(x, ref, style)
+            out = self.encode(x, ref, style, keep)
+        planes, branches = (out[0], out[1:]) if keep else (out, ())
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        timings["encode"] = time.perf_counter() - start
-        if self.untrained:
-            notes.append(UNTRAINED_NOTE)
-        return EditResult(planes=planes, image=crop, reference=ref_image, editor=self, alignment=face,
-                          edited_2d=edited_2d, anchor=anchor_label, timings=timings, warnings=notes)
+        seconds = (time.perf_counter() - start) / len(crops)
+        notes = [UNTRAINED_NOTE] if self.untrained else []
+
+        def one(t: torch.Tensor, i: int) -> torch.Tensor:  # a batch of one is the batch itself (bit-identical, no copy)
+            return t if len(crops) == 1 else t[i:i + 1].clone()
+
+        return [EditResult(planes=one(planes, i), image=crop, reference=reference, editor=self,
+                           timings={"encode": seconds}, warnings=list(notes),
+                           _unedited=Unedited(tuple(one(t, i) for t in branches) if branches else None))
+                for i, crop in enumerate(crops)]

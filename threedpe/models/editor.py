@@ -146,28 +146,28 @@ class _TriplaneModel(nn.Module):
         encoder += ["compiled encoder"] if self.inference.compile else []
         return ", ".join([f"{device} {precision}", *encoder, self.renderer.describe()])
 
-    def _encode(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        """The encoder on (x, *extra) in its dtype -> float32 tri-planes. Without autograd and with ``inference.fast`` it
-        runs in ``inference.reduced_dtype`` (autocast), compiled with ``inference.compile``, and channels-last on CUDA."""
+    def _encode(self, x: torch.Tensor, *extra: torch.Tensor, **options: bool) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The encoder on (x, *extra, **options) in its dtype -> float32 tri-planes (every output tensor float32).
+        Without autograd and with ``inference.fast`` it runs in ``inference.reduced_dtype`` (autocast), compiled with
+        ``inference.compile``, and channels-last on CUDA."""
         dtype = self._encoder_dtype()
         x, extra = x.to(dtype), [t.to(dtype) for t in extra]
-        options = self.inference
-        fast = options.fast_now()
+        fast = self.inference.fast_now()
         set_grid_layout(self.encoder, fast)
         if not fast:
-            return self.encoder(x, *extra).float()
+            return _float(self.encoder(x, *extra, **options))
         if x.shape[1] == 3:  # outside a compiled encoder: the coordinates are cached per size
             x = append_pixel_coordinates(x)
         if x.device.type == "cuda":  # cuDNN's preferred layout; on the CPU channels-last measured no faster than NCHW
             x = x.contiguous(memory_format=torch.channels_last)
         forward = self.encoder.forward
-        if options.compile:
+        if self.inference.compile:
             if self._compiled is None or self._compiled[0] != forward:
                 self._compiled = (forward, torch.compile(forward))
             forward = self._compiled[1]
-        dtype = options.reduced_dtype(x.device)
+        dtype = self.inference.reduced_dtype(x.device)
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            return forward(x, *extra).float()
+            return _float(forward(x, *extra, **options))
 
     def _encoder_dtype(self) -> torch.dtype:
         return next(self.encoder.parameters()).dtype
@@ -198,9 +198,11 @@ class EditorModel(_TriplaneModel):
         load_into(model.renderer, checkpoint.renderer_state_dict, what="3DPE renderer from Live3D (renderer_state_dict)")
         return model.eval()
 
-    def encode(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, S, S) in [-1, 1], ref (B, 3, 224, 224) ImageNet-normalised -> tri-planes (B, 96, S/2, S/2)."""
-        return self._encode(x, ref)
+    def encode(self, x: torch.Tensor, ref: torch.Tensor,
+               keep_branches: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, 3, S, S) in [-1, 1], ref (B, 3, 224, 224) ImageNet-normalised -> tri-planes (B, 96, S/2, S/2);
+        ``keep_branches``: (tri-planes, E_low, E_high features (B, 128, S/4, S/4)), the same tri-planes."""
+        return self._encode(x, ref, keep_branches=True) if keep_branches else self._encode(x, ref)
 
 
 class ReconstructionModel(_TriplaneModel):
@@ -219,6 +221,28 @@ class ReconstructionModel(_TriplaneModel):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, S, S) in [-1, 1] -> tri-planes (B, 96, S/2, S/2)."""
         return self._encode(x)
+
+    def shares_branches(self, editor: EditorModel) -> bool:
+        """Whether ``editor`` holds this network's E_low / E_high branches and renderer bit for bit (3DPE trains
+        neither: the released files share them), so that :meth:`from_branches` may take the editor's features."""
+        mine, theirs = self.encoder.state_dict(), editor.encoder.state_dict()
+        same = all(torch.equal(value, theirs[key]) for key, value in mine.items() if not key.startswith("Final_encoder."))
+        renderer = editor.renderer.state_dict()
+        return same and all(torch.equal(value, renderer[key]) for key, value in self.renderer.state_dict().items())
+
+    def from_branches(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """Live3D's tri-planes (B, 96, S/2, S/2) from E_low / E_high features (B, 128, S/4, S/4) computed by an editor
+        that :meth:`shares_branches` with this network: only ``Final_encoder`` runs (on the path of :meth:`encode`)."""
+        dtype = self._encoder_dtype()
+        fast = self.inference.fast_now()
+        set_grid_layout(self.encoder, fast)
+        reduced = self.inference.reduced_dtype(low.device) if fast else None
+        with torch.autocast(low.device.type, dtype=reduced, enabled=reduced is not None):
+            return self.encoder.Final_encoder(high.to(dtype), low.to(dtype)).float()
+
+
+def _float(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    return out.float() if isinstance(out, torch.Tensor) else tuple(t.float() for t in out)
 
 
 def describe_fast_precision(device: torch.device) -> str:

@@ -526,12 +526,16 @@ class Live3DEditingEncoder(Live3DEncoder):
         super().__init__(config)
         self.Ref_encoder = EncoderRef(self.config)
 
-    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ref: torch.Tensor,
+                keep_branches: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``keep_branches``: also return the (E_low, E_high) features, from which Live3D's ``Final_encoder``
+        reconstructs the unedited portrait without running the shared branches again."""
         ref_size = self.config.mae_image_size
         if ref.ndim != 4 or tuple(ref.shape[1:]) != (3, ref_size, ref_size) or ref.shape[0] != x.shape[0]:
             raise ValueError(f"ref must be ({x.shape[0]}, 3, {ref_size}, {ref_size}), got {tuple(ref.shape)}")
         low_feature, high_feature = self.branches(x)
-        return self.Final_encoder(self.Ref_encoder(high_feature, ref), low_feature)
+        planes = self.Final_encoder(self.Ref_encoder(high_feature, ref), low_feature)
+        return (planes, low_feature, high_feature) if keep_branches else planes
 
 
 def append_pixel_coordinates(x: torch.Tensor) -> torch.Tensor:
