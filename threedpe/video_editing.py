@@ -15,12 +15,14 @@ written to a temporary file beside ``out``, the input's audio copied in, and ren
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +103,8 @@ def default_batch_size(device: torch.device) -> int:
 @dataclass(frozen=True)
 class VideoInfo:
     """A clip as ffmpeg reads it: ``size`` (width, height) after rotation, ``fps`` nominal rate, ``seconds``,
-    ``frames`` (estimated from both), ``audio`` codec name or None, ``rotation`` degrees from the metadata."""
+    ``frames`` (estimated from both), ``audio`` codec name or None, ``rotated`` whether rotation metadata turned the
+    stored frames (ffmpeg applies it: frames come in display orientation)."""
 
     path: Path
     size: tuple[int, int]
@@ -109,15 +112,28 @@ class VideoInfo:
     seconds: float
     frames: int
     audio: str | None
-    rotation: int
+    rotated: bool
+
+
+@contextmanager
+def _quiet_imageio() -> Iterator[None]:
+    """imageio-ffmpeg logs a warning for every rotated clip (stored and display sizes differ): expected here."""
+    logger = logging.getLogger("imageio_ffmpeg")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _ffmpeg_meta(path: Path) -> dict:
     reader = imageio_ffmpeg.read_frames(str(path))
     try:
-        return next(reader)
+        with _quiet_imageio():
+            return next(reader)
     except (OSError, RuntimeError, StopIteration, IndexError, ValueError, KeyError, AttributeError):
-        raise VideoError(f"{path.name} is not a video ffmpeg can read") from None
+        raise VideoError(f"{path.name} is not a video ffmpeg can read (no video stream found in it)") from None
     finally:
         reader.close()
 
@@ -138,7 +154,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         raise VideoError(f"{path.name} does not state a frame rate ffmpeg can read")
     return VideoInfo(path=path, size=(int(width), int(height)), fps=fps, seconds=seconds,
                      frames=max(1, round(seconds * fps)), audio=meta.get("audio_codec"),
-                     rotation=int(meta.get("rotate", 0)))
+                     rotated=tuple(meta.get("source_size", (width, height))) != (width, height))
 
 
 def read_frames(info: VideoInfo, seconds: float | None = None) -> Iterator[np.ndarray]:
@@ -147,7 +163,8 @@ def read_frames(info: VideoInfo, seconds: float | None = None) -> Iterator[np.nd
     output = ["-r", f"{info.fps:.6g}"] + (["-t", f"{seconds:.6g}"] if seconds is not None else [])
     reader = imageio_ffmpeg.read_frames(str(info.path), output_params=output)
     try:
-        meta = next(reader)
+        with _quiet_imageio():
+            meta = next(reader)
         width, height = meta["size"]
         for data in reader:
             yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
