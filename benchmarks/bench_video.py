@@ -95,7 +95,8 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.lower().split("x"))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     header = (f"threedpe video benchmark: torch {torch.__version__}, CPU {cpu_name()}, {torch.get_num_threads()} "
-              f"threads, {gpu}; a {size[0]}x{size[1]} clip of {frames} frames at 24 fps per row, 512^2 crops and renders")
+              f"threads, {gpu}; a {size[0]}x{size[1]} clip of {frames} frames at 24 fps per row, 512^2 crops and "
+              "renders")
     print(header, flush=True)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []

@@ -1,4 +1,4 @@
-"""Video editing on the tiny weights: a clip made here from the shipped photo (sway, zoom, blank frames, a sine tone)."""
+"""Video editing on the tiny weights, on a clip made here from the shipped photo (sway, zoom, blank frames, a tone)."""
 from __future__ import annotations
 
 import math

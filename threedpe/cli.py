@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "pose) and write an mp4 with the clip's frame rate and audio. Ctrl-C stops and writes nothing. "
                     "The last line printed is `frames=<n> seconds=<s> fps=<processing fps> no_face=<frames left "
                     "unedited> flicker=<output change / input change on the face>`.")
-    video.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)")
+    video.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                       help="weight folder (default: $THREEDPE_WEIGHTS or checkpoints/)")
     video.add_argument("--input", required=True, help="the clip (any container/codec ffmpeg reads)")
     source = video.add_mutually_exclusive_group(required=True)
     source.add_argument("--reference", help="reference image whose style is applied")

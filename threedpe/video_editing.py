@@ -222,23 +222,30 @@ def paste_back(frame: torch.Tensor, render: torch.Tensor, track: Track, feather:
 
 class Flicker:
     """Mean absolute frame-to-frame change of the output over that of the input, on the face region (the crop
-    window of the later frame), summed over consecutive edited frames: 1 means the edit adds no flicker."""
+    window of the later frame, the same pixels in both frames), summed over consecutive edited frames: 1 means the
+    edit adds no flicker of its own."""
 
     def __init__(self) -> None:
         self.output_change = self.input_change = 0.0
         self.pairs = 0
         self._previous: tuple[np.ndarray, np.ndarray] | None = None
 
-    def add(self, source: np.ndarray | None, output: np.ndarray | None) -> None:
-        """The face regions (same shape) of the next frame's input and output, None for a frame without an edit."""
+    def add(self, source: np.ndarray | None, output: np.ndarray | None, region: tuple[int, int, int, int] | None = None
+            ) -> None:
+        """The next frame's input and output (same shape, uint8) and its face region (top, bottom, left, right; None:
+        all of it); None for a frame without an edit."""
         if source is None or output is None:
             self._previous = None
             return
         if self._previous is not None and self._previous[0].shape == source.shape:
-            self.input_change += float(np.abs(source.astype(np.float32) - self._previous[0]).mean())
-            self.output_change += float(np.abs(output.astype(np.float32) - self._previous[1]).mean())
-            self.pairs += 1
-        self._previous = (source.astype(np.float32), output.astype(np.float32))
+            top, bottom, left, right = region or (0, source.shape[0], 0, source.shape[1])
+            window = np.s_[top:bottom, left:right]
+            if bottom > top and right > left:
+                before_source, before_output = self._previous
+                self.input_change += float(np.abs(source[window].astype(np.float32) - before_source[window]).mean())
+                self.output_change += float(np.abs(output[window].astype(np.float32) - before_output[window]).mean())
+                self.pairs += 1
+        self._previous = (source, output)
 
     @property
     def value(self) -> float:
@@ -293,7 +300,7 @@ class FrameEditor:
         tracks: list[Track | None] = []
         crops: list[Image.Image] = []
         size = self.editor.model.config.encoder.image_size
-        for index, frame in enumerate(frames):
+        for frame in frames:
             check(cancel, f"at frame {self.tracker.frame_index + 2}")
             track = self.tracker.update(frame)
             start = self._timed("track", start)
@@ -333,7 +340,7 @@ class FrameEditor:
             torch.cuda.synchronize(self.editor.device)
 
     def _average_planes(self, planes: torch.Tensor, tracks: list[Track | None]) -> torch.Tensor:
-        """The tri-planes averaged with the previous frames' (EMA); the average restarts after a frame without a face."""
+        """The tri-planes averaged with the previous frames' (EMA), restarting after a frame without a face."""
         weight = SMOOTHING[self.settings.smooth]
         out, index = [], 0
         for track in tracks:
@@ -364,7 +371,7 @@ class FrameEditor:
             canvas = torch.tensor(frame, device=render.device).permute(2, 0, 1).float() / 255
             canvas, (top, bottom, left, right) = paste_back(canvas, render, track, self.settings.feather)
             output = (canvas * 255).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-            self.flicker.add(frame[top:bottom, left:right], output[top:bottom, left:right])
+            self.flicker.add(frame, output, (top, bottom, left, right))
             status = "held" if track.held else "edited"
         self.counts[status] += 1
         if self.settings.side_by_side:
@@ -377,7 +384,8 @@ def _centre_square(frame: np.ndarray, side: int) -> np.ndarray:
     height, width = frame.shape[:2]
     s = min(height, width)
     top, left = (height - s) // 2, (width - s) // 2
-    return np.asarray(Image.fromarray(frame[top:top + s, left:left + s]).resize((side, side), Image.Resampling.BILINEAR))
+    square = Image.fromarray(frame[top:top + s, left:left + s])
+    return np.asarray(square.resize((side, side), Image.Resampling.BILINEAR))
 
 
 def _fit_height(frame: np.ndarray, height: int) -> np.ndarray:
