@@ -194,30 +194,32 @@ def feathered_mask(u: torch.Tensor, v: torch.Tensor, feather: float) -> torch.Te
     return t * t * (3 - 2 * t)
 
 
-def paste_back(frame: torch.Tensor, render: torch.Tensor, track: Track, feather: float) -> tuple[torch.Tensor, tuple]:
-    """The render (3, S, S) in [-1, 1] of a crop put back into ``frame`` (3, H, W) in [0, 1] (changed in place) through
-    the inverse of the crop (bilinear, antialiased when it shrinks), blended by :func:`feathered_mask`. Returns the
-    frame and the (top, bottom, left, right) region that changed."""
-    height, width = frame.shape[1:]
+def paste_back(frame: np.ndarray, render: torch.Tensor, track: Track, feather: float) -> tuple[np.ndarray, tuple]:
+    """The render (3, S, S) in [-1, 1] of the crop of ``track`` put back into a copy of ``frame`` (H, W, 3) uint8
+    through the inverse of the crop (bilinear, antialiased when it shrinks), blended by :func:`feathered_mask`; only the crop
+    window's pixels go to the render's device. Returns the new frame and the (top, bottom, left, right) region."""
+    height, width = frame.shape[:2]
     x0, y0, side_x, side_y = crop_window(track.params)
     left, top = max(0, math.floor(x0)), max(0, math.floor(y0))
     right, bottom = min(width, math.ceil(x0 + side_x)), min(height, math.ceil(y0 + side_y))
     if right <= left or bottom <= top:
-        return frame, (0, 0, 0, 0)
+        return frame.copy(), (0, 0, 0, 0)
     target = max(2, round(min(side_x, side_y)))
     if target < render.shape[-1]:
         render = F.interpolate(render[None], size=(target, target), mode="bilinear", antialias=True,
                                align_corners=False)[0]
-    xs = torch.arange(left, right, device=frame.device, dtype=torch.float32)
-    ys = torch.arange(top, bottom, device=frame.device, dtype=torch.float32)
+    xs = torch.arange(left, right, device=render.device, dtype=torch.float32)
+    ys = torch.arange(top, bottom, device=render.device, dtype=torch.float32)
     u = ((xs + 0.5 - x0) / side_x * 2 - 1)[None, :].expand(len(ys), -1)
     v = ((ys + 0.5 - y0) / side_y * 2 - 1)[:, None].expand(-1, len(xs))
     grid = torch.stack([u, v], dim=-1)[None]
     pasted = F.grid_sample(render[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
     mask = feathered_mask(u, v, feather)[None]
-    region = frame[:, top:bottom, left:right]
-    region.mul_(1 - mask).add_(mask * (pasted.clamp(-1, 1) + 1) / 2)
-    return frame, (top, bottom, left, right)
+    region = torch.tensor(frame[top:bottom, left:right], device=render.device).permute(2, 0, 1).float()
+    blended = region * (1 - mask) + mask * (pasted.clamp(-1, 1) + 1) * 127.5
+    output = frame.copy()
+    output[top:bottom, left:right] = blended.round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    return output, (top, bottom, left, right)
 
 
 class Flicker:
@@ -368,9 +370,7 @@ class FrameEditor:
             self.flicker.add(np.asarray(crop.resize(output.shape[1::-1], Image.Resampling.BILINEAR)), output)
             status = "held" if track.held else "edited"
         else:
-            canvas = torch.tensor(frame, device=render.device).permute(2, 0, 1).float() / 255
-            canvas, (top, bottom, left, right) = paste_back(canvas, render, track, self.settings.feather)
-            output = (canvas * 255).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+            output, (top, bottom, left, right) = paste_back(frame, render, track, self.settings.feather)
             self.flicker.add(frame, output, (top, bottom, left, right))
             status = "held" if track.held else "edited"
         self.counts[status] += 1
