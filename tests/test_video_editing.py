@@ -12,15 +12,17 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from threedpe.alignment import LM3D_STD
+from threedpe.alignment import LM3D_STD, crop_aligned
 from threedpe.cancel import Cancelled
 from threedpe.cli import main
 from threedpe.pipeline import PortraitEditor
 from threedpe.tracking import FaceTracker, OneEuroFilter, OneEuroParams, TrackerSettings, crop_window, head_pose
 from threedpe.video import write_mp4
-from threedpe.video_editing import FrameEditor, VideoError, VideoSettings, edit_video, probe_video, read_frames
+from threedpe.video_editing import (FrameEditor, VideoError, VideoSettings, edit_video, paste_back, probe_video,
+                                    read_frames)
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "astronaut.jpg"
@@ -119,6 +121,25 @@ def test_smoothing_lowers_the_crop_jitter(clip):
 
     raw, smoothed = jitter(TrackerSettings(smoothing=None, pose_smoothing=None)), jitter(TrackerSettings())
     assert smoothed < 0.6 * raw, (smoothed, raw)
+
+
+def test_paste_back_inverts_the_crop():
+    frame = sway_frames(1, blank=())[0]
+    track = FaceTracker(TRACKER).update(frame)
+    crop = np.asarray(crop_aligned(Image.fromarray(frame), track.params, max_full_resize_pixels=0), dtype=np.float32)
+    render = torch.from_numpy(crop).permute(2, 0, 1) / 127.5 - 1  # a "render" that is the crop itself
+    pasted, (top, bottom, left, right) = paste_back(frame, render, track, feather=0.2)
+    x0, y0, side, _ = crop_window(track.params)
+    assert (left, top) == (max(0, int(x0)), max(0, int(y0))) and right - left <= math.ceil(side) + 1
+    y, x, n = int(y0 + 0.2 * side), int(x0 + 0.2 * side), int(0.6 * side)
+
+    def error(dy: int, dx: int) -> float:  # the inner face region against the frame moved by (dy, dx)
+        moved = frame[y + dy:y + dy + n, x + dx:x + dx + n]
+        return float(np.abs(pasted[y:y + n, x:x + n].astype(np.float32) - moved).mean())
+
+    # the same pixels, resampled twice (about a 0.7-pixel blur): a one-pixel misalignment would be twice the error
+    assert error(0, 0) < 5 and error(0, 0) < 0.5 * min(error(0, 1), error(0, -1), error(1, 0), error(-1, 0))
+    assert np.array_equal(pasted[bottom:], frame[bottom:]) and np.array_equal(pasted[:, right:], frame[:, right:])
 
 
 def test_head_pose_follows_a_turn_of_the_template():
