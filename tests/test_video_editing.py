@@ -233,7 +233,7 @@ def bad_clips(tmp_path_factory) -> dict[str, Path]:
     ("missing", [], "no video file at"),
     ("audio_only", [], "not a video ffmpeg can read (no video stream"),
     ("blank", [], "no face found in any of the 4 frames of blank.mp4"),
-    ("sway", ["--max-seconds", "0.2"], "above --max-seconds 0.2"),
+    ("sway", ["--max-seconds", "0.2"], "above the limit of 0.2 s: cut it shorter, or edit only its first 0.2 s"),
 ])
 def test_bad_clips_get_one_clear_line(tiny_weights, bad_clips, clip, tmp_path, capsys, name, extra, message):
     source = clip if name == "sway" else bad_clips.get(name, tmp_path / "missing.mp4")

@@ -161,7 +161,7 @@ def _edit_video(args: argparse.Namespace) -> None:
     from threedpe.cancel import stop_on_signals
     from threedpe.diffusion import EditSettings, normalise_instruction
     from threedpe.pipeline import PortraitEditor, resolve_device
-    from threedpe.video_editing import VideoError, VideoSettings, edit_video, probe_video
+    from threedpe.video_editing import VideoError, VideoSettings, edit_video, probe_video, seconds_to_edit
 
     # Everything that can be checked without loading a model is checked first.
     prompt = normalise_instruction(args.prompt) if args.prompt is not None else None
@@ -175,9 +175,7 @@ def _edit_video(args: argparse.Namespace) -> None:
                                  smooth=args.smooth, max_seconds=args.max_seconds, trim=args.trim,
                                  batch_size=args.batch_size, preview=args.preview)
         info = probe_video(args.input)
-        if settings.max_seconds is not None and info.seconds > settings.max_seconds and not settings.trim:
-            raise VideoError(f"the clip is {info.seconds:.1f} s long, above --max-seconds {settings.max_seconds:g}; "
-                             "trim it first, or pass --trim to edit its beginning")
+        seconds_to_edit(info, settings)  # a clip too long is refused before any model loads
         device = resolve_device(args.device)
         editor = PortraitEditor.from_pretrained(args.weights, device=device, precision=args.precision)
         style = editor.load_style(args.style) if args.style is not None else None

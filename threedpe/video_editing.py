@@ -196,8 +196,9 @@ def feathered_mask(u: torch.Tensor, v: torch.Tensor, feather: float) -> torch.Te
 
 def paste_back(frame: np.ndarray, render: torch.Tensor, track: Track, feather: float) -> tuple[np.ndarray, tuple]:
     """The render (3, S, S) in [-1, 1] of the crop of ``track`` put back into a copy of ``frame`` (H, W, 3) uint8
-    through the inverse of the crop (bilinear, antialiased when it shrinks), blended by :func:`feathered_mask`; only the crop
-    window's pixels go to the render's device. Returns the new frame and the (top, bottom, left, right) region."""
+    through the inverse of the crop (bilinear, antialiased when it shrinks), blended by :func:`feathered_mask`; only
+    the crop window's pixels go to the render's device. Returns the new frame and the (top, bottom, left, right)
+    region."""
     height, width = frame.shape[:2]
     x0, y0, side_x, side_y = crop_window(track.params)
     left, top = max(0, math.floor(x0)), max(0, math.floor(y0))
@@ -442,6 +443,18 @@ def _add_audio(video: Path, source: Path, out: Path) -> None:
     raise VideoError(f"could not copy the audio of {source.name} into the edited video")
 
 
+def seconds_to_edit(info: VideoInfo, settings: VideoSettings) -> tuple[float | None, list[str]]:
+    """How much of the clip is edited (None: all of it) and a note when it is trimmed; ``VideoError`` for a clip longer
+    than ``settings.max_seconds`` without ``settings.trim``."""
+    if settings.max_seconds is None or info.seconds <= settings.max_seconds:
+        return None, []
+    if not settings.trim:
+        raise VideoError(f"the clip is {info.seconds:.1f} s long, above the limit of {settings.max_seconds:g} s: "
+                         f"cut it shorter, or edit only its first {settings.max_seconds:g} s (--trim)")
+    return settings.max_seconds, [f"The clip is {info.seconds:.1f} s long: only its first "
+                                  f"{settings.max_seconds:g} s were edited."]
+
+
 def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.PathLike,
                reference: ImageInput | None = None, prompt: str | None = None, *, style: Style | None = None,
                settings: VideoSettings = VideoSettings(), align_reference: bool = False, anchor: int | str = 0,
@@ -455,14 +468,7 @@ def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.P
     begin = time.perf_counter()
     out = Path(out)
     info = probe_video(video)
-    notes = []
-    seconds = None
-    if settings.max_seconds is not None and info.seconds > settings.max_seconds:
-        if not settings.trim:
-            raise VideoError(f"the clip is {info.seconds:.1f} s long, above the limit of {settings.max_seconds:g} s; "
-                             "trim it first")
-        seconds = settings.max_seconds
-        notes.append(f"The clip is {info.seconds:.1f} s long: only its first {seconds:g} s were edited.")
+    seconds, notes = seconds_to_edit(info, settings)
     frame_editor, reference_notes = FrameEditor.prepare(
         editor, reference, prompt, style=style, align_reference=align_reference, anchor=anchor,
         edit_settings=edit_settings, seed=seed, settings=settings, fps=info.fps, cancel=cancel)
