@@ -34,7 +34,7 @@ from PIL import Image
 
 from threedpe import cameras
 from threedpe.alignment import crop_aligned
-from threedpe.cancel import CancelSignal, check
+from threedpe.cancel import CancelSignal, Cancelled, check
 from threedpe.diffusion import EditSettings
 from threedpe.images import ImageInput
 from threedpe.models.encoder import preprocess_input, preprocess_reference
@@ -500,6 +500,8 @@ def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.P
     try:
         try:
             silent = write_mp4(outputs(), work / "video.mp4", fps=info.fps)
+        except Cancelled as error:
+            raise Cancelled(f"{error}: nothing was written") from None
         except ValueError as error:
             if "without frames" in str(error):
                 raise VideoError(f"{info.path.name} has no frames") from None
