@@ -457,21 +457,28 @@ class AlignParams:
         return ((points + 0.5) * zoom - offset) * (self.output_size / side) - 0.5
 
 
+def fit_template(landmarks: np.ndarray, height: int) -> np.ndarray:
+    """Least-squares weak-perspective fit of ``LM3D_STD`` to 5 landmarks (5, 2) (x, y) of an image ``height`` pixels
+    high: k (8,) with x = k[0:3]·X + k[3] and y_up = k[4:7]·X + k[7] (y flipped up, as EG3D: float32 flip, float64
+    solve). k[0:3] and k[4:7] are the scaled first two rows of the head's rotation."""
+    lm = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)
+    x, y_up = lm[:, 0].astype(np.float64), (np.float32(height - 1) - lm[:, 1]).astype(np.float64)
+    template = LM3D_STD.astype(np.float64)
+    design = np.zeros((10, 8))
+    design[0::2, 0:3], design[0::2, 3] = template, 1.0
+    design[1::2, 4:7], design[1::2, 7] = template, 1.0
+    target = np.stack([x, y_up], axis=1).reshape(-1)
+    return np.linalg.lstsq(design, target, rcond=None)[0]
+
+
 def align_params(landmarks: np.ndarray, size: tuple[int, int], config: AlignConfig = AlignConfig()) -> AlignParams:
     """EG3D crop geometry for 5 landmarks (5, 2) (x, y) in an image of ``size`` (w0, h0).
 
     As in EG3D the landmarks are taken as float32 and flipped to y-up in float32; the least squares
     and everything after run in float64.
     """
-    lm = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)
     w0, h0 = size
-    x, y_up = lm[:, 0].astype(np.float64), (np.float32(h0 - 1) - lm[:, 1]).astype(np.float64)
-    template = LM3D_STD.astype(np.float64)
-    design = np.zeros((10, 8))
-    design[0::2, 0:3], design[0::2, 3] = template, 1.0
-    design[1::2, 4:7], design[1::2, 7] = template, 1.0
-    target = np.stack([x, y_up], axis=1).reshape(-1)
-    k = np.linalg.lstsq(design, target, rcond=None)[0]
+    k = fit_template(landmarks, h0)
     scale_raw = (np.linalg.norm(k[0:3]) + np.linalg.norm(k[4:7])) / 2
     tx, ty = float(k[3]), float(k[7])
     s = config.rescale_factor / scale_raw

@@ -1,4 +1,5 @@
-"""Command line: ``python -m threedpe {edit,batch,customize,render,convert,tiny-weights,download,doctor,push-weights} ...``.
+"""Command line: ``python -m threedpe {edit,edit-video,batch,customize,render,convert,tiny-weights,download,doctor,
+push-weights} ...``.
 
 A user error (missing weights, unreadable photo, no face, bad prompt or argument, an unavailable device) ends with
 a one-line message and exit status 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
@@ -149,6 +150,53 @@ def _customize(args: argparse.Namespace) -> None:
           f"held_out_loss_end={losses['held_out_end']:.4f} style={out} bytes={out.stat().st_size}")
 
 
+def _edit_video(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from threedpe.cancel import stop_on_signals
+    from threedpe.devices import resolve_device
+    from threedpe.diffusion import normalise_instruction
+    from threedpe.pipeline import PortraitEditor
+    from threedpe.video_editing import VideoError, VideoSettings, edit_video, probe_video, seconds_to_edit
+
+    # Everything that can be checked without loading a model is checked first.
+    prompt = normalise_instruction(args.prompt) if args.prompt is not None else None
+    for label, path in (("reference", args.reference), ("style", args.style)):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"the {label} {path} does not exist")
+    if Path(args.out).suffix.lower() != ".mp4":
+        raise UsageError(f"--out must name an .mp4 file, got {args.out}")
+    try:
+        settings = VideoSettings(view=args.view, yaw=args.yaw, pitch=args.pitch, side_by_side=args.side_by_side,
+                                 smooth=args.smooth, max_seconds=args.max_seconds, trim=args.trim,
+                                 batch_size=args.batch_size, preview=args.preview)
+        info = probe_video(args.input)
+        seconds_to_edit(info, settings)  # a clip too long is refused before any model loads
+        device = resolve_device(args.device)
+        editor = PortraitEditor.from_pretrained(args.weights, device=device, precision=args.precision)
+        style = editor.load_style(args.style) if args.style is not None else None
+        print(f"{info.path.name}: {info.size[0]}x{info.size[1]}, {info.fps:g} fps, {info.seconds:.1f} s, "
+              f"{'audio ' + info.audio if info.audio else 'no audio'}")
+        with tqdm(total=info.frames, desc="edit video", unit="frame") as bar, stop_on_signals(signal.SIGINT) as stop:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result = edit_video(editor, args.input, args.out, reference=args.reference, prompt=prompt, style=style,
+                                settings=settings, align_reference=args.align_reference,
+                                anchor=int(args.anchor) if args.anchor.isdigit() else args.anchor,
+                                edit_settings=edit_settings(args), seed=args.seed, cancel=stop,
+                                progress=progress)
+    except VideoError as error:
+        raise UsageError(str(error)) from None
+    for note in result.warnings:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {result.path}")
+    print("per frame: " + ", ".join(f"{stage} {1000 * seconds / max(result.frames, 1):.1f} ms"
+                                    for stage, seconds in result.timings.items()))
+    print(result.summary())
+
+
 def _eg3d_weights(path: str) -> Path:
     """An EG3D weight file given directly, or found in a folder (converted first)."""
     from threedpe.weights import EG3D_WEIGHTS, resolve_first
@@ -261,6 +309,78 @@ def _push_weights(args: argparse.Namespace) -> None:
     print(f"THREEDPE_HUB_REVISION={commit}")
 
 
+def _add_edit_video_command(commands: argparse._SubParsersAction) -> None:
+    """The `edit-video` command's parser."""
+    video = commands.add_parser(
+        "edit-video", help="edit a portrait video frame by frame with a reference image or a text instruction",
+        description="Edit every frame of a portrait clip (the face tracked, the edit pasted back or shown at a fixed "
+                    "pose) and write an mp4 with the clip's frame rate and audio. Ctrl-C stops and writes nothing. "
+                    "The last line printed is `frames=<n> seconds=<s> fps=<processing fps> no_face=<frames left "
+                    "unedited> flicker=<output change / input change on the face>`.")
+    video.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
+    video.add_argument("--input", required=True, help="the clip (any container/codec ffmpeg reads)")
+    source = video.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reference", help="reference image whose style is applied")
+    source.add_argument("--prompt", help="InstructPix2Pix instruction, applied to an anchor portrait once for the clip")
+    video.add_argument("--style", help="a style file made by `customize`")
+    video.add_argument("--out", required=True, help="output .mp4 file")
+    video.add_argument("--view", choices=("source", "fixed"), default="source",
+                       help="source: each frame's own head pose, pasted into the frame (default); fixed: the head at "
+                            "--yaw/--pitch, stabilised")
+    video.add_argument("--yaw", type=float, default=0.0, help="--view fixed: degrees from the frontal view")
+    video.add_argument("--pitch", type=float, default=0.0, help="--view fixed: degrees from the frontal view")
+    video.add_argument("--side-by-side", action="store_true", help="write input | output")
+    video.add_argument("--smooth", choices=("off", "low", "high"), default="low",
+                       help="tri-plane averaging across frames against flicker (default low)")
+    video.add_argument("--max-seconds", type=float, default=None, help="refuse longer clips (default: no limit)")
+    video.add_argument("--trim", action="store_true", help="with --max-seconds: edit the beginning of a longer clip")
+    video.add_argument("--batch-size", type=int, default=None,
+                       help="frames per encode/render batch (default: 8 on a large GPU, 4 on a small one, 1 on a CPU)")
+    video.add_argument("--preview", action="store_true", help="draft renders (faster, blurrier)")
+    video.add_argument("--align-reference", action="store_true", help="the reference is a raw photo: align its face")
+    video.add_argument("--anchor", default="0", help="anchor portrait a --prompt is applied to: index or name")
+    add_edit_arguments(video)
+    video.add_argument("--seed", type=int, default=0)
+    video.add_argument("--device", default="auto", help=DEVICE_HELP)
+    video.add_argument("--precision", choices=PRECISIONS, default="exact", help=PRECISION_HELP)
+    video.set_defaults(run=_edit_video)
+
+
+def _add_weight_commands(commands: argparse._SubParsersAction) -> None:
+    """The parsers of the commands about weight files: convert, tiny-weights, download, doctor, push-weights."""
+    conv = commands.add_parser("convert", help="convert a released weight file to safetensors + JSON")
+    conv.add_argument("source", help=".pkl / .pth / .pt file")
+    conv.add_argument("destination", nargs="?", help="folder or target name (default: next to the source)")
+    conv.set_defaults(run=_convert)
+
+    tiny = commands.add_parser("tiny-weights", help="write a small random (untrained) weight set for trying things out")
+    tiny.add_argument("folder")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_tiny)
+
+    fetch = commands.add_parser("download", help="download the real weights from their official sources, verified and "
+                                                 "converted to safetensors")
+    fetch.add_argument("--to", default=str(default_folder()), help=WEIGHTS_HELP)
+    fetch.add_argument("--only", nargs="+", metavar="GROUP",
+                       help="only these groups: editor, eg3d, live3d, text, lpips (default: all)")
+    fetch.add_argument("--dry-run", action="store_true", help="print every file, its source and licence; fetch nothing")
+    fetch.add_argument("--accept-licences", action="store_true",
+                       help="accept the weights' licences without the prompt (for scripts; they are non-commercial)")
+    fetch.set_defaults(run=_download)
+
+    doctor = commands.add_parser("doctor", help="versions, weights, text model, folders and disk: what to check first")
+    doctor.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
+    doctor.set_defaults(run=_doctor)
+
+    publish = commands.add_parser("push-weights", help="upload the converted weights and a model card to a Hub model "
+                                                       "repository, for a Space")
+    publish.add_argument("--repo", required=True, help="Hub model repository, <user>/<name> (created if absent)")
+    publish.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
+    publish.add_argument("--private", action="store_true", help="create the repository private")
+    publish.add_argument("--dry-run", action="store_true", help="list what would be uploaded and show nothing else")
+    publish.set_defaults(run=_push_weights)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m threedpe", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -336,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     custom.add_argument("--device", default="auto", help=DEVICE_HELP)
     custom.set_defaults(run=_customize)
 
+    _add_edit_video_command(commands)
+
     render = commands.add_parser("render", help="render random heads of an EG3D generator")
     render.add_argument("--weights", default=str(default_folder()), help="EG3D file, or a folder holding one")
     render.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -348,37 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--precision", choices=PRECISIONS, default="exact", help=PRECISION_HELP)
     render.set_defaults(run=_render)
 
-    conv = commands.add_parser("convert", help="convert a released weight file to safetensors + JSON")
-    conv.add_argument("source", help=".pkl / .pth / .pt file")
-    conv.add_argument("destination", nargs="?", help="folder or target name (default: next to the source)")
-    conv.set_defaults(run=_convert)
-
-    tiny = commands.add_parser("tiny-weights", help="write a small random (untrained) weight set for trying things out")
-    tiny.add_argument("folder")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(run=_tiny)
-
-    fetch = commands.add_parser("download", help="download the real weights from their official sources, verified and "
-                                                 "converted to safetensors")
-    fetch.add_argument("--to", default=str(default_folder()), help=WEIGHTS_HELP)
-    fetch.add_argument("--only", nargs="+", metavar="GROUP",
-                       help="only these groups: editor, eg3d, live3d, text, lpips (default: all)")
-    fetch.add_argument("--dry-run", action="store_true", help="print every file, its source and licence; fetch nothing")
-    fetch.add_argument("--accept-licences", action="store_true",
-                       help="accept the weights' licences without the prompt (for scripts; they are non-commercial)")
-    fetch.set_defaults(run=_download)
-
-    doctor = commands.add_parser("doctor", help="versions, weights, text model, folders and disk: what to check first")
-    doctor.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
-    doctor.set_defaults(run=_doctor)
-
-    publish = commands.add_parser("push-weights", help="upload the converted weights and a model card to a Hub model "
-                                                       "repository, for a Space")
-    publish.add_argument("--repo", required=True, help="Hub model repository, <user>/<name> (created if absent)")
-    publish.add_argument("--weights", default=str(default_folder()), help=WEIGHTS_HELP)
-    publish.add_argument("--private", action="store_true", help="create the repository private")
-    publish.add_argument("--dry-run", action="store_true", help="list what would be uploaded and show nothing else")
-    publish.set_defaults(run=_push_weights)
+    _add_weight_commands(commands)
     return parser
 
 

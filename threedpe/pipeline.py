@@ -457,6 +457,28 @@ class PortraitEditor:
         face = align_face(image)
         return face.image, face, list(face.warnings)
 
+    def reference_image(self, reference: ImageInput | None, prompt: str | None, *, align_reference: bool = False,
+                        anchor_index: int | None = None, own_crop: Image.Image | None = None,
+                        settings: EditSettings | None = None, seed: int = 0, cancel: CancelSignal | None = None,
+                        ) -> tuple[Image.Image, Image.Image | None, str | None, list[str]]:
+        """The image the editor takes as its reference: (image, InstructPix2Pix output or None, anchor label or None,
+        notes). A ``reference`` is loaded (aligned first with ``align_reference``); a checked ``prompt`` is applied to
+        the anchor ``anchor_index`` (cached) or, with ``anchor_index=None``, to ``own_crop``."""
+        if prompt is None:
+            if align_reference:
+                ref_image, note = align_reference_photo(reference)
+                notes = [note]
+            else:
+                ref_image, notes = load_image(reference), []
+            notes += [note for note in (frames_note(ref_image),) if note] + reference_notes(ref_image)
+            return ref_image, None, None, notes
+        settings = settings or EditSettings()
+        if anchor_index is None:
+            edited = self.text_reference.edit_photo(own_crop, prompt, settings, seed=seed, cancel=cancel)
+            return edited, edited, None, []
+        edited = self.text_reference.reference(prompt, settings, anchor_index, seed, cancel=cancel).image
+        return edited, edited, self.anchors[anchor_index].label, []
+
     def __call__(self, image: ImageInput, reference: ImageInput | None = None, prompt: str | None = None, *,
                  aligned: bool = False, align_reference: bool = False, anchor: int | str = 0,
                  use_own_photo: bool = False, settings: EditSettings | None = None, seed: int = 0,
@@ -483,6 +505,8 @@ class PortraitEditor:
             prompt = self.text_reference.editor.check_instruction(prompt)  # before any work: fails fast
             settings = settings or EditSettings()
             anchor_index = None if use_own_photo else self.text_reference.anchor_index(anchor)
+        else:
+            anchor_index = None
         timings: dict[str, float] = {}
         start = time.perf_counter()
         crop, face, notes = self.align(image, aligned)
@@ -490,20 +514,10 @@ class PortraitEditor:
 
         check(cancel, "before the reference")
         start = time.perf_counter()
-        edited_2d, anchor_label = None, None
-        if prompt is None:
-            if align_reference:
-                ref_image, note = align_reference_photo(reference)
-                notes.append(note)
-            else:
-                ref_image = load_image(reference)
-            notes += [note for note in (frames_note(ref_image),) if note] + reference_notes(ref_image)
-        elif use_own_photo:
-            ref_image = edited_2d = self.text_reference.edit_photo(crop, prompt, settings, seed=seed, cancel=cancel)
-        else:
-            ref_image = edited_2d = self.text_reference.reference(prompt, settings, anchor_index, seed,
-                                                                  cancel=cancel).image
-            anchor_label = self.anchors[anchor_index].label
+        ref_image, edited_2d, anchor_label, ref_notes = self.reference_image(
+            reference, prompt, align_reference=align_reference, anchor_index=anchor_index, own_crop=crop,
+            settings=settings, seed=seed, cancel=cancel)
+        notes += ref_notes
         timings["reference"] = time.perf_counter() - start
 
         check(cancel, "before encoding")

@@ -1,0 +1,525 @@
+"""Editing a portrait video frame by frame: the reference prepared once, the face tracked, the edit pasted back.
+
+    editor = PortraitEditor.from_pretrained("checkpoints").to("auto")
+    result = edit_video(editor, "clip.mp4", "edited.mp4", reference="statue.png", settings=VideoSettings(view="source"))
+    print(result.summary())   # frames=… seconds=… fps=… no_face=… flicker=…
+
+Frames are decoded by ffmpeg (the imageio-ffmpeg binary; any container/codec it reads, rotation metadata applied,
+a variable frame rate made constant at the clip's nominal rate), tracked (:class:`threedpe.tracking.FaceTracker`),
+cropped like a photo (the EG3D crop of the smoothed landmarks), encoded with the one reference in batches, and
+rendered either at the frame's own head pose and pasted back through the inverse of the crop with a feathered mask
+(``view="source"``: the edited person in the original video) or at one chosen pose (``view="fixed"``: a stabilised
+head). The tri-planes can be averaged across frames (an exponential moving average, ``smooth``) against flicker.
+Frames without a face keep the last track for a few frames, then pass through unedited and are counted. The video is
+written to a temporary file beside ``out``, the input's audio copied in, and renamed to ``out`` only when complete.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from threedpe import cameras
+from threedpe.alignment import crop_aligned
+from threedpe.cancel import CancelSignal, Cancelled, check
+from threedpe.edit_settings import EditSettings
+from threedpe.images import ImageInput
+from threedpe.models.encoder import preprocess_input, preprocess_reference
+from threedpe.pipeline import PortraitEditor
+from threedpe.styles import Style
+from threedpe.tracking import FaceTracker, Track, TrackerSettings, crop_window
+from threedpe.video import to_uint8, write_mp4
+
+VIEWS = ("source", "fixed")
+# Weight of a frame's own tri-planes in the moving average (1: no averaging). "low" halves the frame-to-frame change
+# of a still head's tri-planes after a few frames, "high" quarters it; both lag a moving head (by about 1 and 3 frames).
+SMOOTHING = {"off": 1.0, "low": 0.6, "high": 0.35}
+STAGES = ("decode", "track", "align", "encode", "render", "paste", "write")
+
+
+class VideoError(ValueError):
+    """The clip cannot be edited (unreadable, empty, too long, no face in any frame); the message says why."""
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How a clip is edited. ``view``: ``"source"`` (each frame's own head pose, pasted back) or ``"fixed"`` (the head
+    at ``yaw``/``pitch`` degrees from the frontal view, the render's size); ``side_by_side``: input | output;
+    ``smooth``: tri-plane averaging ``"off"``, ``"low"`` or ``"high"`` (:data:`SMOOTHING`); ``max_seconds``: longer
+    clips are refused, or with ``trim`` cut to their first ``max_seconds``; ``batch_size``: frames per encode and
+    render (None: :func:`default_batch_size`); ``preview``: the draft render (:meth:`EditResult.view`);
+    ``feather``: width of the pasted edge, as a fraction of the crop's half side."""
+
+    view: str = "source"
+    yaw: float = 0.0
+    pitch: float = 0.0
+    side_by_side: bool = False
+    smooth: str = "low"
+    max_seconds: float | None = None
+    trim: bool = False
+    batch_size: int | None = None
+    preview: bool = False
+    feather: float = 0.2
+    tracker: TrackerSettings = TrackerSettings()
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise VideoError(f"view must be one of {', '.join(VIEWS)}, got {self.view!r}")
+        if self.smooth not in SMOOTHING:
+            raise VideoError(f"smooth must be one of {', '.join(SMOOTHING)}, got {self.smooth!r}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise VideoError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise VideoError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 < self.feather <= 1:
+            raise VideoError(f"feather must be in (0, 1], got {self.feather}")
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Frames per encode/render batch: 8 on a GPU with 16 GiB or more, 4 on a smaller one, 1 on the CPU (where a batch
+    runs no faster per frame than single frames and costs memory)."""
+    if device.type != "cuda":
+        return 1
+    return 8 if torch.cuda.get_device_properties(device).total_memory >= 16 * 2 ** 30 else 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A clip as ffmpeg reads it: ``size`` (width, height) after rotation, ``fps`` nominal rate, ``seconds``,
+    ``frames`` (estimated from both), ``audio`` codec name or None, ``rotated`` whether rotation metadata turned the
+    stored frames (ffmpeg applies it: frames come in display orientation)."""
+
+    path: Path
+    size: tuple[int, int]
+    fps: float
+    seconds: float
+    frames: int
+    audio: str | None
+    rotated: bool
+
+
+@contextmanager
+def _quiet_imageio() -> Iterator[None]:
+    """imageio-ffmpeg logs a warning for every rotated clip (stored and display sizes differ): expected here."""
+    logger = logging.getLogger("imageio_ffmpeg")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _ffmpeg_meta(path: Path) -> dict:
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        with _quiet_imageio():
+            return next(reader)
+    except (OSError, RuntimeError, StopIteration, IndexError, ValueError, KeyError, AttributeError):
+        raise VideoError(f"{path.name} is not a video ffmpeg can read (no video stream found in it)") from None
+    finally:
+        reader.close()
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """What ffmpeg reports about the clip at ``path``; ``VideoError`` for a missing, empty or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"no video file at {path}")
+    if path.stat().st_size == 0:
+        raise VideoError(f"the file {path.name} is empty")
+    meta = _ffmpeg_meta(path)
+    width, height = meta.get("size", (0, 0))
+    fps, seconds = float(meta.get("fps") or 0), float(meta.get("duration") or 0)
+    if width <= 0 or height <= 0:
+        raise VideoError(f"{path.name} has no video stream")
+    if fps <= 0:
+        raise VideoError(f"{path.name} does not state a frame rate ffmpeg can read")
+    return VideoInfo(path=path, size=(int(width), int(height)), fps=fps, seconds=seconds,
+                     frames=max(1, round(seconds * fps)), audio=meta.get("audio_codec"),
+                     rotated=tuple(meta.get("source_size", (width, height))) != (width, height))
+
+
+def read_frames(info: VideoInfo, seconds: float | None = None) -> Iterator[np.ndarray]:
+    """Frames (H, W, 3) uint8 RGB in display orientation, at the constant rate ``info.fps`` (a variable-rate clip has
+    frames repeated or dropped to it), the first ``seconds`` only when given."""
+    output = ["-r", f"{info.fps:.6g}"] + (["-t", f"{seconds:.6g}"] if seconds is not None else [])
+    reader = imageio_ffmpeg.read_frames(str(info.path), output_params=output)
+    try:
+        with _quiet_imageio():
+            meta = next(reader)
+        width, height = meta["size"]
+        for data in reader:
+            yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+    finally:
+        reader.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Editing frames
+
+
+@dataclass
+class EditedFrame:
+    """One output frame (H, W, 3) uint8 and how it was made: ``status`` ``"edited"``, ``"held"`` (the face was
+    missing, the last track was used) or ``"unedited"`` (no face: the input passed through)."""
+
+    image: np.ndarray
+    track: Track | None
+    status: str
+
+
+def feathered_mask(u: torch.Tensor, v: torch.Tensor, feather: float) -> torch.Tensor:
+    """Blend weight in [0, 1] at crop coordinates u, v in [-1, 1]: 1 inside a rounded square (a superellipse of
+    degree 4), falling smoothly to 0 at the crop's edge over ``feather`` of its half side."""
+    radius = (u.abs() ** 4 + v.abs() ** 4) ** 0.25
+    t = ((1 - radius) / feather).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def paste_back(frame: np.ndarray, render: torch.Tensor, track: Track, feather: float) -> tuple[np.ndarray, tuple]:
+    """The render (3, S, S) in [-1, 1] of the crop of ``track`` put back into a copy of ``frame`` (H, W, 3) uint8
+    through the inverse of the crop (bilinear, antialiased when it shrinks), blended by :func:`feathered_mask`; only
+    the crop window's pixels go to the render's device. Returns the new frame and the (top, bottom, left, right)
+    region."""
+    height, width = frame.shape[:2]
+    x0, y0, side_x, side_y = crop_window(track.params)
+    left, top = max(0, math.floor(x0)), max(0, math.floor(y0))
+    right, bottom = min(width, math.ceil(x0 + side_x)), min(height, math.ceil(y0 + side_y))
+    if right <= left or bottom <= top:
+        return frame.copy(), (0, 0, 0, 0)
+    target = max(2, round(min(side_x, side_y)))
+    if target < render.shape[-1]:
+        render = F.interpolate(render[None], size=(target, target), mode="bilinear", antialias=True,
+                               align_corners=False)[0]
+    xs = torch.arange(left, right, device=render.device, dtype=torch.float32)
+    ys = torch.arange(top, bottom, device=render.device, dtype=torch.float32)
+    u = ((xs + 0.5 - x0) / side_x * 2 - 1)[None, :].expand(len(ys), -1)
+    v = ((ys + 0.5 - y0) / side_y * 2 - 1)[:, None].expand(-1, len(xs))
+    grid = torch.stack([u, v], dim=-1)[None]
+    pasted = F.grid_sample(render[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    mask = feathered_mask(u, v, feather)[None]
+    region = torch.tensor(frame[top:bottom, left:right], device=render.device).permute(2, 0, 1).float()
+    blended = region * (1 - mask) + mask * (pasted.clamp(-1, 1) + 1) * 127.5
+    output = frame.copy()
+    output[top:bottom, left:right] = blended.round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    return output, (top, bottom, left, right)
+
+
+class Flicker:
+    """Mean absolute frame-to-frame change of the output over that of the input, on the face region (the crop
+    window of the later frame, the same pixels in both frames), summed over consecutive edited frames: 1 means the
+    edit adds no flicker of its own."""
+
+    def __init__(self) -> None:
+        self.output_change = self.input_change = 0.0
+        self.pairs = 0
+        self._previous: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, source: np.ndarray | None, output: np.ndarray | None, region: tuple[int, int, int, int] | None = None
+            ) -> None:
+        """The next frame's input and output (same shape, uint8) and its face region (top, bottom, left, right; None:
+        all of it); None for a frame without an edit."""
+        if source is None or output is None:
+            self._previous = None
+            return
+        if self._previous is not None and self._previous[0].shape == source.shape:
+            top, bottom, left, right = region or (0, source.shape[0], 0, source.shape[1])
+            window = np.s_[top:bottom, left:right]
+            if bottom > top and right > left:
+                before_source, before_output = self._previous
+                self.input_change += float(np.abs(source[window].astype(np.float32) - before_source[window]).mean())
+                self.output_change += float(np.abs(output[window].astype(np.float32) - before_output[window]).mean())
+                self.pairs += 1
+        self._previous = (source, output)
+
+    @property
+    def value(self) -> float:
+        """The ratio, or nan when no two consecutive frames were edited or the input's face never changed."""
+        return self.output_change / self.input_change if self.pairs and self.input_change > 0 else float("nan")
+
+
+class FrameEditor:
+    """Edits the frames of one clip or stream with one prepared reference: keeps the face tracker, the tri-plane
+    average and the flicker figure between calls. ``edit(frames)`` takes consecutive frames (one batch)."""
+
+    def __init__(self, editor: PortraitEditor, reference: Image.Image, *, style: Style | None = None,
+                 settings: VideoSettings = VideoSettings(), fps: float = 30.0):
+        self.editor, self.style, self.settings = editor, style, settings
+        self.reference = reference
+        self.ref = preprocess_reference(reference).to(editor.device)  # prepared once for every frame
+        self.tracker = FaceTracker(settings.tracker, fps=fps)
+        self.flicker = Flicker()
+        self.timings = {stage: 0.0 for stage in STAGES}
+        self.counts = {"edited": 0, "held": 0, "unedited": 0}
+        self._average: torch.Tensor | None = None
+
+    @classmethod
+    def prepare(cls, editor: PortraitEditor, reference: ImageInput | None = None, prompt: str | None = None, *,
+                style: Style | None = None, align_reference: bool = False, anchor: int | str = 0,
+                edit_settings: EditSettings | None = None, seed: int = 0, settings: VideoSettings = VideoSettings(),
+                fps: float = 30.0, cancel: CancelSignal | None = None) -> tuple[FrameEditor, list[str]]:
+        """A frame editor for a reference image or a text instruction (applied to an anchor portrait, as
+        ``PortraitEditor(photo, prompt=...)`` does), and the notes about the reference."""
+        if (reference is None) == (prompt is None):
+            raise ValueError("give either a reference image or a text instruction (exactly one)")
+        if style is not None:
+            style.check_base(editor.fingerprint)
+        anchor_index = None
+        if prompt is not None:
+            prompt = editor.text_reference.editor.check_instruction(prompt)
+            anchor_index = editor.text_reference.anchor_index(anchor)
+        image, _, _, notes = editor.reference_image(reference, prompt, align_reference=align_reference,
+                                                    anchor_index=anchor_index, settings=edit_settings, seed=seed,
+                                                    cancel=cancel)
+        return cls(editor, image, style=style, settings=settings, fps=fps), notes
+
+    def _timed(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.timings[stage] += now - start
+        return now
+
+    def edit(self, frames: Sequence[np.ndarray], cancel: CancelSignal | None = None) -> list[EditedFrame]:
+        """Edit consecutive frames (H, W, 3) uint8 RGB; ``cancel`` is checked before each frame's tracking and before
+        the batch's encode and render."""
+        start = time.perf_counter()
+        tracks: list[Track | None] = []
+        crops: list[Image.Image] = []
+        size = self.editor.model.config.encoder.image_size
+        for frame in frames:
+            check(cancel, f"at frame {self.tracker.frame_index + 2}")
+            track = self.tracker.update(frame)
+            start = self._timed("track", start)
+            tracks.append(track)
+            if track is not None:
+                crops.append(crop_aligned(Image.fromarray(frame), track.params, max_full_resize_pixels=0))
+            start = self._timed("align", start)
+        planes, renders = None, None
+        if crops:
+            check(cancel, "before encoding")
+            x = torch.cat([preprocess_input(crop, size) for crop in crops]).to(self.editor.device)
+            with torch.inference_mode():
+                planes = self._average_planes(self.editor.encode(x, self.ref.expand(len(crops), -1, -1, -1),
+                                                                 self.style), tracks)
+            self._sync()
+            start = self._timed("encode", start)
+            check(cancel, "before rendering")
+            views = [(t.yaw, t.pitch) if self.settings.view == "source" else (self.settings.yaw, self.settings.pitch)
+                     for t in tracks if t is not None]
+            yaw, pitch = zip(*(cameras.from_degrees(*view) for view in views))
+            cams = cameras.camera(torch.tensor(yaw), torch.tensor(pitch)).to(self.editor.device)
+            with torch.inference_mode():
+                renders = self.editor.model.render(planes, cams, preview=self.settings.preview)["image"]
+            self._sync()
+            start = self._timed("render", start)
+        edited, used = [], 0
+        for frame, track in zip(frames, tracks):
+            render = None
+            if track is not None:
+                render, used = renders[used], used + 1
+            edited.append(self._compose(frame, track, render, crops[used - 1] if render is not None else None))
+        self._timed("paste", start)
+        return edited
+
+    def _sync(self) -> None:
+        if self.editor.device.type == "cuda":
+            torch.cuda.synchronize(self.editor.device)
+
+    def _average_planes(self, planes: torch.Tensor, tracks: list[Track | None]) -> torch.Tensor:
+        """The tri-planes averaged with the previous frames' (EMA), restarting after a frame without a face."""
+        weight = SMOOTHING[self.settings.smooth]
+        out, index = [], 0
+        for track in tracks:
+            if track is None:
+                self._average = None
+                continue
+            current = planes[index:index + 1]
+            index += 1
+            self._average = current if self._average is None or weight >= 1 else (
+                weight * current + (1 - weight) * self._average)
+            out.append(self._average)
+        return torch.cat(out)
+
+    def _compose(self, frame: np.ndarray, track: Track | None, render: torch.Tensor | None,
+                 crop: Image.Image | None) -> EditedFrame:
+        """The output frame of one input frame (and its side-by-side), with the flicker figure's regions."""
+        fixed = self.settings.view == "fixed"
+        side = 4 * self.editor.model.config.rendering.neural_rendering_resolution  # the render's size (SR 4x)
+        if render is None:  # no face: the frame unedited (in the fixed view: its centre square at the render's size)
+            output = frame if not fixed else _centre_square(frame, side)
+            self.flicker.add(None, None)
+            status = "unedited"
+        elif fixed:
+            output = to_uint8(render)
+            self.flicker.add(np.asarray(crop.resize(output.shape[1::-1], Image.Resampling.BILINEAR)), output)
+            status = "held" if track.held else "edited"
+        else:
+            output, (top, bottom, left, right) = paste_back(frame, render, track, self.settings.feather)
+            self.flicker.add(frame, output, (top, bottom, left, right))
+            status = "held" if track.held else "edited"
+        self.counts[status] += 1
+        if self.settings.side_by_side:
+            source = frame if not fixed else _fit_height(frame, output.shape[0])
+            output = np.concatenate([source, output], axis=1)
+        return EditedFrame(image=output, track=track, status=status)
+
+
+def _centre_square(frame: np.ndarray, side: int) -> np.ndarray:
+    height, width = frame.shape[:2]
+    s = min(height, width)
+    top, left = (height - s) // 2, (width - s) // 2
+    square = Image.fromarray(frame[top:top + s, left:left + s])
+    return np.asarray(square.resize((side, side), Image.Resampling.BILINEAR))
+
+
+def _fit_height(frame: np.ndarray, height: int) -> np.ndarray:
+    width = max(2, round(frame.shape[1] * height / frame.shape[0]))
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR))
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole clips
+
+
+@dataclass
+class VideoEditResult:
+    """``path`` the written video; ``frames`` written; ``seconds`` spent (decoding to the last write) and ``fps``
+    frames per second of that; ``no_face`` frames passed through unedited, ``held`` frames edited with a held track;
+    ``flicker`` (:class:`Flicker`); ``timings`` seconds per stage (:data:`STAGES`); ``warnings`` notes for the user."""
+
+    path: Path
+    frames: int
+    seconds: float
+    no_face: int
+    held: int
+    flicker: float
+    timings: dict[str, float]
+    reference: Image.Image
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        """``frames=<n> seconds=<s> fps=<processing fps> no_face=<k> flicker=<x>`` (the CLI's last line)."""
+        return (f"frames={self.frames} seconds={self.seconds:.2f} fps={self.fps:.2f} no_face={self.no_face} "
+                f"flicker={self.flicker:.3f}")
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """H.264 yuv420p needs even sides: an odd side gets one repeated row/column."""
+    height, width = frame.shape[:2]
+    if height % 2 == 0 and width % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+def _add_audio(video: Path, source: Path, out: Path) -> None:
+    """``video`` with the first audio stream of ``source`` (copied; re-encoded to AAC when mp4 cannot hold it)."""
+    for codec in (["copy"], ["aac", "-b:a", "192k"]):
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(video), "-i", str(source),
+                   "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a", *codec, "-shortest",
+                   "-movflags", "+faststart", str(out)]
+        if subprocess.run(command, capture_output=True).returncode == 0:
+            return
+    raise VideoError(f"could not copy the audio of {source.name} into the edited video")
+
+
+def seconds_to_edit(info: VideoInfo, settings: VideoSettings) -> tuple[float | None, list[str]]:
+    """How much of the clip is edited (None: all of it) and a note when it is trimmed; ``VideoError`` for a clip longer
+    than ``settings.max_seconds`` without ``settings.trim``."""
+    if settings.max_seconds is None or info.seconds <= settings.max_seconds:
+        return None, []
+    if not settings.trim:
+        raise VideoError(f"the clip is {info.seconds:.1f} s long, above the limit of {settings.max_seconds:g} s: "
+                         f"cut it shorter, or edit only its first {settings.max_seconds:g} s (--trim)")
+    return settings.max_seconds, [f"The clip is {info.seconds:.1f} s long: only its first "
+                                  f"{settings.max_seconds:g} s were edited."]
+
+
+def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.PathLike,
+               reference: ImageInput | None = None, prompt: str | None = None, *, style: Style | None = None,
+               settings: VideoSettings = VideoSettings(), align_reference: bool = False, anchor: int | str = 0,
+               edit_settings: EditSettings | None = None, seed: int = 0, cancel: CancelSignal | None = None,
+               progress: Callable[[int, int], None] | None = None) -> VideoEditResult:
+    """Edit every frame of the clip ``video`` with a reference image or a text instruction (exactly one) and write an
+    H.264 mp4 with the input's frame rate and audio to ``out``. ``progress(done, total)`` is called after each frame
+    (``total`` estimated from the clip's duration). ``cancel`` is checked at every frame; it raises
+    :class:`~threedpe.cancel.Cancelled` and nothing is written, as on any error. ``VideoError`` for a clip that
+    cannot be edited (unreadable, empty, longer than ``settings.max_seconds`` without ``trim``, no face anywhere)."""
+    begin = time.perf_counter()
+    out = Path(out)
+    info = probe_video(video)
+    seconds, notes = seconds_to_edit(info, settings)
+    frame_editor, reference_notes = FrameEditor.prepare(
+        editor, reference, prompt, style=style, align_reference=align_reference, anchor=anchor,
+        edit_settings=edit_settings, seed=seed, settings=settings, fps=info.fps, cancel=cancel)
+    notes += reference_notes
+    total = min(info.frames, round(seconds * info.fps)) if seconds is not None else info.frames
+    batch = settings.batch_size or default_batch_size(editor.device)
+    timings = frame_editor.timings
+    written = [0]
+
+    def outputs() -> Iterator[np.ndarray]:
+        frames = read_frames(info, seconds)
+        while True:
+            start = time.perf_counter()
+            chunk = [frame for _, frame in zip(range(batch), frames)]
+            timings["decode"] += time.perf_counter() - start
+            if not chunk:
+                return
+            for edited in frame_editor.edit(chunk, cancel):
+                start = time.perf_counter()
+                yield _even(edited.image)
+                timings["write"] += time.perf_counter() - start
+                written[0] += 1
+                if progress is not None:
+                    progress(written[0], max(total, written[0]))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    work.mkdir(exist_ok=True)
+    try:
+        try:
+            silent = write_mp4(outputs(), work / "video.mp4", fps=info.fps)
+        except Cancelled as error:
+            raise Cancelled(f"{error}: nothing was written") from None
+        except ValueError as error:
+            if "without frames" in str(error):
+                raise VideoError(f"{info.path.name} has no frames") from None
+            raise
+        if frame_editor.counts["edited"] == 0:
+            raise VideoError(f"no face found in any of the {written[0]} frames of {info.path.name}: "
+                             "a clip of one face, frontal and well lit, works best")
+        start = time.perf_counter()
+        if info.audio is not None:
+            _add_audio(silent, info.path, work / "muxed.mp4")
+            silent = work / "muxed.mp4"
+        os.replace(silent, out)
+        timings["write"] += time.perf_counter() - start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    counts = frame_editor.counts
+    if counts["unedited"]:
+        notes.append(f"{counts['unedited']} of {written[0]} frames showed no face and were left unedited.")
+    return VideoEditResult(path=out, frames=written[0], seconds=time.perf_counter() - begin,
+                           no_face=counts["unedited"], held=counts["held"], flicker=frame_editor.flicker.value,
+                           timings=timings, reference=frame_editor.reference, warnings=notes)
