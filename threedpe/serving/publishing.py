@@ -18,14 +18,14 @@ def latest_edit(session: Path) -> Path:
 
 
 def publish_edit(gallery: Gallery, folder: Path, session_hash: str | None, share_photo: bool = False) -> Published:
-    """Publish the edit whose files are in ``folder`` (strip, and the video, mesh and reference when made); the
-    aligned photo only as a thumbnail and only when ``share_photo``."""
+    """Publish the edit whose files are in ``folder`` (strip at the chosen strength, and the video, mesh and reference
+    when made); the aligned photo only as a thumbnail and only when ``share_photo``."""
     record = json.loads((folder / EDIT_RECORD).read_text())
 
     def made(name: str) -> Path | None:
         return folder / name if (folder / name).is_file() else None
 
-    return gallery.publish(session=session_hash or "anonymous", strip=folder / "views.png",
+    return gallery.publish(session=session_hash or "anonymous", strip=folder / record.get("strip", "views.png"),
                            instruction=record["instruction"],
                            reference=None if record["instruction"] is not None else folder / "reference.png",
                            video=made("orbit.mp4"), mesh=made("mesh.glb"), style=record["style"],

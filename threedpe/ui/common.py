@@ -31,7 +31,7 @@ from threedpe.training.samples import DataError
 from threedpe.diffusion import EditSettings
 from threedpe.gallery import Gallery, GalleryError
 from threedpe.devices import resolve_device
-from threedpe.pipeline import USER_ERRORS, PortraitEditor
+from threedpe.pipeline import STRENGTH_RANGE, USER_ERRORS, PortraitEditor, check_strength
 from threedpe.precision import check_precision, native_bf16_label
 from threedpe.serving.messages import disabled_reason, public_message, timings_line
 from threedpe.serving.runner import EditFiles, EditRunner, OutputSettings, StoredEdit, check_upload
@@ -173,8 +173,8 @@ class GpuWork:
 
     def __init__(self, runner: EditRunner | None, disabled: str = ""):
         self.runner, self.disabled = runner, disabled
-        self.edit, self.view, self.video, self.mesh, self.anchor, self.samples = (
-            self._gpu(method) for method in ("edit", "view", "video", "mesh", "anchor", "samples"))
+        self.edit, self.view, self.strength, self.video, self.mesh, self.anchor, self.samples = (
+            self._gpu(method) for method in ("edit", "view", "strength", "video", "mesh", "anchor", "samples"))
         self.fine_tune = (spaces.GPU(duration=EditRunner.fine_tune_duration)(self._stream_fine_tune)
                           if runner is not None else self._gpu("fine_tune"))
 
@@ -231,6 +231,12 @@ class UIContext:
     def editing(self) -> bool:
         """Whether the actions that need weights can run."""
         return self.runner is not None
+
+    @property
+    def strength_unavailable(self) -> str | None:
+        """Why the strength slider is hidden (names the missing Live3D file), None when it shows; "" without weights
+        (editing is off, as the page says)."""
+        return self.runner.editor.strength_unavailable if self.runner is not None else ""
 
     def folder(self, request: gr.Request) -> Path:
         """The session's folder of outputs."""
@@ -364,6 +370,18 @@ def output_settings(name: str, default: OutputSettings) -> tuple[gr.Slider, gr.S
     return frames, resolution
 
 
+def strength_slider(name: str, unavailable: str | None) -> gr.Slider:
+    """The edit-strength slider of tab ``name``: shown when strengths are available (``unavailable`` None), else
+    hidden, with why in a note (none when ``unavailable`` is "")."""
+    low, high = STRENGTH_RANGE
+    slider = gr.Slider(low, high, value=1.0, step=0.05, label="Strength (0 = the photo in 3D, 1 = the edit, "
+                       "above 1 exaggerates it)", info="Re-renders without encoding again.",
+                       visible=unavailable is None, elem_id=f"{name}-strength")
+    if unavailable:
+        gr.Markdown(f"ℹ️ No strength slider: {public_message(unavailable)}", elem_id=f"{name}-strength-note")
+    return slider
+
+
 @dataclass
 class ResultPanel:
     """The output components of one edit tab and the tab's per-session state (a ``StoredEdit``)."""
@@ -375,6 +393,8 @@ class ResultPanel:
     view: gr.Image
     yaw: gr.Slider
     pitch: gr.Slider
+    strength: gr.Slider
+    compare: gr.ImageSlider
     depth: gr.Image
     video: gr.Video
     model: gr.Model3D
@@ -385,9 +405,11 @@ class ResultPanel:
     state: gr.State
 
     @classmethod
-    def lay_out(cls, name: str, reference_label: str, publishing: bool, editing: bool) -> ResultPanel:
+    def lay_out(cls, name: str, reference_label: str, publishing: bool, editing: bool,
+                strength_unavailable: str | None = None) -> ResultPanel:
         """Lay out the outputs of an edit (inside the current column); elem_ids start with ``name``. ``publishing``:
-        whether the publish controls show (there is a gallery); ``editing``: whether they can be used (weights)."""
+        whether the publish controls show (there is a gallery); ``editing``: whether they can be used (weights);
+        ``strength_unavailable``: why the strength slider is hidden (shown in a note unless ""), None: it shows."""
         png = {"type": "filepath", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
         status = gr.Markdown("Results appear here.", label="Status", elem_id=f"{name}-status", elem_classes="status")
         with gr.Row(equal_height=True):
@@ -401,7 +423,10 @@ class ResultPanel:
                                 label="Yaw (°; + moves the camera to the right)", elem_id=f"{name}-yaw")
                 pitch = gr.Slider(-MAX_PITCH_DEGREES, MAX_PITCH_DEGREES, value=0, step=1,
                                   label="Pitch (°; + moves the camera down)", elem_id=f"{name}-pitch")
+                strength = strength_slider(name, strength_unavailable)
             depth = gr.Image(label="Depth (near = bright)", height=280, elem_id=f"{name}-depth", **png)
+        compare = gr.ImageSlider(label="Before / after: the aligned photo and the edited frontal view", type="filepath",
+                                 format="png", interactive=False, height=360, elem_id=f"{name}-compare")
         with gr.Row(equal_height=True):
             video = gr.Video(label="Orbit video", autoplay=True, loop=True, interactive=False, height=320,
                              buttons=["download"], elem_id=f"{name}-video")
@@ -414,24 +439,26 @@ class ResultPanel:
                                       interactive=editing, elem_id=f"{name}-share-photo")
             publish = gr.Button("Publish to the gallery", scale=1, interactive=editing, elem_id=f"{name}-publish")
         link = gr.Markdown(elem_id=f"{name}-link")
-        return cls(status, aligned, reference, strip, view, yaw, pitch, depth, video, model, files, share_photo,
-                   publish, link, gr.State())
+        return cls(status, aligned, reference, strip, view, yaw, pitch, strength, compare, depth, video, model, files,
+                   share_photo, publish, link, gr.State())
 
     @property
     def edit_outputs(self) -> list:
-        return [self.aligned, self.reference, self.strip, self.view, self.depth, self.status, self.state]
+        return [self.aligned, self.reference, self.strip, self.view, self.depth, self.status, self.compare,
+                self.strength, self.state]
 
     @property
     def cleared(self) -> dict:
         """What a new edit clears before it starts: the previous edit's video, mesh and files, the sliders; and the
         status it shows meanwhile."""
-        return {self.video: None, self.model: None, self.files: None, self.yaw: 0, self.pitch: 0,
-                self.status: "⏳ Working…"}
+        return {self.video: None, self.model: None, self.files: None, self.yaw: 0, self.pitch: 0, self.strength: 1.0,
+                self.compare: None, self.status: "⏳ Working…"}
 
     def shown(self, files: EditFiles) -> dict:
-        """The values of ``edit_outputs`` for a finished edit."""
+        """The values of ``edit_outputs`` for a finished edit (or the same edit at another strength)."""
         return {self.aligned: str(files.aligned), self.reference: str(files.reference), self.strip: str(files.views),
                 self.view: str(files.view), self.depth: str(files.depth), self.status: status_markdown(files.edit),
+                self.compare: (str(files.aligned), str(files.view)), self.strength: files.edit.strength,
                 self.state: files.edit}
 
 
@@ -458,7 +485,7 @@ class EditTab:
                 self.examples()
             with gr.Column(scale=3):
                 self.panel = ResultPanel.lay_out(self.name, self.reference_label, ctx.gallery is not None,
-                                                 ctx.editing)
+                                                 ctx.editing, ctx.strength_unavailable)
 
     def controls(self) -> None:
         """The tab's inputs below the photo."""
@@ -473,21 +500,28 @@ class EditTab:
         """What starts the edit."""
         return [self.run.click]
 
-    def run_edit(self, request: gr.Request, photo: dict | None, **kwargs) -> dict:
-        """Rate-limit, edit (stoppable), and lay the result out in the panel."""
+    def run_edit(self, request: gr.Request, photo: dict | None, strength: float | None = 1.0, **kwargs) -> dict:
+        """Rate-limit, edit (stoppable; at ``strength``, None: 1), and lay the result out in the panel."""
         path = require_photo(photo)
+        strength = show_errors(check_strength)(1.0 if strength is None else strength)
         sessions = self.ctx.sessions
         with sessions.running(request.session_hash) as stop:
             show_errors(check)(stop, "before the edit")  # stopped while it waited in the queue
             show_errors(self.ctx.limiter.take)(request.session_hash or "anonymous")
             files = self.ctx.work.edit(path, self.ctx.folder(request), stop, precision=self.ctx.precision(request),
-                                       **kwargs)
+                                       strength=strength, **kwargs)
         return self.panel.shown(files)
 
     def render_view(self, edit: StoredEdit | None, yaw: float, pitch: float, request: gr.Request) -> dict:
         """Re-render the last edit from (yaw, pitch) in degrees from frontal, from its cached tri-planes."""
         path = self.ctx.work.view(require_edit(edit), self.ctx.folder(request), float(yaw), float(pitch))
         return {self.panel.view: str(path)}
+
+    def set_strength(self, edit: StoredEdit | None, strength: float, request: gr.Request) -> dict:
+        """Re-render the last edit at ``strength`` (0 = the photo in 3D, 1 = the edit) without encoding again: the
+        3-view strip, the frontal view, depth and the before/after; the free-view angles go back to frontal."""
+        files = self.ctx.work.strength(require_edit(edit), self.ctx.folder(request), float(strength))
+        return {**self.panel.shown(files), self.panel.yaw: 0, self.panel.pitch: 0}
 
     def preview_view(self, edit: StoredEdit | None, yaw: float, pitch: float, request: gr.Request) -> dict:
         """A draft of the view while a slider is dragged (the full view follows on release)."""
@@ -539,3 +573,6 @@ class EditTab:
         if self.ctx.defaults.preview_while_dragging:  # one queue with the full views: a release follows the drafts
             listen(functools.partial(gr.on, [panel.yaw.input, panel.pitch.input]), self.preview_view, view_inputs,
                    [panel.view], panel.status, api_visibility="private", show_progress="hidden", **views)
+        listen(panel.strength.release, self.set_strength, [panel.state, panel.strength],
+               [*panel.edit_outputs, panel.yaw, panel.pitch], panel.status, api_name=f"set_strength_{name}",
+               show_progress="minimal", **{**views, "show_progress_on": [panel.view, panel.strip]})
