@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, get_type_hints
 
@@ -374,8 +374,8 @@ def strength_slider(name: str, unavailable: str | None) -> gr.Slider:
     """The edit-strength slider of tab ``name``: shown when strengths are available (``unavailable`` None), else
     hidden, with why in a note (none when ``unavailable`` is "")."""
     low, high = STRENGTH_RANGE
-    slider = gr.Slider(low, high, value=1.0, step=0.05, label="Strength (0 = the photo in 3D, 1 = the edit, "
-                       "above 1 exaggerates it)", info="Re-renders without encoding again.",
+    slider = gr.Slider(low, high, value=1.0, step=0.05, label="Edit strength",
+                       info="0 = your photo in 3D, 1 = the edit, above 1 exaggerates it (re-rendered, not re-encoded)",
                        visible=unavailable is None, elem_id=f"{name}-strength")
     if unavailable:
         gr.Markdown(f"ℹ️ No strength slider: {public_message(unavailable)}", elem_id=f"{name}-strength-note")
@@ -523,6 +523,14 @@ class EditTab:
         files = self.ctx.work.strength(require_edit(edit), self.ctx.folder(request), float(strength))
         return {**self.panel.shown(files), self.panel.yaw: 0, self.panel.pitch: 0}
 
+    def preview_strength(self, edit: StoredEdit | None, strength: float, request: gr.Request) -> dict:
+        """A draft of the frontal view at ``strength`` while its slider is dragged (the full views follow on
+        release)."""
+        if edit is None:
+            return {self.panel.view: gr.skip()}
+        at = replace(edit, strength=show_errors(check_strength)(float(strength)))
+        return {self.panel.view: str(self.ctx.work.view(at, self.ctx.folder(request), 0.0, 0.0, True))}
+
     def preview_view(self, edit: StoredEdit | None, yaw: float, pitch: float, request: gr.Request) -> dict:
         """A draft of the view while a slider is dragged (the full view follows on release)."""
         if edit is None:
@@ -573,6 +581,9 @@ class EditTab:
         if self.ctx.defaults.preview_while_dragging:  # one queue with the full views: a release follows the drafts
             listen(functools.partial(gr.on, [panel.yaw.input, panel.pitch.input]), self.preview_view, view_inputs,
                    [panel.view], panel.status, api_visibility="private", show_progress="hidden", **views)
+        if self.ctx.defaults.preview_while_dragging:
+            listen(panel.strength.input, self.preview_strength, [panel.state, panel.strength], [panel.view],
+                   panel.status, api_visibility="private", show_progress="hidden", **views)
         listen(panel.strength.release, self.set_strength, [panel.state, panel.strength],
                [*panel.edit_outputs, panel.yaw, panel.pitch], panel.status, api_name=f"set_strength_{name}",
                show_progress="minimal", **{**views, "show_progress_on": [panel.view, panel.strip]})
