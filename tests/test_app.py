@@ -206,8 +206,9 @@ def test_strength_re_renders_the_edit_without_a_new_encode_and_is_published(serv
     outputs = edit_reference(client, server)
     frontal, strip = png(outputs[3]), png(outputs[2])
     zero = client.predict(0, api_name="/set_strength_reference")
-    aligned, _, zero_strip, zero_view, _, status, (before, after), strength, yaw, pitch = zero
+    aligned, _, zero_strip, zero_view, _, status, (before, after), strength, yaw, pitch, *stale = zero
     assert Path(zero_view).name == "view_yaw0_pitch0_strength0.png" and strength == 0 and (yaw, pitch) == (0, 0)
+    assert stale == [None, None, None]  # the video, mesh and files of the previous strength are cleared
     assert png(after) == png(zero_view) and png(before) == png(aligned) and "render" in status
     assert png(zero_view) != frontal and png(zero_strip) != strip
     turned = png(client.predict(20, 0, api_name="/render_view_reference"))  # the free view at strength 0

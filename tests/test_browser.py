@@ -146,6 +146,8 @@ def test_the_strength_slider_re_renders_without_encoding_and_the_before_after_sh
     page.locator("#reference-view img[src$='/view_yaw0_pitch0_strength0.3.png']").wait_for()
     page.locator("#reference-strip img[src$='/views_strength0.3.png']").wait_for()
     page.locator("#reference-compare img[src$='/view_yaw0_pitch0_strength0.3.png']").wait_for()
+    page.locator("#reference-video video[src$='/orbit_strength0.3.mp4']").wait_for()  # made anew at 0.3
+    page.locator("#reference-status").get_by_text("mesh").wait_for()
     assert len(encodes) == 1  # the edit's own encode only
     screenshot(page, "app_strength.png")
 

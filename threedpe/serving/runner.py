@@ -165,10 +165,11 @@ class StoredEdit:
         return folder
 
     def save_record(self, session: Path) -> None:
-        """What publishing needs besides the files (instruction, style, settings with the strength, timings, the
-        strip's file), as ``edit.json`` in the edit's folder; rewritten when the video, mesh or strength changes."""
+        """What publishing needs besides the files (instruction, style, settings with the strength, which names the
+        strip, video and mesh files, and timings), as ``edit.json`` in the edit's folder; rewritten when the video,
+        mesh or strength changes."""
         record = {"instruction": self.instruction, "style": self.style, "anchor": self.anchor,
-                  "settings": {**self.settings, "strength": self.strength}, "strip": strip_name(self.strength),
+                  "settings": {**self.settings, "strength": self.strength},
                   "timings": {key: round(value, 3) for key, value in self.timings.items()}}
         atomic_write(self.folder(session) / EDIT_RECORD, lambda file: file.write(json.dumps(record).encode()))
 
@@ -192,12 +193,9 @@ def view_name(yaw: float, pitch: float, preview: bool = False, strength: float =
     return f"view_yaw{yaw:g}_pitch{pitch:g}{strength_suffix(strength)}{'_preview' if preview else ''}.png"
 
 
-def strip_name(strength: float = 1.0) -> str:
-    """File name of the 3-view strip: ``views.png``, ``views_strength0.5.png`` at another strength."""
-    return f"views{strength_suffix(strength)}.png"
-
-
 def strength_suffix(strength: float) -> str:
+    """What the names of an edit's files at ``strength`` end with before the extension: ``""`` at 1, else e.g.
+    ``_strength0.5`` (``views_strength0.5.png``, ``orbit_strength0.5.mp4``, ...)."""
     return "" if strength == 1.0 else f"_strength{strength:g}"
 
 
@@ -264,9 +262,10 @@ class EditRunner:
               ) -> EditFiles:
         """Write the edit's images (named for its strength) and record into its folder."""
         folder = edit.folder(session)
+        suffix = strength_suffix(edit.strength)
         files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
-                 "views": folder / strip_name(edit.strength), "view": folder / view_name(0, 0, strength=edit.strength),
-                 "depth": folder / f"depth{strength_suffix(edit.strength)}.png"}
+                 "views": folder / f"views{suffix}.png", "view": folder / view_name(0, 0, strength=edit.strength),
+                 "depth": folder / f"depth{suffix}.png"}
         for key, image in (("aligned", edit.image), ("reference", edit.reference), ("views", strip),
                            ("view", view), ("depth", depth)):
             if key in ("views", "view", "depth") or not files[key].is_file():
@@ -287,7 +286,8 @@ class EditRunner:
             unedited = result.unedited_planes if strength != 1.0 else None
         if unedited is not None and edit.unedited is None:
             edit = replace(edit, branches=None, unedited=unedited.float().cpu().numpy())
-        edit = replace(edit, strength=strength).timed(render=result.timings["render"])
+        timings = {stage: seconds for stage, seconds in edit.timings.items() if stage not in ("video", "mesh")}
+        edit = replace(edit, strength=strength, timings={**timings, "render": result.timings["render"]})
         return self._save(edit, session, strip, view, depth)
 
     def view(self, edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> Path:
@@ -301,21 +301,25 @@ class EditRunner:
 
     def video(self, edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None
               ) -> tuple[Path, StoredEdit]:
-        """An orbit video (``orbit.mp4``, ``frames`` frames) of the stored edit; the edit with its timing."""
+        """An orbit video (``orbit.mp4``, ``orbit_strength0.5.mp4`` at another strength; ``frames`` frames) of the
+        stored edit; the edit with its timing."""
         with self._lock, stopped_if_gone(stop):
             result = self._renderer(edit)
-            path = result.video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
+            path = result.video(edit.folder(session) / f"orbit{strength_suffix(edit.strength)}.mp4", num_frames=frames,
+                                cancel=stop)
             edit = edit.timed(video=result.timings["video"])
             edit.save_record(session)
         return path, edit
 
     def mesh(self, edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None
              ) -> tuple[Path, Path, StoredEdit]:
-        """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply``; the edit with its timing."""
+        """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply`` (``mesh_strength0.5.glb``, ... at
+        another strength); the edit with its timing."""
         with self._lock, stopped_if_gone(stop):
             folder = edit.folder(session)
             result = self._renderer(edit)
-            glb, ply = result.mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution, cancel=stop)
+            name = f"mesh{strength_suffix(edit.strength)}"
+            glb, ply = result.mesh(folder / f"{name}.glb", folder / f"{name}.ply", resolution=resolution, cancel=stop)
             edit = edit.timed(mesh=result.timings["mesh"])
             edit.save_record(session)
         return glb, ply, edit

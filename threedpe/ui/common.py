@@ -519,9 +519,12 @@ class EditTab:
 
     def set_strength(self, edit: StoredEdit | None, strength: float, request: gr.Request) -> dict:
         """Re-render the last edit at ``strength`` (0 = the photo in 3D, 1 = the edit) without encoding again: the
-        3-view strip, the frontal view, depth and the before/after; the free-view angles go back to frontal."""
+        3-view strip, the frontal view, depth and the before/after; the free-view angles go back to frontal, and
+        the video and mesh of the previous strength are cleared (the page makes them anew)."""
         files = self.ctx.work.strength(require_edit(edit), self.ctx.folder(request), float(strength))
-        return {**self.panel.shown(files), self.panel.yaw: 0, self.panel.pitch: 0}
+        panel = self.panel
+        return {**panel.shown(files), panel.yaw: 0, panel.pitch: 0, panel.video: None, panel.model: None,
+                panel.files: None}
 
     def preview_strength(self, edit: StoredEdit | None, strength: float, request: gr.Request) -> dict:
         """A draft of the frontal view at ``strength`` while its slider is dragged (the full views follow on
@@ -556,8 +559,8 @@ class EditTab:
                 self.panel.status: status_markdown(edit), self.panel.state: edit}
 
     def wire(self, edit: Callable, inputs: list) -> None:
-        """The events of the tab: clear stale outputs -> ``edit(*inputs)`` -> video -> mesh (Stop stops them), and
-        the free-view sliders. Progress shows once, on the status line."""
+        """The events of the tab: clear stale outputs -> ``edit(*inputs)`` -> video -> mesh (Stop stops them), the
+        free-view sliders and the strength slider. Progress shows once, on the status line."""
         panel, name = self.panel, self.name
         cleared = gr.on(self.triggers(), None, None, **set_in_browser(panel.cleared), show_progress="hidden",
                         api_visibility="private")
@@ -565,12 +568,7 @@ class EditTab:
                              api_visibility="private")
         edited = listen(begun.then, edit, inputs, panel.edit_outputs, panel.status, api_name=edit.__name__,
                         preprocess=False, concurrency_id="gpu")
-        video = listen(edited.success, self.orbit_video, [panel.state, self.frames],
-                       [panel.video, panel.status, panel.state], panel.status, api_name=f"orbit_video_{name}",
-                       concurrency_id="gpu")
-        listen(video.success, self.mesh, [panel.state, self.mesh_resolution],
-               [panel.model, panel.files, panel.status, panel.state], panel.status, api_name=f"mesh_{name}",
-               concurrency_id="gpu")
+        self.video_and_mesh(edited)
         # No gradio `cancels`: the stop flag ends the running step at its next check, and the steps after it at once,
         # each with "Stopped" (a gradio cancel of a running event races with its end and can leave an error badge)
         self.stop.click(self.ctx.stop_work, None, panel.status, queue=False, api_visibility="private")
@@ -581,9 +579,28 @@ class EditTab:
         if self.ctx.defaults.preview_while_dragging:  # one queue with the full views: a release follows the drafts
             listen(functools.partial(gr.on, [panel.yaw.input, panel.pitch.input]), self.preview_view, view_inputs,
                    [panel.view], panel.status, api_visibility="private", show_progress="hidden", **views)
-        if self.ctx.defaults.preview_while_dragging:
             listen(panel.strength.input, self.preview_strength, [panel.state, panel.strength], [panel.view],
                    panel.status, api_visibility="private", show_progress="hidden", **views)
-        listen(panel.strength.release, self.set_strength, [panel.state, panel.strength],
-               [*panel.edit_outputs, panel.yaw, panel.pitch], panel.status, api_name=f"set_strength_{name}",
-               show_progress="minimal", **{**views, "show_progress_on": [panel.view, panel.strip]})
+        # In the edit's queue: after its video and mesh, which keep the edit in the state (at the strength it had)
+        begun = panel.strength.release(self.ctx.begin_action, None, None, queue=False, show_progress="hidden",
+                                       api_visibility="private")
+        strength = listen(begun.then, self.set_strength, [panel.state, panel.strength],
+                          [*panel.edit_outputs, panel.yaw, panel.pitch, panel.video, panel.model, panel.files],
+                          panel.status, api_name=f"set_strength_{name}", concurrency_id="gpu",
+                          trigger_mode="always_last", show_progress="minimal",
+                          show_progress_on=[panel.view, panel.strip])
+        self.video_and_mesh(strength, api=False)
+
+    def video_and_mesh(self, after: Dependency, api: bool = True) -> None:
+        """The orbit video then the mesh of the edit in the state, after ``after`` succeeds (``api``: whether they
+        are in the API as ``orbit_video_<tab>`` and ``mesh_<tab>``)."""
+        panel, name = self.panel, self.name
+        names = {step: {"api_name": f"{step}_{name}"} if api else {"api_name": f"{step}_strength_{name}",
+                                                                   "api_visibility": "private"}
+                 for step in ("orbit_video", "mesh")}
+        video = listen(after.success, self.orbit_video, [panel.state, self.frames],
+                       [panel.video, panel.status, panel.state], panel.status, concurrency_id="gpu",
+                       **names["orbit_video"])
+        listen(video.success, self.mesh, [panel.state, self.mesh_resolution],
+               [panel.model, panel.files, panel.status, panel.state], panel.status, concurrency_id="gpu",
+               **names["mesh"])
