@@ -30,7 +30,7 @@ from threedpe.serving.sessions import RateLimiter, RateLimitError, SessionFiles
 from threedpe.ui import common
 from threedpe.ui.page import build_demo
 
-ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view")
+ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view", "set_strength")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
     "/publish", "/gallery_page", "/open_edit", "/delete_edit", "/flag_edit", "/generate_pairs", "/customize",
     "/apply_style"} | ({"/set_precision"} if native_bf16("cpu") else set())  # a choice where bf16 is native
@@ -69,8 +69,9 @@ def edit_text(client: Client, server: AppServer, instruction: str = "make it a b
 
 
 def check_edit_outputs(outputs: tuple) -> Image.Image:
-    """The 6 outputs of an edit, named for what they hold; returns the frontal free view."""
-    aligned, reference, strip, view, depth, status = outputs
+    """The 8 outputs of an edit, named for what they hold; returns the frontal free view."""
+    aligned, reference, strip, view, depth, status, (before, after), strength = outputs
+    assert png(before) == png(aligned) and png(after) == png(view) and strength == 1.0  # the before/after slider
     names = [Path(path).name for path in (aligned, reference, strip, view, depth)]
     assert names == ["aligned.png", "reference.png", "views.png", "view_yaw0_pitch0.png", "depth.png"]
     assert png(aligned).size == (512, 512)
@@ -196,25 +197,66 @@ def test_reference_edit_then_views_video_and_mesh_at_default_settings(server, cl
     assert "mesh" in status and "orbit video" in status
 
 
+def test_strength_re_renders_the_edit_without_a_new_encode_and_is_published(server, client, monkeypatch):
+    """Moving the strength slider re-renders the strip, the frontal view and the before/after from the stored
+    tri-planes (no encode; 0 = the photo in 3D differs from the edit, back to 1 gives the edit's view bit for bit);
+    free views render at the chosen strength, a published edit keeps it, and the edit endpoint takes it last."""
+    encodes, encode = [], server.editor.encode
+    monkeypatch.setattr(server.editor, "encode", lambda *args, **kwargs: encodes.append(1) or encode(*args, **kwargs))
+    outputs = edit_reference(client, server)
+    frontal, strip = png(outputs[3]), png(outputs[2])
+    zero = client.predict(0, api_name="/set_strength_reference")
+    aligned, _, zero_strip, zero_view, _, status, (before, after), strength, yaw, pitch, *stale = zero
+    assert Path(zero_view).name == "view_yaw0_pitch0_strength0.png" and strength == 0 and (yaw, pitch) == (0, 0)
+    assert stale == [None, None, None]  # the video, mesh and files of the previous strength are cleared
+    assert png(after) == png(zero_view) and png(before) == png(aligned) and "render" in status
+    assert png(zero_view) != frontal and png(zero_strip) != strip
+    turned = png(client.predict(20, 0, api_name="/render_view_reference"))  # the free view at strength 0
+    assert turned == png(client.predict(20, 0, api_name="/render_view_reference"))
+    again = client.predict(1, api_name="/set_strength_reference")
+    assert png(again[3]) == frontal and png(again[2]) == strip
+    assert png(client.predict(20, 0, api_name="/render_view_reference")) != turned
+    client.predict(0.5, api_name="/set_strength_reference")
+    assert len(encodes) == 1  # the edit's own encode only
+    info = client.predict(client.predict(False, api_name="/publish")["id"], api_name="/open_edit")[0]
+    assert "edit strength 0.5" in info, info
+    direct = client.predict(handle_file(server.photo), handle_file(server.reference), False, 0.5,
+                            api_name="/edit_reference")
+    assert Path(direct[3]).name == "view_yaw0_pitch0_strength0.5.png" and direct[7] == 0.5 and len(encodes) == 2
+    with pytest.raises(AppError):
+        client.predict(2, api_name="/set_strength_reference")
+
+
+def test_the_strength_slider_hides_and_says_why_without_the_live3d_file(server, tmp_path, monkeypatch):
+    reason = "edit strengths other than 1 need Live3D's reconstruction network: put live3d.pt in the weight folder"
+    monkeypatch.setattr(type(server.editor), "strength_unavailable", property(lambda self: reason))
+    demo = build_demo(server.editor, sessions=SessionFiles(tmp_path / "sessions"))
+    props = elem_props(demo, ("-strength", "-strength-note"))
+    for tab in ("text", "reference", "customize"):
+        assert props[f"{tab}-strength"]["visible"] is False and "live3d.pt" in props[f"{tab}-strength-note"]["value"]
+    shown = elem_props(server.demo, ("-strength", "-strength-note"))
+    assert shown["reference-strength"]["visible"] is True and "reference-strength-note" not in shown
+
+
 def test_the_status_line_names_the_precision_and_exact_is_one_click_away(server, client):
     """On a CPU that computes bfloat16 natively the app edits in "fast" (bf16) unless the visitor picks "exact"; the
     status line says which ran, and a view of the edit keeps its precision. Elsewhere there is no choice (fp32)."""
     default = OutputSettings.for_device(server.editor.device).precision
     assert default == recommended_precision("cpu")
     assert ('"elem_id": "precision"' in page_config(server.url)) == native_bf16("cpu")
-    status = edit_reference(client, server)[-1]
+    status = edit_reference(client, server)[5]
     assert ("cpu bf16 (fast precision" in status) == (default == "fast") and ("cpu fp32" in status) != (
         default == "fast")
     if not native_bf16("cpu"):
         return
     fast_view = png(client.predict(30, 0, api_name="/render_view_reference"))
     assert "exact" in client.predict("exact", api_name="/set_precision")
-    status = edit_reference(client, server)[-1]
+    status = edit_reference(client, server)[5]
     assert "cpu fp32" in status and "bf16" not in status
     exact_view = png(client.predict(30, 0, api_name="/render_view_reference"))
     assert not np.array_equal(np.asarray(fast_view), np.asarray(exact_view))  # the view kept the edit's precision
     other = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
-    assert "cpu bf16" in edit_reference(other, server)[-1]  # another visitor keeps the default
+    assert "cpu bf16" in edit_reference(other, server)[5]  # another visitor keeps the default
     assert "fast" in client.predict("fast", api_name="/set_precision")
 
 

@@ -131,6 +131,27 @@ def test_reference_edit_views_video_mesh_and_named_downloads(page, server):
     screenshot(page, "app_reference_edit.png")
 
 
+def test_the_strength_slider_re_renders_without_encoding_and_the_before_after_shows(page, server, monkeypatch):
+    encodes, encode = [], server.editor.encode
+    monkeypatch.setattr(server.editor, "encode", lambda *args, **kwargs: encodes.append(1) or encode(*args, **kwargs))
+    open_tab(page, "Reference edit")
+    upload(page, "reference-reference", server.reference)
+    edit(page, "reference", server.photo)
+    page.locator("#reference-view img[src$='/view_yaw0_pitch0.png']").wait_for()
+    compare = page.locator("#reference-compare img")
+    compare.nth(1).wait_for()
+    assert [compare.nth(i).get_attribute("src").rsplit("/", 1)[-1] for i in range(2)] == [
+        "aligned.png", "view_yaw0_pitch0.png"]  # before / after
+    set_slider(page, "reference-strength", 0.3)
+    page.locator("#reference-view img[src$='/view_yaw0_pitch0_strength0.3.png']").wait_for()
+    page.locator("#reference-strip img[src$='/views_strength0.3.png']").wait_for()
+    page.locator("#reference-compare img[src$='/view_yaw0_pitch0_strength0.3.png']").wait_for()
+    page.locator("#reference-video video[src$='/orbit_strength0.3.mp4']").wait_for()  # made anew at 0.3
+    page.locator("#reference-status").get_by_text("mesh").wait_for()
+    assert len(encodes) == 1  # the edit's own encode only
+    screenshot(page, "app_strength.png")
+
+
 def test_text_edit_shows_one_progress_display_with_the_step_count(page, server):
     page.locator("#text-anchor-image img").wait_for()  # the page has loaded the anchor portrait (its own progress)
     page.locator("#text-instruction textarea").fill("make it a bronze statue with a blue hat")

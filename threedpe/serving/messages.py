@@ -60,7 +60,8 @@ STAGE_LABELS = {"align": "align", "reference": "reference", "encode": "encode", 
 
 
 SETTING_LABELS = {"steps": "InstructPix2Pix steps", "text_guidance": "text guidance",
-                  "image_guidance": "image guidance", "resolution": "2D edit resolution", "seed": "seed"}
+                  "image_guidance": "image guidance", "resolution": "2D edit resolution", "seed": "seed",
+                  "strength": "edit strength"}
 
 
 def timings_line(timings: Mapping[str, float]) -> str:

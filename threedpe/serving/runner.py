@@ -31,7 +31,7 @@ from threedpe.files import atomic_write
 from threedpe.images import ImageInput, load_image
 from threedpe.models.editor import ReconstructionModel
 from threedpe.models.generator import TriPlaneGenerator
-from threedpe.pipeline import EditResult, PortraitEditor, reference_notes
+from threedpe.pipeline import EditResult, PortraitEditor, Unedited, check_strength, reference_notes
 from threedpe.precision import recommended_precision
 from threedpe.serving.messages import public_message
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
@@ -105,10 +105,12 @@ def load_text_model(editor: PortraitEditor) -> str | None:
 
 @dataclass
 class StoredEdit:
-    """A finished edit as plain CPU data: ``planes`` (1, 96, P, P) float32, the aligned input and the reference
-    (RGB images), seconds per stage, notes for the user, the anchor's label (text edits), what produced it (the
-    instruction of a text edit, the settings, a style's name), and ``id``, which names the edit's folder of output
-    files."""
+    """A finished edit as plain CPU data: ``planes`` (1, 96, P, P) float32 at strength 1, the aligned input and the
+    reference (RGB images), seconds per stage, notes for the user, the anchor's label (text edits), what produced it
+    (the instruction of a text edit, the settings, a style's name), and ``id``, which names the edit's folder of output
+    files. ``strength``: the edit strength its views, video and mesh render at; what other strengths need without a
+    new encode: the editor's E_low / E_high features of the photo (``branches``, kept from the edit while strengths
+    are available) until the first change away from 1 turns them into the ``unedited`` tri-planes, kept instead."""
 
     planes: np.ndarray
     image: Image.Image
@@ -121,19 +123,35 @@ class StoredEdit:
     style: str | None = None
     execution: str = ""  # how the editor ran, e.g. "cpu fp32, ..., folded channels-last SR"
     precision: str = "exact"  # the editor's precision for this edit, kept by its views, video and mesh
+    strength: float = 1.0
+    branches: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    unedited: np.ndarray | None = field(default=None, repr=False)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod
     def from_result(cls, result: EditResult, **details) -> StoredEdit:
-        return cls(planes=result.planes.detach().float().cpu().numpy(), image=result.image,
-                   reference=result.reference, timings=dict(result.timings), notes=list(result.warnings),
-                   anchor=result.anchor, execution=result.execution, precision=result.editor.precision,
-                   **details)
+        """``result`` (at any strength) as CPU data, with what its other strengths need."""
+        def cpu(tensor: torch.Tensor | None) -> np.ndarray | None:
+            return None if tensor is None else tensor.detach().float().cpu().numpy()
+
+        unedited = result._unedited or Unedited(None)
+        edited = result.planes if result.edited_planes is None else result.edited_planes
+        return cls(planes=cpu(edited), image=result.image, reference=result.reference, timings=dict(result.timings),
+                   notes=list(result.warnings), anchor=result.anchor, execution=result.execution,
+                   precision=result.editor.precision, strength=result.strength,
+                   branches=tuple(map(cpu, unedited.branches)) if unedited.branches else None,
+                   unedited=cpu(unedited.planes), **details)
 
     def result(self, editor: PortraitEditor) -> EditResult:
-        """An ``EditResult`` that renders these tri-planes with ``editor`` (no re-encoding)."""
-        planes = torch.from_numpy(self.planes).to(editor.device)
-        return EditResult(planes=planes, image=self.image, reference=self.reference, editor=editor)
+        """An ``EditResult`` that renders these tri-planes at this edit's strength with ``editor`` (no re-encoding;
+        the first strength other than 1 runs Live3D's final encoder on the kept features)."""
+        def device(array: np.ndarray | None) -> torch.Tensor | None:
+            return None if array is None else torch.from_numpy(array).to(editor.device)
+
+        branches = tuple(map(device, self.branches)) if self.branches else None
+        result = EditResult(planes=device(self.planes), image=self.image, reference=self.reference, editor=editor,
+                            _unedited=Unedited(branches, device(self.unedited)))
+        return result if self.strength == 1.0 else result.with_strength(self.strength)
 
     def timed(self, **seconds: float) -> StoredEdit:
         """A copy with more stage timings (the stored planes are shared, not copied)."""
@@ -147,10 +165,12 @@ class StoredEdit:
         return folder
 
     def save_record(self, session: Path) -> None:
-        """What publishing needs besides the files (instruction, style, settings, timings), as ``edit.json`` in the
-        edit's folder; rewritten when the video or mesh adds a timing."""
+        """What publishing needs besides the files (instruction, style, settings with the strength, which names the
+        strip, video and mesh files, and timings), as ``edit.json`` in the edit's folder; rewritten when the video,
+        mesh or strength changes."""
         record = {"instruction": self.instruction, "style": self.style, "anchor": self.anchor,
-                  "settings": self.settings, "timings": {key: round(value, 3) for key, value in self.timings.items()}}
+                  "settings": {**self.settings, "strength": self.strength},
+                  "timings": {key: round(value, 3) for key, value in self.timings.items()}}
         atomic_write(self.folder(session) / EDIT_RECORD, lambda file: file.write(json.dumps(record).encode()))
 
 
@@ -167,10 +187,16 @@ class EditFiles:
     depth: Path
 
 
-def view_name(yaw: float, pitch: float, preview: bool = False) -> str:
-    """File name of a free view, e.g. ``view_yaw30_pitch-10.png`` (degrees from frontal; ``..._preview.png`` for a
-    draft)."""
-    return f"view_yaw{yaw:g}_pitch{pitch:g}{'_preview' if preview else ''}.png"
+def view_name(yaw: float, pitch: float, preview: bool = False, strength: float = 1.0) -> str:
+    """File name of a free view, e.g. ``view_yaw30_pitch-10.png`` (degrees from frontal; ``..._strength0.5`` at
+    another strength than 1; ``..._preview.png`` for a draft)."""
+    return f"view_yaw{yaw:g}_pitch{pitch:g}{strength_suffix(strength)}{'_preview' if preview else ''}.png"
+
+
+def strength_suffix(strength: float) -> str:
+    """What the names of an edit's files at ``strength`` end with before the extension: ``""`` at 1, else e.g.
+    ``_strength0.5`` (``views_strength0.5.png``, ``orbit_strength0.5.mp4``, ...)."""
+    return "" if strength == 1.0 else f"_strength{strength:g}"
 
 
 def check_upload(path: str, reference: bool = False) -> list[str]:
@@ -207,10 +233,11 @@ class EditRunner:
     def edit(self, photo: ImageInput, session: Path, stop: StopFlag | None = None, reference: ImageInput | None = None,
              prompt: str | None = None, *, align_reference: bool = False, settings: EditSettings | None = None,
              seed: int = 0, anchor: int | str = 0, use_own_photo: bool = False,
-             style: tuple[str, Style] | None = None, precision: str | None = None) -> EditFiles:
+             style: tuple[str, Style] | None = None, precision: str | None = None, strength: float = 1.0) -> EditFiles:
         """Edit ``photo`` (reference image or instruction; ``style``: a customised style and its name, applied for
-        this edit only; ``precision``: ``"exact"`` or ``"fast"``, None: the editor's), then write the aligned input,
-        the reference, the 3-view strip, the frontal view, depth and ``edit.json`` into a new folder of ``session``."""
+        this edit only; ``precision``: ``"exact"`` or ``"fast"``, None: the editor's; ``strength``: see
+        :meth:`strength`), then write the aligned input, the reference, the 3-view strip, the frontal view, depth and
+        ``edit.json`` into a new folder of ``session``."""
         with self._lock:
             self.editor.precision = precision or self.editor.precision  # checked; kept by this edit's renders
             photo = load_image(photo, max_pixels=MAX_PIXELS)
@@ -218,7 +245,7 @@ class EditRunner:
                 reference = load_image(reference, max_pixels=MAX_PIXELS)
             result = self.editor(photo, reference=reference, prompt=prompt, align_reference=align_reference,
                                  settings=settings, seed=seed, anchor=anchor, use_own_photo=use_own_photo,
-                                 style=style[1] if style else None, cancel=stop)
+                                 style=style[1] if style else None, cancel=stop, strength=strength)
             strip = result.strip(cancel=stop)
             view, depth = result.view(), result.depth()
             if prompt is None:
@@ -229,41 +256,70 @@ class EditRunner:
             edit = StoredEdit.from_result(result, instruction=prompt, settings=details,
                                           style=style[0] if style else None)
         with stopped_if_gone(stop):
-            folder = edit.folder(session)
-            files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
-                     "views": folder / "views.png", "view": folder / view_name(0, 0), "depth": folder / "depth.png"}
-            for key, image in (("aligned", result.image), ("reference", result.reference), ("views", strip),
-                               ("view", view), ("depth", depth)):
+            return self._save(edit, session, strip, view, depth)
+
+    def _save(self, edit: StoredEdit, session: Path, strip: Image.Image, view: Image.Image, depth: Image.Image
+              ) -> EditFiles:
+        """Write the edit's images (named for its strength) and record into its folder."""
+        folder = edit.folder(session)
+        suffix = strength_suffix(edit.strength)
+        files = {"aligned": folder / "aligned.png", "reference": folder / "reference.png",
+                 "views": folder / f"views{suffix}.png", "view": folder / view_name(0, 0, strength=edit.strength),
+                 "depth": folder / f"depth{suffix}.png"}
+        for key, image in (("aligned", edit.image), ("reference", edit.reference), ("views", strip),
+                           ("view", view), ("depth", depth)):
+            if key in ("views", "view", "depth") or not files[key].is_file():
                 image.save(files[key])
-            edit.save_record(session)
+        edit.save_record(session)
         return EditFiles(edit, **files)
+
+    def strength(self, edit: StoredEdit, session: Path, strength: float) -> EditFiles:
+        """``edit`` at another ``strength`` (in ``STRENGTH_RANGE``) without re-encoding: its 3-view strip, frontal
+        view and depth rendered anew (``views_strength0.5.png``, ...); the edit (at that strength, keeping the
+        unedited tri-planes that the first change away from 1 makes) is returned with them."""
+        strength = check_strength(float(strength))
+        with self._lock:
+            if strength != 1.0:
+                self.editor.require_strength()
+            result = self._renderer(replace(edit, strength=1.0)).with_strength(strength)
+            strip, view, depth = result.strip(), result.view(), result.depth()
+            unedited = result.unedited_planes if strength != 1.0 else None
+        if unedited is not None and edit.unedited is None:
+            edit = replace(edit, branches=None, unedited=unedited.float().cpu().numpy())
+        timings = {stage: seconds for stage, seconds in edit.timings.items() if stage not in ("video", "mesh")}
+        edit = replace(edit, strength=strength, timings={**timings, "render": result.timings["render"]})
+        return self._save(edit, session, strip, view, depth)
 
     def view(self, edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> Path:
         """The stored edit seen from (yaw, pitch) in degrees from frontal, written as ``view_yaw.._pitch...png``;
         ``preview``: the draft quality used while a slider is dragged (``..._preview.png``)."""
         with self._lock:
             image = self._renderer(edit).view(yaw, pitch, preview=preview)
-        path = edit.folder(session) / view_name(yaw, pitch, preview)
+        path = edit.folder(session) / view_name(yaw, pitch, preview, edit.strength)
         image.save(path)
         return path
 
     def video(self, edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None
               ) -> tuple[Path, StoredEdit]:
-        """An orbit video (``orbit.mp4``, ``frames`` frames) of the stored edit; the edit with its timing."""
+        """An orbit video (``orbit.mp4``, ``orbit_strength0.5.mp4`` at another strength; ``frames`` frames) of the
+        stored edit; the edit with its timing."""
         with self._lock, stopped_if_gone(stop):
             result = self._renderer(edit)
-            path = result.video(edit.folder(session) / "orbit.mp4", num_frames=frames, cancel=stop)
+            path = result.video(edit.folder(session) / f"orbit{strength_suffix(edit.strength)}.mp4", num_frames=frames,
+                                cancel=stop)
             edit = edit.timed(video=result.timings["video"])
             edit.save_record(session)
         return path, edit
 
     def mesh(self, edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None
              ) -> tuple[Path, Path, StoredEdit]:
-        """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply``; the edit with its timing."""
+        """The coloured mesh of the stored edit as ``mesh.glb`` and ``mesh.ply`` (``mesh_strength0.5.glb``, ... at
+        another strength); the edit with its timing."""
         with self._lock, stopped_if_gone(stop):
             folder = edit.folder(session)
             result = self._renderer(edit)
-            glb, ply = result.mesh(folder / "mesh.glb", folder / "mesh.ply", resolution=resolution, cancel=stop)
+            name = f"mesh{strength_suffix(edit.strength)}"
+            glb, ply = result.mesh(folder / f"{name}.glb", folder / f"{name}.ply", resolution=resolution, cancel=stop)
             edit = edit.timed(mesh=result.timings["mesh"])
             edit.save_record(session)
         return glb, ply, edit
@@ -352,6 +408,10 @@ class EditRunner:
     @staticmethod
     def view_duration(edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> int:
         return 5
+
+    @staticmethod
+    def strength_duration(edit: StoredEdit, session: Path, strength: float) -> int:
+        return 10  # Live3D's final encoder once, then the strip, the view and depth
 
     @staticmethod
     def video_duration(edit: StoredEdit, session: Path, frames: int, stop: StopFlag | None = None) -> int:

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, get_type_hints
 
@@ -31,7 +31,7 @@ from threedpe.training.samples import DataError
 from threedpe.diffusion import EditSettings
 from threedpe.gallery import Gallery, GalleryError
 from threedpe.devices import resolve_device
-from threedpe.pipeline import USER_ERRORS, PortraitEditor
+from threedpe.pipeline import STRENGTH_RANGE, USER_ERRORS, PortraitEditor, check_strength
 from threedpe.precision import check_precision, native_bf16_label
 from threedpe.serving.messages import disabled_reason, public_message, timings_line
 from threedpe.serving.runner import EditFiles, EditRunner, OutputSettings, StoredEdit, check_upload
@@ -173,8 +173,8 @@ class GpuWork:
 
     def __init__(self, runner: EditRunner | None, disabled: str = ""):
         self.runner, self.disabled = runner, disabled
-        self.edit, self.view, self.video, self.mesh, self.anchor, self.samples = (
-            self._gpu(method) for method in ("edit", "view", "video", "mesh", "anchor", "samples"))
+        self.edit, self.view, self.strength, self.video, self.mesh, self.anchor, self.samples = (
+            self._gpu(method) for method in ("edit", "view", "strength", "video", "mesh", "anchor", "samples"))
         self.fine_tune = (spaces.GPU(duration=EditRunner.fine_tune_duration)(self._stream_fine_tune)
                           if runner is not None else self._gpu("fine_tune"))
 
@@ -231,6 +231,12 @@ class UIContext:
     def editing(self) -> bool:
         """Whether the actions that need weights can run."""
         return self.runner is not None
+
+    @property
+    def strength_unavailable(self) -> str | None:
+        """Why the strength slider is hidden (names the missing Live3D file), None when it shows; "" without weights
+        (editing is off, as the page says)."""
+        return self.runner.editor.strength_unavailable if self.runner is not None else ""
 
     def folder(self, request: gr.Request) -> Path:
         """The session's folder of outputs."""
@@ -364,6 +370,18 @@ def output_settings(name: str, default: OutputSettings) -> tuple[gr.Slider, gr.S
     return frames, resolution
 
 
+def strength_slider(name: str, unavailable: str | None) -> gr.Slider:
+    """The edit-strength slider of tab ``name``: shown when strengths are available (``unavailable`` None), else
+    hidden, with why in a note (none when ``unavailable`` is "")."""
+    low, high = STRENGTH_RANGE
+    slider = gr.Slider(low, high, value=1.0, step=0.05, label="Edit strength",
+                       info="0 = your photo in 3D, 1 = the edit, above 1 exaggerates it (re-rendered, not re-encoded)",
+                       visible=unavailable is None, elem_id=f"{name}-strength")
+    if unavailable:
+        gr.Markdown(f"ℹ️ No strength slider: {public_message(unavailable)}", elem_id=f"{name}-strength-note")
+    return slider
+
+
 @dataclass
 class ResultPanel:
     """The output components of one edit tab and the tab's per-session state (a ``StoredEdit``)."""
@@ -375,6 +393,8 @@ class ResultPanel:
     view: gr.Image
     yaw: gr.Slider
     pitch: gr.Slider
+    strength: gr.Slider
+    compare: gr.ImageSlider
     depth: gr.Image
     video: gr.Video
     model: gr.Model3D
@@ -385,9 +405,11 @@ class ResultPanel:
     state: gr.State
 
     @classmethod
-    def lay_out(cls, name: str, reference_label: str, publishing: bool, editing: bool) -> ResultPanel:
+    def lay_out(cls, name: str, reference_label: str, publishing: bool, editing: bool,
+                strength_unavailable: str | None = None) -> ResultPanel:
         """Lay out the outputs of an edit (inside the current column); elem_ids start with ``name``. ``publishing``:
-        whether the publish controls show (there is a gallery); ``editing``: whether they can be used (weights)."""
+        whether the publish controls show (there is a gallery); ``editing``: whether they can be used (weights);
+        ``strength_unavailable``: why the strength slider is hidden (shown in a note unless ""), None: it shows."""
         png = {"type": "filepath", "format": "png", "interactive": False, "buttons": ["download", "fullscreen"]}
         status = gr.Markdown("Results appear here.", label="Status", elem_id=f"{name}-status", elem_classes="status")
         with gr.Row(equal_height=True):
@@ -401,7 +423,10 @@ class ResultPanel:
                                 label="Yaw (°; + moves the camera to the right)", elem_id=f"{name}-yaw")
                 pitch = gr.Slider(-MAX_PITCH_DEGREES, MAX_PITCH_DEGREES, value=0, step=1,
                                   label="Pitch (°; + moves the camera down)", elem_id=f"{name}-pitch")
+                strength = strength_slider(name, strength_unavailable)
             depth = gr.Image(label="Depth (near = bright)", height=280, elem_id=f"{name}-depth", **png)
+        compare = gr.ImageSlider(label="Before / after: the aligned photo and the edited frontal view", type="filepath",
+                                 format="png", interactive=False, height=360, elem_id=f"{name}-compare")
         with gr.Row(equal_height=True):
             video = gr.Video(label="Orbit video", autoplay=True, loop=True, interactive=False, height=320,
                              buttons=["download"], elem_id=f"{name}-video")
@@ -414,24 +439,26 @@ class ResultPanel:
                                       interactive=editing, elem_id=f"{name}-share-photo")
             publish = gr.Button("Publish to the gallery", scale=1, interactive=editing, elem_id=f"{name}-publish")
         link = gr.Markdown(elem_id=f"{name}-link")
-        return cls(status, aligned, reference, strip, view, yaw, pitch, depth, video, model, files, share_photo,
-                   publish, link, gr.State())
+        return cls(status, aligned, reference, strip, view, yaw, pitch, strength, compare, depth, video, model, files,
+                   share_photo, publish, link, gr.State())
 
     @property
     def edit_outputs(self) -> list:
-        return [self.aligned, self.reference, self.strip, self.view, self.depth, self.status, self.state]
+        return [self.aligned, self.reference, self.strip, self.view, self.depth, self.status, self.compare,
+                self.strength, self.state]
 
     @property
     def cleared(self) -> dict:
         """What a new edit clears before it starts: the previous edit's video, mesh and files, the sliders; and the
         status it shows meanwhile."""
-        return {self.video: None, self.model: None, self.files: None, self.yaw: 0, self.pitch: 0,
-                self.status: "⏳ Working…"}
+        return {self.video: None, self.model: None, self.files: None, self.yaw: 0, self.pitch: 0, self.strength: 1.0,
+                self.compare: None, self.status: "⏳ Working…"}
 
     def shown(self, files: EditFiles) -> dict:
-        """The values of ``edit_outputs`` for a finished edit."""
+        """The values of ``edit_outputs`` for a finished edit (or the same edit at another strength)."""
         return {self.aligned: str(files.aligned), self.reference: str(files.reference), self.strip: str(files.views),
                 self.view: str(files.view), self.depth: str(files.depth), self.status: status_markdown(files.edit),
+                self.compare: (str(files.aligned), str(files.view)), self.strength: files.edit.strength,
                 self.state: files.edit}
 
 
@@ -458,7 +485,7 @@ class EditTab:
                 self.examples()
             with gr.Column(scale=3):
                 self.panel = ResultPanel.lay_out(self.name, self.reference_label, ctx.gallery is not None,
-                                                 ctx.editing)
+                                                 ctx.editing, ctx.strength_unavailable)
 
     def controls(self) -> None:
         """The tab's inputs below the photo."""
@@ -473,21 +500,39 @@ class EditTab:
         """What starts the edit."""
         return [self.run.click]
 
-    def run_edit(self, request: gr.Request, photo: dict | None, **kwargs) -> dict:
-        """Rate-limit, edit (stoppable), and lay the result out in the panel."""
+    def run_edit(self, request: gr.Request, photo: dict | None, strength: float | None = 1.0, **kwargs) -> dict:
+        """Rate-limit, edit (stoppable; at ``strength``, None: 1), and lay the result out in the panel."""
         path = require_photo(photo)
+        strength = show_errors(check_strength)(1.0 if strength is None else strength)
         sessions = self.ctx.sessions
         with sessions.running(request.session_hash) as stop:
             show_errors(check)(stop, "before the edit")  # stopped while it waited in the queue
             show_errors(self.ctx.limiter.take)(request.session_hash or "anonymous")
             files = self.ctx.work.edit(path, self.ctx.folder(request), stop, precision=self.ctx.precision(request),
-                                       **kwargs)
+                                       strength=strength, **kwargs)
         return self.panel.shown(files)
 
     def render_view(self, edit: StoredEdit | None, yaw: float, pitch: float, request: gr.Request) -> dict:
         """Re-render the last edit from (yaw, pitch) in degrees from frontal, from its cached tri-planes."""
         path = self.ctx.work.view(require_edit(edit), self.ctx.folder(request), float(yaw), float(pitch))
         return {self.panel.view: str(path)}
+
+    def set_strength(self, edit: StoredEdit | None, strength: float, request: gr.Request) -> dict:
+        """Re-render the last edit at ``strength`` (0 = the photo in 3D, 1 = the edit) without encoding again: the
+        3-view strip, the frontal view, depth and the before/after; the free-view angles go back to frontal, and
+        the video and mesh of the previous strength are cleared (the page makes them anew)."""
+        files = self.ctx.work.strength(require_edit(edit), self.ctx.folder(request), float(strength))
+        panel = self.panel
+        return {**panel.shown(files), panel.yaw: 0, panel.pitch: 0, panel.video: None, panel.model: None,
+                panel.files: None}
+
+    def preview_strength(self, edit: StoredEdit | None, strength: float, request: gr.Request) -> dict:
+        """A draft of the frontal view at ``strength`` while its slider is dragged (the full views follow on
+        release)."""
+        if edit is None:
+            return {self.panel.view: gr.skip()}
+        at = replace(edit, strength=show_errors(check_strength)(float(strength)))
+        return {self.panel.view: str(self.ctx.work.view(at, self.ctx.folder(request), 0.0, 0.0, True))}
 
     def preview_view(self, edit: StoredEdit | None, yaw: float, pitch: float, request: gr.Request) -> dict:
         """A draft of the view while a slider is dragged (the full view follows on release)."""
@@ -514,8 +559,8 @@ class EditTab:
                 self.panel.status: status_markdown(edit), self.panel.state: edit}
 
     def wire(self, edit: Callable, inputs: list) -> None:
-        """The events of the tab: clear stale outputs -> ``edit(*inputs)`` -> video -> mesh (Stop stops them), and
-        the free-view sliders. Progress shows once, on the status line."""
+        """The events of the tab: clear stale outputs -> ``edit(*inputs)`` -> video -> mesh (Stop stops them), the
+        free-view sliders and the strength slider. Progress shows once, on the status line."""
         panel, name = self.panel, self.name
         cleared = gr.on(self.triggers(), None, None, **set_in_browser(panel.cleared), show_progress="hidden",
                         api_visibility="private")
@@ -523,12 +568,7 @@ class EditTab:
                              api_visibility="private")
         edited = listen(begun.then, edit, inputs, panel.edit_outputs, panel.status, api_name=edit.__name__,
                         preprocess=False, concurrency_id="gpu")
-        video = listen(edited.success, self.orbit_video, [panel.state, self.frames],
-                       [panel.video, panel.status, panel.state], panel.status, api_name=f"orbit_video_{name}",
-                       concurrency_id="gpu")
-        listen(video.success, self.mesh, [panel.state, self.mesh_resolution],
-               [panel.model, panel.files, panel.status, panel.state], panel.status, api_name=f"mesh_{name}",
-               concurrency_id="gpu")
+        self.video_and_mesh(edited)
         # No gradio `cancels`: the stop flag ends the running step at its next check, and the steps after it at once,
         # each with "Stopped" (a gradio cancel of a running event races with its end and can leave an error badge)
         self.stop.click(self.ctx.stop_work, None, panel.status, queue=False, api_visibility="private")
@@ -539,3 +579,28 @@ class EditTab:
         if self.ctx.defaults.preview_while_dragging:  # one queue with the full views: a release follows the drafts
             listen(functools.partial(gr.on, [panel.yaw.input, panel.pitch.input]), self.preview_view, view_inputs,
                    [panel.view], panel.status, api_visibility="private", show_progress="hidden", **views)
+            listen(panel.strength.input, self.preview_strength, [panel.state, panel.strength], [panel.view],
+                   panel.status, api_visibility="private", show_progress="hidden", **views)
+        # In the edit's queue: after its video and mesh, which keep the edit in the state (at the strength it had)
+        begun = panel.strength.release(self.ctx.begin_action, None, None, queue=False, show_progress="hidden",
+                                       api_visibility="private")
+        strength = listen(begun.then, self.set_strength, [panel.state, panel.strength],
+                          [*panel.edit_outputs, panel.yaw, panel.pitch, panel.video, panel.model, panel.files],
+                          panel.status, api_name=f"set_strength_{name}", concurrency_id="gpu",
+                          trigger_mode="always_last", show_progress="minimal",
+                          show_progress_on=[panel.view, panel.strip])
+        self.video_and_mesh(strength, api=False)
+
+    def video_and_mesh(self, after: Dependency, api: bool = True) -> None:
+        """The orbit video then the mesh of the edit in the state, after ``after`` succeeds (``api``: whether they
+        are in the API as ``orbit_video_<tab>`` and ``mesh_<tab>``)."""
+        panel, name = self.panel, self.name
+        names = {step: {"api_name": f"{step}_{name}"} if api else {"api_name": f"{step}_strength_{name}",
+                                                                   "api_visibility": "private"}
+                 for step in ("orbit_video", "mesh")}
+        video = listen(after.success, self.orbit_video, [panel.state, self.frames],
+                       [panel.video, panel.status, panel.state], panel.status, concurrency_id="gpu",
+                       **names["orbit_video"])
+        listen(video.success, self.mesh, [panel.state, self.mesh_resolution],
+               [panel.model, panel.files, panel.status, panel.state], panel.status, concurrency_id="gpu",
+               **names["mesh"])

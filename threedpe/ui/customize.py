@@ -189,7 +189,8 @@ class StyleEditTab(EditTab):
                                       elem_id="customize-style-instruction")
 
     def apply_style(self, photo: dict | None, reference: dict | None, instruction: str, session: StyleSession | None,
-                    request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> dict:
+                    strength: float = 1.0, request: gr.Request = None,
+                    progress=gr.Progress(track_tqdm=True)) -> dict:
         """Edit a portrait with the customised style: in the style of a reference (default: one of the training
         edits) or by an instruction. Same outputs as ``edit_text``."""
         require_photo(photo)
@@ -197,12 +198,12 @@ class StyleEditTab(EditTab):
             raise refusal("Adapt a style first (or upload a style file).")
         style = (session.name, session.style)
         if instruction and instruction.strip():
-            return self.run_edit(request, photo, prompt=instruction, style=style)
+            return self.run_edit(request, photo, strength, prompt=instruction, style=style)
         if reference:
-            return self.run_edit(request, photo, reference=reference["path"], style=style)
+            return self.run_edit(request, photo, strength, reference=reference["path"], style=style)
         if not usable(session.samples):
             raise refusal("Give a reference image in the style (an uploaded style has no training pairs).")
-        return self.run_edit(request, photo, reference=session.reference, style=style)
+        return self.run_edit(request, photo, strength, reference=session.reference, style=style)
 
 
 def customize_tab(ctx: UIContext) -> ResultPanel:
@@ -212,5 +213,5 @@ def customize_tab(ctx: UIContext) -> ResultPanel:
         gr.Markdown("### Use this style")
         tab = StyleEditTab(ctx, tuning.session)
     tuning.wire()
-    tab.wire(tab.apply_style, [tab.photo, tab.reference, tab.instruction, tuning.session])
+    tab.wire(tab.apply_style, [tab.photo, tab.reference, tab.instruction, tuning.session, tab.panel.strength])
     return tab.panel

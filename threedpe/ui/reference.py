@@ -22,18 +22,19 @@ class ReferenceTab(EditTab):
     def examples(self) -> None:
         gr.Examples([[EXAMPLE_PHOTO, EXAMPLE_REFERENCE]], [self.photo, self.reference], cache_examples=False)
 
-    def edit_reference(self, photo: dict | None, reference: dict | None, align_reference: bool, request: gr.Request,
+    def edit_reference(self, photo: dict | None, reference: dict | None, align_reference: bool,
+                       strength: float = 1.0, request: gr.Request = None,
                        progress=gr.Progress(track_tqdm=True)) -> dict:
         """Edit a portrait in the style of a reference image: same outputs as ``edit_text``."""
         require_photo(photo)
         if not reference:
             raise refusal("Upload a reference image (a portrait in the style you want).")
-        return self.run_edit(request, photo, reference=reference["path"], align_reference=bool(align_reference))
+        return self.run_edit(request, photo, strength, reference=reference["path"], align_reference=bool(align_reference))
 
 
 def reference_tab(ctx: UIContext) -> ResultPanel:
     """The Reference edit tab (inside the current ``gr.Tabs``); its result panel."""
     with gr.Tab("Reference edit", id="reference"):
         tab = ReferenceTab(ctx)
-    tab.wire(tab.edit_reference, [tab.photo, tab.reference, tab.align])
+    tab.wire(tab.edit_reference, [tab.photo, tab.reference, tab.align, tab.panel.strength])
     return tab.panel

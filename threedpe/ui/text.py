@@ -52,13 +52,15 @@ class TextTab(EditTab):
     # The edit events skip gradio's preprocessing and receive uploads as FileData dicts (already checked and
     # moved to gradio's cache): threedpe reads the files itself and says what is wrong with an unreadable one.
     def edit_text(self, photo: dict | None, instruction: str, use_own_photo: bool, anchor: str, steps: int,
-                  text_guidance: float, image_guidance: float, resolution: int, seed: int, request: gr.Request,
-                  progress=gr.Progress(track_tqdm=True)) -> dict:
+                  text_guidance: float, image_guidance: float, resolution: int, seed: int, strength: float = 1.0,
+                  request: gr.Request = None, progress=gr.Progress(track_tqdm=True)) -> dict:
         """Edit a portrait by a text instruction: returns the aligned crop, the reference (InstructPix2Pix edit of
-        the anchor portrait, or of the photo itself), the 3-view strip, the frontal view, depth and the status."""
+        the anchor portrait, or of the photo itself), the 3-view strip, the frontal view, depth, the status, the
+        before/after pair (aligned photo, frontal view) and the strength (0 = the photo in 3D, 1 = the edit, up to
+        1.5)."""
         settings = checked_settings(steps=int(steps), text_guidance=float(text_guidance),
                                     image_guidance=float(image_guidance), resolution=int(resolution))
-        return self.run_edit(request, photo, prompt=instruction or "", settings=settings, seed=int(seed),
+        return self.run_edit(request, photo, strength, prompt=instruction or "", settings=settings, seed=int(seed),
                              anchor=anchor, use_own_photo=bool(use_own_photo))
 
     def show_anchor(self, name: str):
@@ -76,5 +78,5 @@ def text_tab(ctx: UIContext, demo: gr.Blocks) -> ResultPanel:
                       show_progress="minimal")
     demo.load(tab.show_anchor, tab.anchor, tab.anchor_image, api_visibility="private", show_progress="minimal")
     tab.wire(tab.edit_text, [tab.photo, tab.instruction, tab.own_photo, tab.anchor, tab.steps, tab.text_guidance,
-                             tab.image_guidance, tab.resolution, tab.seed])
+                             tab.image_guidance, tab.resolution, tab.seed, tab.panel.strength])
     return tab.panel
