@@ -26,7 +26,7 @@ from threedpe.pipeline import PortraitEditor
 from threedpe.serving.runner import load_editor, load_text_model
 from threedpe.ui.page import build_demo, launch
 from threedpe.weights import CheckpointError, MissingWeightsError, default_folder
-from threedpe.weights.download import WeightDownloadError, first_start
+from threedpe.fetch.download import WeightDownloadError, first_start
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

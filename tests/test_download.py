@@ -24,8 +24,8 @@ from threedpe import cli
 from threedpe.weights.checkpoints import load_3dpe, load_eg3d, read_checkpoint, save_official
 from threedpe.weights import INSTRUCT_PIX2PIX_REVISION
 from threedpe.tiny import save_tiny_weights
-from threedpe.weights import download as fetching
-from threedpe.weights.sources import EG3D_HUB_PATH, EG3D_HUB_REPO, LIVE3D_FOLDER_ID, THREEDPE_ARCHIVE
+from threedpe.fetch import download as fetching
+from threedpe.fetch.sources import EG3D_HUB_PATH, EG3D_HUB_REPO, LIVE3D_FOLDER_ID, THREEDPE_ARCHIVE
 
 LIST_FOLDER = gdown.download_folder
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -431,7 +431,7 @@ def test_lpips_files_over_https_are_verified_together(standin, tmp_path, capsys,
     import dataclasses
 
     from threedpe.models.perceptual import LPIPS
-    from threedpe.weights import sources
+    from threedpe.fetch import sources
 
     state = LPIPS().state_dict()
     for name, tensors in (("alexnet-owt-4df8aa71.pth", {k: v for k, v in state.items() if k.startswith("features.")}),

@@ -262,8 +262,8 @@ def _tiny(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from threedpe.weights.download import download, plan, summary, terminal_prompt
-    from threedpe.weights.sources import selected
+    from threedpe.fetch.download import download, plan, summary, terminal_prompt
+    from threedpe.fetch.sources import selected
 
     folder = Path(args.to)
     try:
@@ -284,7 +284,7 @@ def _download(args: argparse.Namespace) -> None:
 def _doctor(args: argparse.Namespace) -> int:
     from threedpe.gallery import default_root
     from threedpe.pipeline import default_cache_dir
-    from threedpe.weights.doctor import report
+    from threedpe.fetch.doctor import report
 
     lines, can_edit = report(args.weights, {"cache": default_cache_dir(), "gallery": default_root()})
     print("\n".join(lines))
@@ -292,7 +292,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _push_weights(args: argparse.Namespace) -> None:
-    from threedpe.weights.push import plan_push, push
+    from threedpe.fetch.push import plan_push, push
 
     plan = plan_push(args.weights, args.repo)
     print(f"{'would upload' if args.dry_run else 'uploading'} to {args.repo} ({'private' if args.private else 'public'}):")

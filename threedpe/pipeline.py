@@ -319,7 +319,7 @@ class PortraitEditor:
             source, repo_id = None, str(source)
         folder = Path(source).expanduser() if source is not None else default_folder()
         if download and repo_id is None and not any((folder / name).is_file() for name in EDITOR_WEIGHTS):
-            from threedpe.weights.download import first_start
+            from threedpe.fetch.download import first_start
 
             first_start(folder, requested=True)
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from threedpe.weights import CheckpointError, MissingWeightsError
-from threedpe.weights.download import missing_weights_hint
+from threedpe.fetch.download import missing_weights_hint
 from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.messages import weights_notice

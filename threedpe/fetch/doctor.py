@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from threedpe.weights import CheckpointError
-from threedpe.weights.download import found, verify
-from threedpe.weights.sources import CATALOGUE, human_size
+from threedpe.fetch.download import found, verify
+from threedpe.fetch.sources import CATALOGUE, human_size
 
 
 @dataclass

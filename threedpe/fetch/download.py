@@ -1,6 +1,6 @@
 """``threedpe download``: fetch the real weights from their official sources, verify each by loading it, convert it.
 
-For every selected :class:`~threedpe.weights.sources.WeightFile`: skip it when its kept form is already in the folder;
+For every selected :class:`~threedpe.fetch.sources.WeightFile`: skip it when its kept form is already in the folder;
 else fetch it into ``<folder>/.download/`` (Drive and HTTPS files with ``gdown``, resumable, retried, with a
 progress bar; Hub files with ``huggingface_hub``), take it out of its zip, load it through the project's safe loader
 into the network it belongs to (strict keys), convert it to ``.safetensors`` + ``.json`` and only then put it in the
@@ -21,7 +21,7 @@ from typing import Callable
 
 from threedpe.weights import CheckpointError
 from threedpe.weights.checkpoints import convert, load_3dpe, load_eg3d, read_state_dict
-from threedpe.weights.sources import (ARCHIVE_ALIASES, DriveFile, DriveFolder, HttpsFile, HubFile, HubSnapshot,
+from threedpe.fetch.sources import (ARCHIVE_ALIASES, DriveFile, DriveFolder, HttpsFile, HubFile, HubSnapshot,
                                       WeightFile, drive_url, human_size, licence_notice, selected)
 
 STAGING = ".download"  # inside the weight folder: renames into place are atomic, partial transfers resume

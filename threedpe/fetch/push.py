@@ -10,7 +10,7 @@ from pathlib import Path
 
 from threedpe.weights import CheckpointError
 from threedpe.weights.checkpoints import read_checkpoint
-from threedpe.weights.sources import CATALOGUE, WeightFile
+from threedpe.fetch.sources import CATALOGUE, WeightFile
 
 
 @dataclass
@@ -82,7 +82,7 @@ def push(plan: PushPlan, repo: str, private: bool = False, token: str | None = N
     """Create ``repo`` if needed and commit the plan's files and card in one commit; returns the commit sha."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from threedpe.weights.download import network_errors, one_line
+    from threedpe.fetch.download import network_errors, one_line
 
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     operations = [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)) for path in plan.files]
