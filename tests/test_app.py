@@ -27,7 +27,7 @@ from threedpe.precision import native_bf16, recommended_precision
 from threedpe.serving.messages import public_message
 from threedpe.serving.runner import EditRunner, OutputSettings, load_editor
 from threedpe.serving.sessions import RateLimiter, RateLimitError, SessionFiles
-from threedpe.ui import common
+from threedpe.ui import status as status_line
 from threedpe.ui.page import build_demo
 
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view", "set_strength")
@@ -393,10 +393,10 @@ def test_the_app_refuses_an_edit_beyond_the_rate_limit(tmp_path, server):
 
 
 def test_every_outcome_of_an_event_ends_in_its_status_line():
-    """``common.reporting``: a stop (from any Stop button of the session) is the last update of an event, in its status;
+    """``status_line.reporting``: a stop (from any Stop button of the session) is the last update of an event, in its status;
     a refusal still fails the event (API callers get the error, chained events do not run) and leaves its message
     for the event's failure handler, which shows it in the status; a result passes through as it is."""
-    gr = common.gr
+    gr = status_line.gr
     status, request = gr.Markdown(), gr.Request(session_hash="session-1")
 
     def pairs(fail_with: str | None, request: gr.Request):
@@ -412,22 +412,22 @@ def test_every_outcome_of_an_event_ends_in_its_status_line():
             raise gr.Error(fail_with)
         return "strip", "done"
 
-    steps, run = common.reporting(pairs, status, 0), common.reporting(edit, status, 1)
-    assert list(steps(common.STOPPED, request)) == [("tiles", "1 of 2", None), {status: common.STOPPED}]
+    steps, run = status_line.reporting(pairs, status, 0), status_line.reporting(edit, status, 1)
+    assert list(steps(status_line.STOPPED, request)) == [("tiles", "1 of 2", None), {status: status_line.STOPPED}]
     assert list(steps(None, request))[-1] == ("tiles", "2 of 2", None)
-    assert run(common.STOPPED, request) == {status: common.STOPPED} and run(None, request) == ("strip", "done")
+    assert run(status_line.STOPPED, request) == {status: status_line.STOPPED} and run(None, request) == ("strip", "done")
     with pytest.raises(gr.Error, match="no face"):
         list(steps("no face", request))
     with pytest.raises(gr.Error, match="too small"):
         run("too small", request)
-    assert common.REFUSALS.take(request, 0) == "⚠️ no face" and common.REFUSALS.take(request, 0) is None
-    assert common.REFUSALS.take(request, 1) == "⚠️ too small"
+    assert status_line.REFUSALS.take(request, 0) == "⚠️ no face" and status_line.REFUSALS.take(request, 0) is None
+    assert status_line.REFUSALS.take(request, 1) == "⚠️ too small"
     with pytest.raises(gr.Error, match="Something went wrong"):  # a bug: logged, and a message without details
         run("bug", request)
-    assert common.REFUSALS.take(request, 1) == f"⚠️ {common.UNEXPECTED}"
+    assert status_line.REFUSALS.take(request, 1) == f"⚠️ {status_line.UNEXPECTED}"
     with pytest.raises(gr.Error, match="Stopped"):  # an event without the status among its outputs
-        common.reporting(edit, None, 2)(common.STOPPED, request)
-    assert common.REFUSALS.take(request, 2) == common.STOPPED
+        status_line.reporting(edit, None, 2)(status_line.STOPPED, request)
+    assert status_line.REFUSALS.take(request, 2) == status_line.STOPPED
 
 
 def test_stop_flag_stops_the_running_video_within_a_frame(server, tmp_path):

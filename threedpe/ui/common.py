@@ -1,5 +1,4 @@
-"""What every tab of the page shares: the context the handlers work with (:class:`UIContext`), the status line that
-keeps each event's outcome (``listen``, ``reporting``, ``REFUSALS``), the photo input and action buttons, the result
+"""What every tab of the page shares: the context the handlers work with (:class:`UIContext`), the photo input and action buttons, the result
 panel of an edit, and :class:`EditTab`, the layout and events of an edit tab (photo and settings -> edit -> orbit
 video -> mesh, Stop, the free view), written once for the Text, Reference and Customize tabs.
 
@@ -9,33 +8,27 @@ where a value goes.
 from __future__ import annotations
 
 import functools
-import inspect
-import itertools
 import json
-import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, get_type_hints
+from typing import Callable
 
 import gradio as gr
 import spaces
 from gradio.events import Dependency
 
 from threedpe.anchors import Anchor, shipped_anchors
-from threedpe.cancel import Cancelled, check
+from threedpe.cancel import check
 from threedpe.weights import CheckpointError
-from threedpe.training.customize import CustomizeError
-from threedpe.training.samples import DataError
 from threedpe.diffusion import EditSettings
-from threedpe.gallery import Gallery, GalleryError
+from threedpe.gallery import Gallery
 from threedpe.devices import resolve_device
 from threedpe.pipeline import STRENGTH_RANGE, USER_ERRORS, PortraitEditor, check_strength
 from threedpe.precision import check_precision, native_bf16_label
 from threedpe.serving.messages import disabled_reason, public_message, timings_line
 from threedpe.serving.runner import EditFiles, EditRunner, OutputSettings, StoredEdit, check_upload
-from threedpe.serving.sessions import RateLimiter, RateLimitError, SessionFiles
+from threedpe.serving.sessions import RateLimiter, SessionFiles
+from threedpe.ui.status import STOPPED, listen, refusal, show_errors
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_PHOTO = str(EXAMPLES / "astronaut.jpg")
@@ -43,128 +36,15 @@ EXAMPLE_REFERENCE = str(EXAMPLES / "anchors" / "astronaut_flip.png")
 MAX_YAW_DEGREES = 45.0  # slider ranges of the free view
 MAX_PITCH_DEGREES = 30.0
 SESSION_MAX_AGE_S = 6 * 3600
-STOPPED = "⏹️ Stopped."
-UNEXPECTED = "Something went wrong on the server (it was logged); please try again."
 PRECISION_CHOSEN = {"fast": "⚡ Next edits: **fast** (bfloat16 on this CPU; about 2x faster, within the bounds in "
                             "the README).",
                     "exact": "🎯 Next edits: **exact** (float32, equal to the official code)."}
-logger = logging.getLogger("threedpe.app")
 
 
 def set_in_browser(values: dict) -> dict:
     """The keyword arguments of an event that sets the components of ``values`` to their values in the browser,
     without a round trip to the server (and without a progress flash): its outputs and its ``js``."""
     return {"outputs": list(values), "js": f"() => {json.dumps(list(values.values()), ensure_ascii=False)}"}
-
-
-def show_errors(fn: Callable) -> Callable:
-    """``fn`` with user errors (no face, unreadable file, bad prompt, missing weights, too many requests, a stop) raised
-    as ``gr.Error``: a message in the page without a traceback or a server path. Applied inside ``@spaces.GPU`` so
-    that ZeroGPU forwards the message."""
-    @functools.wraps(fn)
-    def guarded(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Cancelled:
-            raise gr.Error(STOPPED, print_exception=False) from None
-        except (*USER_ERRORS, RateLimitError, GalleryError, CustomizeError, DataError) as error:
-            logger.info("user error in %s: %s", fn.__name__, error)
-            raise gr.Error(public_message(str(error)), print_exception=False) from None
-    return guarded
-
-
-def refusal(message: str) -> gr.Error:
-    """A page message for a refused action (no traceback)."""
-    return gr.Error(message, print_exception=False)
-
-
-class Refusals:
-    """The message of each refused event, kept per browser session and event until the event's failure handler puts
-    it into the status line (an event that fails cannot update its own outputs). At most ``limit`` are kept: API
-    callers, whose requests run no failure handler, never collect theirs."""
-
-    def __init__(self, limit: int = 10_000):
-        self._messages: OrderedDict[tuple[str, int], str] = OrderedDict()
-        self._lock = threading.Lock()
-        self._limit = limit
-
-    def keep(self, request: gr.Request, event: int, message: str) -> None:
-        with self._lock:
-            self._messages[request.session_hash or "", event] = message
-            while len(self._messages) > self._limit:
-                self._messages.popitem(last=False)
-
-    def take(self, request: gr.Request, event: int) -> str | None:
-        with self._lock:
-            return self._messages.pop((request.session_hash or "", event), None)
-
-
-REFUSALS = Refusals()
-EVENT_NUMBERS = itertools.count()  # the events wired by ``listen``, numbered for ``REFUSALS``
-
-
-def reporting(fn: Callable, status: gr.components.Component | None, event: int) -> Callable:
-    """``fn`` (an event function or generator, given a ``gr.Request``) as an event whose refusal (``gr.Error``) still
-    fails it, so that API callers get the error and the events chained on success do not run, after keeping its
-    message in ``REFUSALS`` under ``event`` for the status line; an unexpected failure is refused the same way (its
-    traceback goes to the log). A stop ends the event with "Stopped" in ``status``, one of its outputs (the others
-    keep their values); without one (None), a stop is kept as a refusal is. A generator stays a generator and a
-    function a function: the page applies a generator's last output twice, and a 3D viewer given its file twice can
-    stay blank."""
-    def refused(error: Exception, args: tuple, kwargs: dict) -> gr.Error:
-        if not isinstance(error, gr.Error):
-            logger.error("unexpected failure in %s", fn.__name__, exc_info=error)
-            error = refusal(UNEXPECTED)
-        request = next(value for value in (*args, *kwargs.values()) if isinstance(value, gr.Request))
-        REFUSALS.keep(request, event, error.message if error.message == STOPPED else f"⚠️ {error.message}")
-        return error
-
-    def stopped(error: Exception) -> bool:
-        return status is not None and isinstance(error, gr.Error) and error.message == STOPPED
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def run_steps(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as error:
-                if not stopped(error):
-                    raise refused(error, args, kwargs) from None
-                yield {status: STOPPED}
-        return run_steps
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as error:
-            if not stopped(error):
-                raise refused(error, args, kwargs) from None
-            return {status: STOPPED}
-    return run
-
-
-def listen(listener: Callable, fn: Callable, inputs: list | None, outputs: list, status: gr.components.Component,
-           **kwargs) -> Dependency:
-    """``listener(fn, inputs, outputs, **kwargs)`` (``button.click``, ``event.then``, ``partial(gr.on, triggers)``,
-    ...) with the outcome of each run kept in the tab's ``status`` line until the next action: a refusal's message
-    (also a toast) or "Stopped" (see ``reporting``; ``fn`` takes a ``gr.Request``). Progress shows on ``status``
-    unless ``kwargs`` say otherwise. A failure handler shows the refusal, which also clears the error badge that the
-    page would leave where the progress showed."""
-    if gr.Request not in get_type_hints(fn).values():
-        raise ValueError(f"{fn.__name__} must take a gr.Request (its refusals are kept per session)")
-    event = next(EVENT_NUMBERS)
-    kwargs = {"show_progress_on": status, **kwargs}
-    dependency = listener(reporting(fn, status if status in outputs else None, event), inputs, outputs, **kwargs)
-    progress_on = kwargs["show_progress_on"] if isinstance(kwargs["show_progress_on"], list) else [
-        kwargs["show_progress_on"]]
-
-    def show_refusal(request: gr.Request) -> dict:
-        return {status: REFUSALS.take(request, event) or gr.skip()}
-
-    dependency.failure(show_refusal, None, [status, *(c for c in progress_on if c is not status)], queue=False,
-                       show_progress="hidden", api_visibility="private")
-    return dependency
 
 
 class GpuWork:

@@ -13,8 +13,8 @@ from threedpe.training.samples import usable
 from threedpe.serving.style_sessions import (SAMPLES_PER_CALL, TUNE_STEPS_PER_CALL, StyleSession, curve_table,
                                              photo_samples, sample_tiles, slug, snapshot_tiles, style_status,
                                              tuning_status)
-from threedpe.ui.common import (STOPPED, EditTab, ResultPanel, UIContext, listen, refusal,
-                                require_photo, show_errors)
+from threedpe.ui.common import EditTab, ResultPanel, UIContext, require_photo
+from threedpe.ui.status import STOPPED, listen, refusal, show_errors
 
 CUSTOMIZE_HOW = """
 **Teach the editor a new kind of edit.** Name it with an instruction: InstructPix2Pix applies it to EG3D portraits

@@ -12,7 +12,8 @@ from gradio.events import Dependency
 from threedpe.serving.messages import record_markdown
 from threedpe.serving.publishing import latest_edit, permalink, publish_edit, record_id
 from threedpe.serving.runner import StoredEdit
-from threedpe.ui.common import ResultPanel, UIContext, listen, require_edit, set_in_browser, show_errors
+from threedpe.ui.common import ResultPanel, UIContext, require_edit, set_in_browser
+from threedpe.ui.status import listen, show_errors
 
 LISTING_REFRESH_S = 10.0  # how often the Gallery tab's listing refreshes itself while the tab is shown
 PER_PAGE = 12

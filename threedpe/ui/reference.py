@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from threedpe.ui.common import (EXAMPLE_PHOTO, EXAMPLE_REFERENCE, EditTab, ResultPanel, UIContext, refusal,
-                                require_photo, validated_upload)
+from threedpe.ui.common import (EXAMPLE_PHOTO, EXAMPLE_REFERENCE, EditTab, ResultPanel, UIContext, require_photo,
+                                validated_upload)
+from threedpe.ui.status import refusal
 
 
 class ReferenceTab(EditTab):
