@@ -3,11 +3,14 @@
 - :func:`small_training_models`: a tiny editor and Live3D network at 128^2 input for fine-tuning tests in seconds
   (:func:`threedpe.tiny.save_editor_weights` writes such a pair as a weight folder);
 - :class:`ColourEditor`: a deterministic stand-in for InstructPix2Pix (a fixed colour transform), with failures
-  on request.
+  on request;
+- :func:`sway_frames`, :func:`make_clip`: a portrait clip made from the shipped photo (sway, zoom, blank frames, a
+  tone), for the video tests of the library and the app.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import socket
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
+import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image
@@ -25,6 +29,7 @@ from threedpe.edit_settings import EditSettings
 from threedpe.models.editor import EditorModel, ReconstructionModel
 from threedpe.models.rendering import RenderingConfig
 from threedpe.tiny import tiny_editor_config, tiny_encoder_config, tiny_reconstruction_model
+from threedpe.video import write_mp4
 from threedpe.weights import RECONSTRUCTION_WEIGHTS
 from threedpe.weights.checkpoints import save_checkpoint
 
@@ -116,3 +121,39 @@ def weights_copy(source: Path, target: Path, live3d: ReconstructionModel | None)
         save_checkpoint(live3d.checkpoint(), target / Path(RECONSTRUCTION_WEIGHTS[0]).stem,
                         source="test: a Live3D network apart from the editor")
     return target
+
+
+# --- a portrait clip ----------------------------------------------------------------------------------------------
+
+PHOTO = ROOT / "examples" / "astronaut.jpg"
+FRAMES, SIDE, FPS = 14, 192, 24
+BLANK = (8, 9, 10)  # black frames of the clip
+
+
+def sway_frames(count: int = FRAMES, side: int = SIDE, blank: tuple[int, ...] = BLANK) -> list[np.ndarray]:
+    """The photo seen by a slowly swaying, zooming, hand-held camera (a quarter period over the clip, a shake of up to
+    3 photo pixels, about 2 frame pixels); ``blank`` frames black."""
+    photo = Image.open(PHOTO).convert("RGB")
+    canvas = Image.new("RGB", (768, 768), (90, 90, 90))
+    canvas.paste(photo, (128, 128))
+    shake = np.random.default_rng(0).uniform(-3, 3, size=(count, 2))
+    frames = []
+    for i in range(count):
+        t = 2 * math.pi * i / 48
+        width = 300 / (1 + 0.12 * math.sin(t))
+        cx, cy = 350 + 20 * math.sin(t) + shake[i, 0], 268 + 8 * math.cos(t) + shake[i, 1]
+        box = (cx - width / 2, cy - width / 2, cx + width / 2, cy + width / 2)
+        frame = np.asarray(canvas.resize((side, side), Image.Resampling.BICUBIC, box=box))
+        frames.append(np.zeros_like(frame) if i in blank else frame)
+    return frames
+
+
+def make_clip(path: Path, frames: list[np.ndarray], fps: float = FPS, audio: bool = True) -> Path:
+    if not audio:
+        return write_mp4(frames, path, fps=fps)
+    silent = write_mp4(frames, path.with_name(path.stem + "_silent.mp4"), fps=fps)
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(silent), "-f", "lavfi", "-i",
+                    f"sine=frequency=440:duration={len(frames) / fps}", "-c:v", "copy", "-c:a", "aac", "-shortest",
+                    str(path)], check=True)
+    silent.unlink()
+    return path

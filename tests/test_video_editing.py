@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.fixtures import BLANK, FPS, FRAMES, PHOTO, make_clip, sway_frames
 from threedpe.alignment import LM3D_STD, crop_aligned
 from threedpe.cancel import Cancelled
 from threedpe.cli import main
@@ -24,40 +25,7 @@ from threedpe.video import write_mp4
 from threedpe.video_editing import (FrameEditor, VideoError, VideoSettings, edit_video, paste_back, probe_video,
                                     read_frames)
 
-ROOT = Path(__file__).resolve().parents[1]
-PHOTO = ROOT / "examples" / "astronaut.jpg"
-FRAMES, SIDE, FPS = 14, 192, 24
-BLANK = (8, 9, 10)  # with hold_frames=1: frame 8 is held, 9 and 10 pass through unedited
-TRACKER = TrackerSettings(hold_frames=1)
-
-
-def sway_frames(count: int = FRAMES, side: int = SIDE, blank: tuple[int, ...] = BLANK) -> list[np.ndarray]:
-    """The photo seen by a slowly swaying, zooming, hand-held camera (a quarter period over the clip, a shake of up to
-    3 photo pixels, about 2 frame pixels); ``blank`` frames black."""
-    photo = Image.open(PHOTO).convert("RGB")
-    canvas = Image.new("RGB", (768, 768), (90, 90, 90))
-    canvas.paste(photo, (128, 128))
-    shake = np.random.default_rng(0).uniform(-3, 3, size=(count, 2))
-    frames = []
-    for i in range(count):
-        t = 2 * math.pi * i / 48
-        width = 300 / (1 + 0.12 * math.sin(t))
-        cx, cy = 350 + 20 * math.sin(t) + shake[i, 0], 268 + 8 * math.cos(t) + shake[i, 1]
-        box = (cx - width / 2, cy - width / 2, cx + width / 2, cy + width / 2)
-        frame = np.asarray(canvas.resize((side, side), Image.Resampling.BICUBIC, box=box))
-        frames.append(np.zeros_like(frame) if i in blank else frame)
-    return frames
-
-
-def make_clip(path: Path, frames: list[np.ndarray], fps: float = FPS, audio: bool = True) -> Path:
-    if not audio:
-        return write_mp4(frames, path, fps=fps)
-    silent = write_mp4(frames, path.with_name(path.stem + "_silent.mp4"), fps=fps)
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(silent), "-f", "lavfi", "-i",
-                    f"sine=frequency=440:duration={len(frames) / fps}", "-c:v", "copy", "-c:a", "aac", "-shortest",
-                    str(path)], check=True)
-    silent.unlink()
-    return path
+TRACKER = TrackerSettings(hold_frames=1)  # with the clip's BLANK frames: frame 8 is held, 9 and 10 pass through
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ written to a temporary file beside ``out``, the input's audio copied in, and ren
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -59,7 +60,8 @@ class VideoSettings:
     """How a clip is edited. ``view``: ``"source"`` (each frame's own head pose, pasted back) or ``"fixed"`` (the head
     at ``yaw``/``pitch`` degrees from the frontal view, the render's size); ``side_by_side``: input | output;
     ``smooth``: tri-plane averaging ``"off"``, ``"low"`` or ``"high"`` (:data:`SMOOTHING`); ``max_seconds``: longer
-    clips are refused, or with ``trim`` cut to their first ``max_seconds``; ``batch_size``: frames per encode and
+    clips are refused, or with ``trim`` cut to their first ``max_seconds``; ``max_resolution``: a clip whose shorter
+    side is above it is scaled down to it (None: any size); ``batch_size``: frames per encode and
     render (None: :func:`default_batch_size`); ``preview``: the draft render (:meth:`EditResult.view`);
     ``feather``: width of the pasted edge, as a fraction of the crop's half side."""
 
@@ -70,6 +72,7 @@ class VideoSettings:
     smooth: str = "low"
     max_seconds: float | None = None
     trim: bool = False
+    max_resolution: int | None = None
     batch_size: int | None = None
     preview: bool = False
     feather: float = 0.2
@@ -82,6 +85,8 @@ class VideoSettings:
             raise VideoError(f"smooth must be one of {', '.join(SMOOTHING)}, got {self.smooth!r}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise VideoError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.max_resolution is not None and self.max_resolution < 64:
+            raise VideoError(f"max_resolution must be at least 64 pixels, got {self.max_resolution}")
         if self.batch_size is not None and self.batch_size < 1:
             raise VideoError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0 < self.feather <= 1:
@@ -157,10 +162,14 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                      rotated=tuple(meta.get("source_size", (width, height))) != (width, height))
 
 
-def read_frames(info: VideoInfo, seconds: float | None = None) -> Iterator[np.ndarray]:
+def read_frames(info: VideoInfo, seconds: float | None = None, size: tuple[int, int] | None = None
+                ) -> Iterator[np.ndarray]:
     """Frames (H, W, 3) uint8 RGB in display orientation, at the constant rate ``info.fps`` (a variable-rate clip has
-    frames repeated or dropped to it), the first ``seconds`` only when given."""
+    frames repeated or dropped to it), the first ``seconds`` only when given, scaled to ``size`` (width, height)
+    when given."""
     output = ["-r", f"{info.fps:.6g}"] + (["-t", f"{seconds:.6g}"] if seconds is not None else [])
+    if size is not None and tuple(size) != info.size:
+        output += ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]
     reader = imageio_ffmpeg.read_frames(str(info.path), output_params=output)
     try:
         with _quiet_imageio():
@@ -256,6 +265,28 @@ class Flicker:
         return self.output_change / self.input_change if self.pairs and self.input_change > 0 else float("nan")
 
 
+@dataclass
+class ClipState:
+    """A :class:`FrameEditor`'s past, as picklable CPU data, so that a clip can be edited in chunks of frames by
+    separate calls (ZeroGPU runs each in a forked worker): the prepared ``reference``, the ``settings`` and the
+    clip's ``fps``, the ``tracker`` (pickled without its detector), the ``flicker`` figure so far, seconds per stage,
+    frames per status (``counts``: edited, held, unedited) and the tri-plane ``average`` (1, 96, P, P) or None."""
+
+    reference: Image.Image
+    settings: VideoSettings
+    fps: float
+    tracker: FaceTracker
+    flicker: Flicker
+    timings: dict[str, float]
+    counts: dict[str, int]
+    average: np.ndarray | None = None
+
+    @property
+    def frames(self) -> int:
+        """Frames edited so far (of any status)."""
+        return sum(self.counts.values())
+
+
 class FrameEditor:
     """Edits the frames of one clip or stream with one prepared reference: keeps the face tracker, the tri-plane
     average and the flicker figure between calls. ``edit(frames)`` takes consecutive frames (one batch)."""
@@ -290,6 +321,23 @@ class FrameEditor:
                                                     anchor_index=anchor_index, settings=edit_settings, seed=seed,
                                                     cancel=cancel)
         return cls(editor, image, style=style, settings=settings, fps=fps), notes
+
+    def state(self) -> ClipState:
+        """What the next frames need from this editor's past, as CPU data (see :class:`ClipState`)."""
+        average = None if self._average is None else self._average.float().cpu().numpy()
+        return ClipState(self.reference, self.settings, self.tracker.fps, self.tracker, self.flicker,
+                         dict(self.timings), dict(self.counts), average)
+
+    @classmethod
+    def resume(cls, editor: PortraitEditor, state: ClipState, style: Style | None = None) -> FrameEditor:
+        """A frame editor that goes on where the one whose :meth:`state` this is stopped (``editor``, ``style``: the
+        same as that one's)."""
+        frame_editor = cls(editor, state.reference, style=style, settings=state.settings, fps=state.fps)
+        frame_editor.tracker, frame_editor.flicker = state.tracker, state.flicker
+        frame_editor.timings, frame_editor.counts = dict(state.timings), dict(state.counts)
+        if state.average is not None:
+            frame_editor._average = torch.from_numpy(state.average).to(editor.device)
+        return frame_editor
 
     def _timed(self, stage: str, start: float) -> float:
         now = time.perf_counter()
@@ -414,6 +462,13 @@ class VideoEditResult:
     reference: Image.Image
     warnings: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_state(cls, state: ClipState, path: Path, seconds: float, warnings: list[str]) -> VideoEditResult:
+        """The result of a clip whose frames were all edited (``state`` after the last one)."""
+        return cls(path=path, frames=state.frames, seconds=seconds, no_face=state.counts["unedited"],
+                   held=state.counts["held"], flicker=state.flicker.value, timings=dict(state.timings),
+                   reference=state.reference, warnings=warnings)
+
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
@@ -432,13 +487,17 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
 
 
+def _ffmpeg(*args: str) -> bool:
+    """Run the imageio-ffmpeg binary quietly; whether it succeeded."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *args]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
 def _add_audio(video: Path, source: Path, out: Path) -> None:
     """``video`` with the first audio stream of ``source`` (copied; re-encoded to AAC when mp4 cannot hold it)."""
     for codec in (["copy"], ["aac", "-b:a", "192k"]):
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(video), "-i", str(source),
-                   "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a", *codec, "-shortest",
-                   "-movflags", "+faststart", str(out)]
-        if subprocess.run(command, capture_output=True).returncode == 0:
+        if _ffmpeg("-i", str(video), "-i", str(source), "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a",
+                   *codec, "-shortest", "-movflags", "+faststart", str(out)):
             return
     raise VideoError(f"could not copy the audio of {source.name} into the edited video")
 
@@ -455,33 +514,48 @@ def seconds_to_edit(info: VideoInfo, settings: VideoSettings) -> tuple[float | N
                                   f"{settings.max_seconds:g} s were edited."]
 
 
-def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.PathLike,
-               reference: ImageInput | None = None, prompt: str | None = None, *, style: Style | None = None,
-               settings: VideoSettings = VideoSettings(), align_reference: bool = False, anchor: int | str = 0,
-               edit_settings: EditSettings | None = None, seed: int = 0, cancel: CancelSignal | None = None,
-               progress: Callable[[int, int], None] | None = None) -> VideoEditResult:
-    """Edit every frame of the clip ``video`` with a reference image or a text instruction (exactly one) and write an
-    H.264 mp4 with the input's frame rate and audio to ``out``. ``progress(done, total)`` is called after each frame
-    (``total`` estimated from the clip's duration). ``cancel`` is checked at every frame; it raises
-    :class:`~threedpe.cancel.Cancelled` and nothing is written, as on any error. ``VideoError`` for a clip that
-    cannot be edited (unreadable, empty, longer than ``settings.max_seconds`` without ``trim``, no face anywhere)."""
-    begin = time.perf_counter()
-    out = Path(out)
+@dataclass(frozen=True)
+class ClipPlan:
+    """What of a clip is edited: ``info`` as probed, its first ``seconds`` (None: all), at ``size`` (width, height;
+    None: the clip's own), about ``frames`` frames (estimated from the duration), and ``notes`` for the user."""
+
+    info: VideoInfo
+    seconds: float | None
+    size: tuple[int, int] | None
+    frames: int
+    notes: tuple[str, ...]
+
+
+def plan_clip(video: str | os.PathLike, settings: VideoSettings) -> ClipPlan:
+    """Probe the clip and apply ``settings``' limits: ``max_seconds`` (a longer clip is refused, or trimmed with a
+    note) and ``max_resolution`` (a larger clip is scaled down, keeping its aspect and even sides, with a note);
+    ``VideoError`` for a clip that cannot be edited."""
     info = probe_video(video)
     seconds, notes = seconds_to_edit(info, settings)
-    frame_editor, reference_notes = FrameEditor.prepare(
-        editor, reference, prompt, style=style, align_reference=align_reference, anchor=anchor,
-        edit_settings=edit_settings, seed=seed, settings=settings, fps=info.fps, cancel=cancel)
-    notes += reference_notes
-    total = min(info.frames, round(seconds * info.fps)) if seconds is not None else info.frames
-    batch = settings.batch_size or default_batch_size(editor.device)
+    size, width, height = None, *info.size
+    if settings.max_resolution is not None and min(width, height) > settings.max_resolution:
+        scale = settings.max_resolution / min(width, height)
+        size = (2 * max(1, round(width * scale / 2)), 2 * max(1, round(height * scale / 2)))
+        notes.append(f"The clip is {width}x{height}: it was edited at {size[0]}x{size[1]} (the limit is "
+                     f"{settings.max_resolution}p).")
+    frames = min(info.frames, round(seconds * info.fps)) if seconds is not None else info.frames
+    return ClipPlan(info, seconds, size, max(1, frames), tuple(notes))
+
+
+def edit_segment(frame_editor: FrameEditor, plan: ClipPlan, segment: Path, first: int, count: int, *,
+                 cancel: CancelSignal | None = None, progress: Callable[[int], None] | None = None) -> int:
+    """Edit frames ``first`` .. ``first + count - 1`` of the planned clip (the ones before are decoded and skipped)
+    in batches and write them to ``segment`` (H.264 mp4, no audio); returns how many there were: fewer than
+    ``count`` at the clip's end, 0 (and no file) past it. ``progress(done)`` is called after each frame with the
+    number of frames of the clip done. ``cancel`` is checked at every frame; on any error no file is left."""
+    batch = frame_editor.settings.batch_size or default_batch_size(frame_editor.editor.device)
     timings = frame_editor.timings
     written = [0]
 
     def outputs() -> Iterator[np.ndarray]:
-        frames = read_frames(info, seconds)
+        start = time.perf_counter()
+        frames = itertools.islice(read_frames(plan.info, plan.seconds, plan.size), first, first + count)
         while True:
-            start = time.perf_counter()
             chunk = [frame for _, frame in zip(range(batch), frames)]
             timings["decode"] += time.perf_counter() - start
             if not chunk:
@@ -492,34 +566,91 @@ def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.P
                 timings["write"] += time.perf_counter() - start
                 written[0] += 1
                 if progress is not None:
-                    progress(written[0], max(total, written[0]))
+                    progress(first + written[0])
+            start = time.perf_counter()
+
+    try:
+        write_mp4(outputs(), segment, fps=plan.info.fps)
+    except ValueError as error:
+        if "without frames" not in str(error):
+            raise
+    return written[0]
+
+
+def join_segments(segments: Sequence[Path], state: ClipState, plan: ClipPlan, out: Path) -> list[str]:
+    """The edited segments of a clip, in order, with the clip's audio, as ``out`` (which appears only complete);
+    ``state``: the frame editor's after the last frame (its write time grows by the join's). Returns the notes about the frames; ``VideoError`` when the
+    clip had no frames or no face in any of them. Temporary files go next to ``out`` and are removed."""
+    name = plan.info.path.name
+    if not segments or state.frames == 0:
+        raise VideoError(f"{name} has no frames")
+    if state.counts["edited"] == 0:
+        raise VideoError(f"no face found in any of the {state.frames} frames of {name}: "
+                         "a clip of one face, frontal and well lit, works best")
+    start = time.perf_counter()
+    work = out.parent / f".{out.name}.{os.getpid()}.join.tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        video = segments[0]
+        if len(segments) > 1:
+            listing = work / "segments.txt"
+            listing.write_text("".join(f"file '{Path(path).resolve()}'\n" for path in segments))
+            video = work / "joined.mp4"
+            if not _ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(video)):
+                raise VideoError(f"could not join the edited parts of {name}")
+        if plan.info.audio is not None:
+            _add_audio(video, plan.info.path, work / "muxed.mp4")
+            video = work / "muxed.mp4"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(video, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    state.timings["write"] += time.perf_counter() - start
+    unedited = state.counts["unedited"]
+    return [f"{unedited} of {state.frames} frames showed no face and were left unedited."] if unedited else []
+
+
+def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.PathLike,
+               reference: ImageInput | None = None, prompt: str | None = None, *, style: Style | None = None,
+               settings: VideoSettings = VideoSettings(), align_reference: bool = False, anchor: int | str = 0,
+               edit_settings: EditSettings | None = None, seed: int = 0, cancel: CancelSignal | None = None,
+               progress: Callable[[int, int], None] | None = None, chunk_frames: int = 150) -> VideoEditResult:
+    """Edit every frame of the clip ``video`` with a reference image or a text instruction (exactly one) and write an
+    H.264 mp4 with the input's frame rate and audio to ``out``. ``progress(done, total)`` is called after each frame
+    (``total`` estimated from the clip's duration). ``cancel`` is checked at every frame; it raises
+    :class:`~threedpe.cancel.Cancelled` and nothing is written, as on any error. ``VideoError`` for a clip that
+    cannot be edited (unreadable, empty, longer than ``settings.max_seconds`` without ``trim``, no face anywhere).
+    The frames are edited in segments of ``chunk_frames`` (:func:`edit_segment`, the frame editor's state carried
+    over), then joined (:func:`join_segments`), as the app does across its GPU calls."""
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
+    begin = time.perf_counter()
+    out = Path(out)
+    plan = plan_clip(video, settings)
+    frame_editor, reference_notes = FrameEditor.prepare(
+        editor, reference, prompt, style=style, align_reference=align_reference, anchor=anchor,
+        edit_settings=edit_settings, seed=seed, settings=settings, fps=plan.info.fps, cancel=cancel)
+
+    def report(done: int) -> None:
+        if progress is not None:
+            progress(done, max(plan.frames, done))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.{os.getpid()}.tmp"
     work.mkdir(exist_ok=True)
     try:
+        segments: list[Path] = []
         try:
-            silent = write_mp4(outputs(), work / "video.mp4", fps=info.fps)
+            for first in itertools.count(0, chunk_frames):
+                segment = work / f"segment{len(segments):05d}.mp4"
+                done = edit_segment(frame_editor, plan, segment, first, chunk_frames, cancel=cancel, progress=report)
+                segments += [segment] if done else []
+                if done < chunk_frames:
+                    break
         except Cancelled as error:
             raise Cancelled(f"{error}: nothing was written") from None
-        except ValueError as error:
-            if "without frames" in str(error):
-                raise VideoError(f"{info.path.name} has no frames") from None
-            raise
-        if frame_editor.counts["edited"] == 0:
-            raise VideoError(f"no face found in any of the {written[0]} frames of {info.path.name}: "
-                             "a clip of one face, frontal and well lit, works best")
-        start = time.perf_counter()
-        if info.audio is not None:
-            _add_audio(silent, info.path, work / "muxed.mp4")
-            silent = work / "muxed.mp4"
-        os.replace(silent, out)
-        timings["write"] += time.perf_counter() - start
+        state = frame_editor.state()
+        notes = list(plan.notes) + reference_notes + join_segments(segments, state, plan, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    counts = frame_editor.counts
-    if counts["unedited"]:
-        notes.append(f"{counts['unedited']} of {written[0]} frames showed no face and were left unedited.")
-    return VideoEditResult(path=out, frames=written[0], seconds=time.perf_counter() - begin,
-                           no_face=counts["unedited"], held=counts["held"], flicker=frame_editor.flicker.value,
-                           timings=timings, reference=frame_editor.reference, warnings=notes)
+    return VideoEditResult.from_state(state, out, time.perf_counter() - begin, notes)

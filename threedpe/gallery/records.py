@@ -105,8 +105,9 @@ class Record:
 
     @property
     def caption(self) -> str:
-        """One line for a gallery tile: the instruction, else "Reference edit"; the style name when there is one."""
-        text = self.instruction or "Reference edit"
+        """One line for a gallery tile: the instruction, else "Reference edit"; the style name when there is one; 🎬
+        first for a clip edit."""
+        text = ("🎬 " if self.settings.get("clip") else "") + (self.instruction or "Reference edit")
         return f"{text} · {self.style}" if self.style else text
 
 

@@ -76,8 +76,9 @@ def record_markdown(record: Record, link: str, anchor_labels: Mapping[str, str] 
     reference, the style, the settings the person chose (named as on the page), the seconds each stage took, the date
     and the link. ``anchor_labels``: anchor names -> labels (a name without one shows as it is)."""
     settings = dict(record.settings)
+    clip = settings.pop("clip", False)
     if record.instruction is not None:
-        lines = [f"### Text edit: “{record.instruction}”"]
+        lines = [f"### {'Clip' if clip else 'Text'} edit: “{record.instruction}”"]
         anchor, own_photo = settings.pop("anchor", None), settings.pop("own_photo", False)
         if own_photo:
             lines.append("🧑 The instruction was applied to the photo itself.")
@@ -86,10 +87,12 @@ def record_markdown(record: Record, link: str, anchor_labels: Mapping[str, str] 
             lines.append(f"🧑 The instruction was applied to the anchor portrait **{label}**, which then served as "
                          "the style reference.")
     else:
-        lines = ["### Reference edit"]
+        lines = [f"### {'Clip' if clip else 'Reference'} edit"]
         aligned = settings.pop("align_reference", False)
         lines.append("In the style of the reference image below " + (
             "(its face was detected and aligned first)." if aligned else "(used as an aligned portrait)."))
+    if clip:
+        lines.insert(1, "🎬 A video clip edited frame by frame: the video plays it.")
     if record.style:
         lines.append(f"🎨 With the customised style **{record.style}**.")
     page_order = list(SETTING_LABELS)  # the page's settings in its order, then any others

@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from threedpe.cancel import Cancelled
 from threedpe.weights import CheckpointError
@@ -37,6 +38,7 @@ from threedpe.serving.messages import public_message
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.serving.style_sessions import KEPT_TRAINERS, KeptTrainers, StyleSession, TuneUpdate
 from threedpe.styles import Style
+from threedpe.video_editing import ClipPlan, ClipState, FrameEditor, VideoSettings, edit_segment
 
 logger = logging.getLogger(__name__)
 
@@ -388,6 +390,37 @@ class EditRunner:
                                  "this app loaded its editor from the Hub")
         return self.editor.weights_folder
 
+    def video_start(self, plan: ClipPlan, stop: StopFlag | None = None, reference: ImageInput | None = None,
+                    prompt: str | None = None, *, settings: VideoSettings = VideoSettings(),
+                    style: tuple[str, Style] | None = None, precision: str | None = None) -> tuple[ClipState, list[str]]:
+        """The start of a clip edit (:mod:`threedpe.serving.clips`): the reference (an image, or an instruction
+        applied to the first anchor portrait) prepared once; the frame editor's state before the first frame, and
+        the notes about the reference."""
+        with self._lock:
+            self.editor.precision = precision or self.editor.precision
+            if reference is not None:
+                reference = load_image(reference, max_pixels=MAX_PIXELS)
+            frame_editor, notes = FrameEditor.prepare(self.editor, reference, prompt, style=style[1] if style else None,
+                                                      settings=settings, fps=plan.info.fps, cancel=stop)
+            return frame_editor.state(), notes
+
+    def video_frames(self, state: ClipState, plan: ClipPlan, segment: Path, first: int, count: int,
+                     stop: StopFlag | None = None, *, style: Style | None = None, precision: str | None = None
+                     ) -> tuple[ClipState, int]:
+        """Frames ``first`` .. ``first + count - 1`` of a clip edited from ``state`` (the previous call's) into
+        ``segment``, a tqdm bar counting them (the page's progress); the state after them and how many there were
+        (fewer than ``count`` at the clip's end)."""
+        with self._lock, tqdm(total=plan.frames, initial=first, desc="frame", unit="frame") as bar:
+            self.editor.precision = precision or self.editor.precision
+
+            def progress(done: int) -> None:
+                bar.total = max(bar.total, done)
+                bar.update(done - bar.n)
+
+            frame_editor = FrameEditor.resume(self.editor, state, style)
+            done = edit_segment(frame_editor, plan, segment, first, count, cancel=stop, progress=progress)
+            return frame_editor.state(), done
+
     def anchor(self, name: str) -> Image.Image:
         """The anchor portrait ``name`` (an EG3D sample is rendered on first use, then cached on disk)."""
         with self._lock:
@@ -420,6 +453,21 @@ class EditRunner:
     @staticmethod
     def mesh_duration(edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None) -> int:
         return 10 + math.ceil(10 * (resolution / 256) ** 3)  # one resolution^3 density grid
+
+    @staticmethod
+    def video_start_duration(plan: ClipPlan, stop: StopFlag | None = None, reference: ImageInput | None = None,
+                             prompt: str | None = None, **_: object) -> int:
+        """As an edit's: the reference prepared (an instruction: InstructPix2Pix at the default settings)."""
+        return EditRunner.edit_duration(None, Path("."), stop, reference, prompt)
+
+    @staticmethod
+    def video_frames_duration(state: ClipState, plan: ClipPlan, segment: Path, first: int, count: int,
+                              stop: StopFlag | None = None, **_: object) -> int:
+        """About 0.1 s per frame for the editor and 0.1 s more per 1080p frame for tracking, pasting and encoding, and
+        the frames before ``first`` decoded again (about 5 ms each at 1080p)."""
+        width, height = plan.size or plan.info.size
+        megapixels = width * height / (1920 * 1080)
+        return 10 + math.ceil(count * (0.1 + 0.1 * megapixels) + first * 0.005 * megapixels)
 
     @staticmethod
     def anchor_duration(name: str) -> int:

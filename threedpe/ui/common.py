@@ -55,6 +55,7 @@ class GpuWork:
         self.runner, self.disabled = runner, disabled
         self.edit, self.view, self.strength, self.video, self.mesh, self.anchor, self.samples = (
             self._gpu(method) for method in ("edit", "view", "strength", "video", "mesh", "anchor", "samples"))
+        self.video_start, self.video_frames = self._gpu("video_start"), self._gpu("video_frames")  # a clip's
         self.fine_tune = (spaces.GPU(duration=EditRunner.fine_tune_duration)(self._stream_fine_tune)
                           if runner is not None else self._gpu("fine_tune"))
 
@@ -233,10 +234,10 @@ def precision_choice(ctx: UIContext) -> None:
                   show_progress="hidden")
 
 
-def action_buttons(name: str, editing: bool) -> tuple[gr.Button, gr.Button]:
-    """"Edit in 3D" and Stop (disabled without weights)."""
+def action_buttons(name: str, editing: bool, label: str = "Edit in 3D") -> tuple[gr.Button, gr.Button]:
+    """The action (``label``) and Stop (disabled without weights)."""
     with gr.Row():
-        run = gr.Button("Edit in 3D", variant="primary", scale=3, interactive=editing, elem_id=f"{name}-run")
+        run = gr.Button(label, variant="primary", scale=3, interactive=editing, elem_id=f"{name}-run")
         stop = gr.Button("Stop", variant="stop", scale=1, interactive=editing, elem_id=f"{name}-stop")
     return run, stop
 

@@ -28,10 +28,10 @@ CURVE_COLOURS = {"training": "#6366f1", "held-out": "#f97316"}  # the loss chart
 
 class StyleTuning:
     """The upper half of the Customize tab: training pairs, Adapt (a fine-tune in chunks of GPU calls) and the style
-    file; ``session`` holds the visitor's ``StyleSession``."""
+    file; ``session`` holds the visitor's ``StyleSession`` (the Video tab uses its style too)."""
 
-    def __init__(self, ctx: UIContext):
-        self.ctx = ctx
+    def __init__(self, ctx: UIContext, session: gr.State):
+        self.ctx, self.session = ctx, session
         with gr.Row():
             with gr.Column(scale=2, min_width=300):
                 self.lay_out_inputs(ctx)
@@ -46,7 +46,6 @@ class StyleTuning:
                                              y_title="loss", x_axis_format="d", elem_id="customize-loss")
                 self.snapshots = gr.Gallery(label="Held-out preview during adaptation", columns=4, height=220,
                                             object_fit="contain", elem_id="customize-snapshots")
-        self.session = gr.State()
 
     def lay_out_inputs(self, ctx: UIContext) -> None:
         """The pairs, Adapt and the style file (in the left column)."""
@@ -206,10 +205,11 @@ class StyleEditTab(EditTab):
         return self.run_edit(request, photo, strength, reference=session.reference, style=style)
 
 
-def customize_tab(ctx: UIContext) -> ResultPanel:
-    """The Customize tab (inside the current ``gr.Tabs``); the result panel of "Use this style"."""
+def customize_tab(ctx: UIContext, session: gr.State) -> ResultPanel:
+    """The Customize tab (inside the current ``gr.Tabs``), keeping the visitor's ``StyleSession`` in ``session``; the
+    result panel of "Use this style"."""
     with gr.Tab("Customize", id="customize"):
-        tuning = StyleTuning(ctx)
+        tuning = StyleTuning(ctx, session)
         gr.Markdown("### Use this style")
         tab = StyleEditTab(ctx, tuning.session)
     tuning.wire()

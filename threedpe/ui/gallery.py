@@ -60,7 +60,7 @@ class GalleryTab:
                                             elem_id="gallery-info")
                     self.strip = gr.Image(label="Three views", elem_id="gallery-strip", **png)
                     with gr.Row(equal_height=True):
-                        self.video = gr.Video(label="Orbit video", autoplay=True, loop=True, interactive=False,
+                        self.video = gr.Video(label="Video (orbit, or the edited clip)", autoplay=True, loop=True, interactive=False,
                                               height=280, elem_id="gallery-video")
                         self.model = gr.Model3D(label="3D mesh", clear_color=(0.95, 0.95, 0.97, 1.0), height=280,
                                                 elem_id="gallery-model")

@@ -1,5 +1,5 @@
-"""The app's page: the header and the weights notice, the tabs (Text, Reference, Customize, Gallery), the credits,
-and how it is served (theme, style, upload limit, the gallery's files)."""
+"""The app's page: the header and the weights notice, the tabs (Text, Reference, Video, Customize, Gallery), the
+credits, and how it is served (theme, style, upload limit, the gallery's files)."""
 from __future__ import annotations
 
 import gradio as gr
@@ -15,6 +15,7 @@ from threedpe.ui.customize import customize_tab
 from threedpe.ui.gallery import Publishing, gallery_tab
 from threedpe.ui.reference import reference_tab
 from threedpe.ui.text import text_tab
+from threedpe.ui.video import video_tab
 
 MAX_UPLOAD = "20mb"  # gradio's upload limit
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky")
@@ -65,11 +66,16 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         gr.Markdown(HOW_TO)
         precision_choice(ctx)
         tokens = gr.BrowserState({}, storage_key="threedpe-gallery-owner-tokens")
+        style = gr.State()  # the visitor's customisation (a StyleSession), made in Customize, used in Video too
         with gr.Tabs() as tabs:
-            panels = [text_tab(ctx, demo), reference_tab(ctx), customize_tab(ctx)]
+            panels = [text_tab(ctx, demo), reference_tab(ctx)]
+            clips = video_tab(ctx, style)
+            panels.append(customize_tab(ctx, style))
             listing = gallery_tab(ctx, tokens, tabs, demo) if gallery is not None else None
         if listing is not None:
-            Publishing(ctx, tokens).wire(panels, listing)
+            publishing = Publishing(ctx, tokens)
+            publishing.wire(panels, listing)
+            clips.wire_publishing(publishing, listing)
             gr.api(listing.delete_edit, api_name="delete_edit")
         gr.Markdown(CREDITS)
         demo.load(ctx.start_session, api_visibility="private")

@@ -21,6 +21,7 @@ from threedpe.serving.messages import public_message
 from threedpe.serving.sessions import RateLimitError
 from threedpe.training.customize import CustomizeError
 from threedpe.training.samples import DataError
+from threedpe.video_editing import VideoError
 
 logger = logging.getLogger("threedpe.app")
 STOPPED = "⏹️ Stopped."
@@ -28,16 +29,16 @@ UNEXPECTED = "Something went wrong on the server (it was logged); please try aga
 
 
 def show_errors(fn: Callable) -> Callable:
-    """``fn`` with user errors (no face, unreadable file, bad prompt, missing weights, too many requests, a stop) raised
-    as ``gr.Error``: a message in the page without a traceback or a server path. Applied inside ``@spaces.GPU`` so
-    that ZeroGPU forwards the message."""
+    """``fn`` with user errors (no face, unreadable file or clip, bad prompt, missing weights, too many requests, a
+    stop) raised as ``gr.Error``: a message in the page without a traceback or a server path. Applied inside
+    ``@spaces.GPU`` so that ZeroGPU forwards the message."""
     @functools.wraps(fn)
     def guarded(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Cancelled:
             raise gr.Error(STOPPED, print_exception=False) from None
-        except (*USER_ERRORS, RateLimitError, GalleryError, CustomizeError, DataError) as error:
+        except (*USER_ERRORS, RateLimitError, GalleryError, CustomizeError, DataError, VideoError) as error:
             logger.info("user error in %s: %s", fn.__name__, error)
             raise gr.Error(public_message(str(error)), print_exception=False) from None
     return guarded

@@ -1,0 +1,177 @@
+"""The app's Video tab on tiny weights: ``edit_video`` through gradio_client, the chunked path with its state pickled
+between calls as on ZeroGPU, Stop, limits and bad clips, and publishing a clip to the gallery."""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.app_server import AppServer, app_server
+from tests.fixtures import BLANK, FRAMES, PHOTO, make_clip, sway_frames
+from threedpe.cancel import Cancelled
+from threedpe.serving.clips import ClipLimits, edit_clip
+from threedpe.serving.messages import record_markdown
+from threedpe.serving.runner import EditRunner
+from threedpe.serving.sessions import SessionFiles
+from threedpe.video_editing import VideoSettings, probe_video, read_frames
+
+SUMMARY = r"frames={} seconds=[\d.]+ fps=[\d.]+ no_face={} flicker=[\d.]+"
+
+
+@pytest.fixture(scope="module")
+def server() -> AppServer:
+    return app_server()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """The swaying test clip (with a tone), and bad inputs: text named .mp4, an empty file, a clip without a face, a
+    vertical 4K phone clip of two frames."""
+    folder = tmp_path_factory.mktemp("clips")
+    (folder / "text.mp4").write_text("not a video")
+    (folder / "empty.mp4").write_bytes(b"")
+    make_clip(folder / "blank.mp4", [np.zeros((96, 96, 3), np.uint8)] * 4, audio=False)
+    canvas = Image.new("RGB", (2160, 3840), (90, 90, 90))
+    canvas.paste(Image.open(PHOTO).convert("RGB").resize((1536, 1536)), (312, 1152))
+    make_clip(folder / "phone4k.mp4", [np.asarray(canvas)] * 2, audio=False)
+    make_clip(folder / "sway.mp4", sway_frames())
+    return {path.stem: path for path in folder.glob("*.mp4")}
+
+
+def decoded(path: str | Path) -> list[np.ndarray]:
+    return list(read_frames(probe_video(path)))
+
+
+def video_path(value) -> str:
+    return value["video"] if isinstance(value, dict) else value
+
+
+def edit_video(client: Client, clip: Path, reference: Path | None = None, instruction: str = "", **settings):
+    args = {"use_style": False, "view": "source", "yaw": 0, "pitch": 0, "side_by_side": False, "smooth": "low",
+            **settings}
+    return client.predict({"video": handle_file(clip)}, handle_file(reference) if reference else None, instruction,
+                          *args.values(), api_name="/edit_video")
+
+
+@pytest.fixture(scope="module")
+def api_edit(server, clips):
+    """One edit of the swaying clip through the API, with the side-by-side: (client, outputs)."""
+    client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
+    return client, edit_video(client, clips["sway"], server.reference, side_by_side=True)
+
+
+def test_edit_video_api_keeps_every_frame_the_size_fps_and_audio(server, api_edit, clips):
+    client, (edited, stacked, reference, status) = api_edit
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/edit_video"]
+    assert [p["parameter_name"] for p in endpoint["parameters"][:3]] == ["clip", "reference", "instruction"]
+    source, out = probe_video(clips["sway"]), probe_video(video_path(edited))
+    assert (out.size, out.fps, out.audio) == (source.size, source.fps, "aac")
+    inputs, outputs = decoded(clips["sway"]), decoded(video_path(edited))
+    assert len(outputs) == len(inputs) == FRAMES
+    distance = np.array([[np.abs(o.astype(np.float32) - i).mean() for i in inputs] for o in outputs])
+    assert all(distance[k].argmin() == k and distance[k, k] > 1.0 for k in range(FRAMES) if k not in BLANK)
+    assert re.search(SUMMARY.format(FRAMES, 0), status), status
+    side = probe_video(video_path(stacked))
+    assert side.size == (2 * source.size[0], source.size[1]) and side.audio == "aac"
+    assert Path(reference).name == "reference.png" and Image.open(reference).size[0] > 0
+
+
+class Forked:
+    """The runner as ZeroGPU calls it: every argument and result pickled (each call runs in a forked worker), and
+    the calls counted."""
+
+    def __init__(self, runner: EditRunner):
+        self.runner, self.calls = runner, []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.runner, name)
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+            return pickle.loads(pickle.dumps(method(*args, **kwargs)))
+        return call
+
+
+def test_chunks_of_frames_carry_the_track_and_give_the_same_clip(server, api_edit, clips, tmp_path):
+    _, (edited, *_) = api_edit
+    work = Forked(EditRunner(server.editor))
+    done = edit_clip(work, clips["sway"], tmp_path, None, ClipLimits(chunk_frames=5), reference=server.reference)
+    assert work.calls == ["video_start"] + ["video_frames"] * 3  # 5 + 5 + 4 frames
+    chunked, whole = decoded(done.video), decoded(video_path(edited))
+    assert len(chunked) == len(whole) == FRAMES == done.result.frames
+    difference = [float(np.abs(a.astype(np.float32) - b).mean()) for a, b in zip(chunked, whole)]
+    assert max(difference) < 2.0, difference  # the same frames (only the video encoding differs)
+    assert probe_video(done.video).audio == "aac"
+    assert sorted(p.name for p in done.folder.iterdir()) == ["edit.json", "edited.mp4", "reference.png", "views.png"]
+    assert [p.name for p in tmp_path.iterdir()] == [done.id]
+
+
+def test_a_stop_ends_the_clip_within_a_frame_and_keeps_nothing(server, clips, tmp_path):
+    sessions = SessionFiles(tmp_path)
+    stop, frames = sessions.stop_flag("s1"), []
+
+    def progress(done: int, total: int) -> None:
+        frames.append(done)
+        stop.set()  # Stop pressed while the first chunk's last frame was edited
+
+    with pytest.raises(Cancelled, match="at frame 3"):
+        edit_clip(EditRunner(server.editor), clips["sway"], sessions.folder("s1"), stop, ClipLimits(chunk_frames=2),
+                  reference=server.reference, progress=progress)
+    assert frames == [2] and [p.name for p in sessions.folder("s1").iterdir()] == [".stop"]
+
+
+def test_limits_trim_a_long_clip_and_scale_down_a_large_one(server, clips, tmp_path):
+    done = edit_clip(EditRunner(server.editor), clips["sway"], tmp_path, None,
+                     ClipLimits(max_seconds=0.25, max_resolution=96), reference=server.reference,
+                     settings=VideoSettings(view="fixed", yaw=20, side_by_side=True))
+    assert done.result.frames == 6 and probe_video(done.video).size == (128, 128)  # the render's size
+    assert probe_video(done.side_by_side).size == (256, 128)
+    notes = " ".join(done.result.warnings)
+    assert "only its first 0.25 s were edited" in notes and "edited at 96x96 (the limit is 96p)" in notes
+
+
+@pytest.mark.parametrize("name, message", [
+    ("text", "text.mp4 is not a video ffmpeg can read"),
+    ("empty", "the file empty.mp4 is empty"),
+    ("blank", "no face found in any of the 4 frames of blank.mp4"),
+    (None, "Upload a clip first"),
+    ("sway-both", "Give either a reference image or an instruction"),
+    ("sway-style", "There is no customised style in this session yet"),
+])
+def test_bad_clips_and_inputs_are_messages(server, clips, name, message):
+    client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
+    clip = clips.get((name or "").split("-")[0])
+    args = {"instruction": "make it bronze"} if name == "sway-both" else {}
+    with pytest.raises(AppError, match=re.escape(message)) as error:
+        if clip is None:
+            client.predict(None, handle_file(server.reference), "", api_name="/edit_video")
+        else:
+            edit_video(client, clip, server.reference, use_style=name == "sway-style", **args)
+    assert "Traceback" not in str(error.value) and str(server.folder) not in str(error.value)
+    assert not list(server.sessions.root.glob("*/.clip-*"))
+
+
+def test_a_vertical_4k_clip_is_scaled_to_1080p_with_a_notice(server, clips):
+    client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
+    edited, _, _, status = edit_video(client, clips["phone4k"], server.reference)
+    assert probe_video(video_path(edited)).size == (1080, 1920) and len(decoded(video_path(edited))) == 2
+    assert "edited at 1080x1920 (the limit is 1080p)" in status and re.search(SUMMARY.format(2, 0), status)
+
+
+def test_a_published_clip_plays_in_the_gallery(server, api_edit):
+    client, _ = api_edit
+    published = client.predict(False, api_name="/publish")
+    record = server.gallery.get(published["id"])
+    assert set(record.files) == {"strip", "video", "reference"} and record.settings["clip"] is True
+    assert len(decoded(record.files["video"])) == FRAMES and record.caption == "🎬 Reference edit"
+    assert Image.open(record.strip).size[1] == 256  # a few edited frames side by side
+    assert "### Clip edit" in record_markdown(record, "http://x/?edit=1")
+    opened = client.predict(published["id"], api_name="/open_edit")
+    assert video_path(opened[2]).endswith("orbit.mp4")  # the gallery's video player gets the clip
