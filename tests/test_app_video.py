@@ -55,7 +55,7 @@ def video_path(value) -> str:
 def edit_video(client: Client, clip: Path, reference: Path | None = None, instruction: str = "", **settings):
     args = {"use_style": False, "view": "source", "yaw": 0, "pitch": 0, "side_by_side": False, "smooth": "low",
             **settings}
-    return client.predict({"video": handle_file(clip)}, handle_file(reference) if reference else None, instruction,
+    return client.predict(handle_file(clip), handle_file(reference) if reference else None, instruction,
                           *args.values(), api_name="/edit_video")
 
 
@@ -67,7 +67,7 @@ def api_edit(server, clips):
 
 
 def test_edit_video_api_keeps_every_frame_the_size_fps_and_audio(server, api_edit, clips):
-    client, (edited, stacked, reference, status) = api_edit
+    client, (edited, stacked, reference, status, _) = api_edit
     endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/edit_video"]
     assert [p["parameter_name"] for p in endpoint["parameters"][:3]] == ["clip", "reference", "instruction"]
     source, out = probe_video(clips["sway"]), probe_video(video_path(edited))
@@ -106,8 +106,10 @@ def test_chunks_of_frames_carry_the_track_and_give_the_same_clip(server, api_edi
     assert work.calls == ["video_start"] + ["video_frames"] * 3  # 5 + 5 + 4 frames
     chunked, whole = decoded(done.video), decoded(video_path(edited))
     assert len(chunked) == len(whole) == FRAMES == done.result.frames
-    difference = [float(np.abs(a.astype(np.float32) - b).mean()) for a, b in zip(chunked, whole)]
-    assert max(difference) < 2.0, difference  # the same frames (only the video encoding differs)
+    # the same frames, in order, up to the video encoding (each segment is encoded on its own; the frames
+    # themselves are equal, see test_video_editing's resumed frame editor)
+    distance = np.array([[np.abs(a.astype(np.float32) - b).mean() for b in whole] for a in chunked])
+    assert all(distance[k].argmin() == k for k in range(FRAMES) if k not in BLANK) and distance.diagonal().max() < 4
     assert probe_video(done.video).audio == "aac"
     assert sorted(p.name for p in done.folder.iterdir()) == ["edit.json", "edited.mp4", "reference.png", "views.png"]
     assert [p.name for p in tmp_path.iterdir()] == [done.id]
@@ -160,7 +162,7 @@ def test_bad_clips_and_inputs_are_messages(server, clips, name, message):
 
 def test_a_vertical_4k_clip_is_scaled_to_1080p_with_a_notice(server, clips):
     client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
-    edited, _, _, status = edit_video(client, clips["phone4k"], server.reference)
+    edited, _, _, status, _ = edit_video(client, clips["phone4k"], server.reference)
     assert probe_video(video_path(edited)).size == (1080, 1920) and len(decoded(video_path(edited))) == 2
     assert "edited at 1080x1920 (the limit is 1080p)" in status and re.search(SUMMARY.format(2, 0), status)
 
