@@ -64,7 +64,7 @@ class VideoTab:
                 self.edited = gr.Video(label="Edited clip", autoplay=True, interactive=False, height=360,
                                        buttons=["download"], elem_id="video-edited")
                 self.stacked = gr.Video(label="Side by side (input | output)", autoplay=True, interactive=False,
-                                        height=280, buttons=["download"], elem_id="video-stacked")
+                                        height=280, buttons=["download"], visible=False, elem_id="video-stacked")
                 self.reference_seen = gr.Image(label="Reference as the editor sees it", type="filepath", format="png",
                                                interactive=False, height=200, elem_id="video-ref")
                 with gr.Row(equal_height=True, visible=ctx.gallery is not None):
@@ -118,7 +118,8 @@ class VideoTab:
         return self.shown(done)
 
     def shown(self, done: ClipEdit) -> dict:
-        return {self.edited: str(done.video), self.stacked: str(done.side_by_side) if done.side_by_side else None,
+        stacked = str(done.side_by_side) if done.side_by_side else None
+        return {self.edited: str(done.video), self.stacked: gr.Video(stacked, visible=stacked is not None),
                 self.reference_seen: str(done.reference), self.status: done.status(), self.state: done.id,
                 self.link: ""}
 
