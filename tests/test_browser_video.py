@@ -7,13 +7,15 @@ import re
 
 import pytest
 
+from tests import test_browser
 from tests.fixtures import FRAMES, make_clip, sway_frames
-from tests.test_browser import browser, open_tab, page, screenshot, server, upload  # noqa: F401 (fixtures)
+from tests.test_browser import open_tab, screenshot, upload
 
 pytestmark = pytest.mark.browser
+browser, server, page = test_browser.browser, test_browser.server, test_browser.page  # its fixtures
 
 
-def test_video_tab_edits_a_clip_then_publishes_it_to_the_gallery(page, server, tmp_path):  # noqa: F811
+def test_video_tab_edits_a_clip_then_publishes_it_to_the_gallery(page, server, tmp_path):
     clip = make_clip(tmp_path / "sway.mp4", sway_frames())
     open_tab(page, "Video")
     page.get_by_text("record a few seconds with the webcam").wait_for()  # the fallback for a live stream

@@ -118,8 +118,7 @@ class VideoTab:
         return self.shown(done)
 
     def shown(self, done: ClipEdit) -> dict:
-        stacked = str(done.side_by_side) if done.side_by_side else None
-        return {self.edited: str(done.video), self.stacked: gr.Video(stacked, visible=stacked is not None),
+        return {self.edited: str(done.video), self.stacked: str(done.side_by_side) if done.side_by_side else None,
                 self.reference_seen: str(done.reference), self.status: done.status(), self.state: done.id,
                 self.link: ""}
 
@@ -135,6 +134,8 @@ class VideoTab:
     def wire(self) -> None:
         self.clip.upload(self.check_clip, self.clip, self.clip, preprocess=False, show_progress="hidden",
                          concurrency_limit=4, api_visibility="private")
+        self.side_by_side.change(lambda shown: gr.Video(visible=shown), self.side_by_side, self.stacked, queue=False,
+                                 show_progress="hidden", api_visibility="private")  # shown while it is asked for
         self.reference.upload(validated_upload(reference=True), self.reference, self.reference, preprocess=False,
                               show_progress="hidden", concurrency_limit=4, api_visibility="private")
         cleared = self.run.click(None, None, **set_in_browser({self.edited: None, self.stacked: None, self.link: "",
