@@ -349,7 +349,7 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
         assert "`empty/`" in config and "`checkpoints/`" not in config  # the folder it was started with, by name
         buttons = {key: props["interactive"] for key, props in
                    elem_props(demo, ("-run", "-stop", "-generate", "-adapt", "-publish")).items()}
-        assert set(buttons) == {f"{tab}-{kind}" for tab in ("text", "reference", "customize")
+        assert set(buttons) == {f"{tab}-{kind}" for tab in ("text", "reference", "video", "customize")
                                 for kind in ("run", "stop", "publish")} | {"customize-generate", "customize-adapt",
                                                                            "customize-adapt-stop"}
         assert not any(buttons.values())

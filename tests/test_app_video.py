@@ -67,7 +67,7 @@ def api_edit(server, clips):
 
 
 def test_edit_video_api_keeps_every_frame_the_size_fps_and_audio(server, api_edit, clips):
-    client, (edited, stacked, reference, status, _) = api_edit
+    client, (edited, stacked, reference, status) = api_edit
     endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/edit_video"]
     assert [p["parameter_name"] for p in endpoint["parameters"][:3]] == ["clip", "reference", "instruction"]
     source, out = probe_video(clips["sway"]), probe_video(video_path(edited))
@@ -162,7 +162,7 @@ def test_bad_clips_and_inputs_are_messages(server, clips, name, message):
 
 def test_a_vertical_4k_clip_is_scaled_to_1080p_with_a_notice(server, clips):
     client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
-    edited, _, _, status, _ = edit_video(client, clips["phone4k"], server.reference)
+    edited, _, _, status = edit_video(client, clips["phone4k"], server.reference)
     assert probe_video(video_path(edited)).size == (1080, 1920) and len(decoded(video_path(edited))) == 2
     assert "edited at 1080x1920 (the limit is 1080p)" in status and re.search(SUMMARY.format(2, 0), status)
 

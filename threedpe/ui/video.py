@@ -119,8 +119,7 @@ class VideoTab:
 
     def shown(self, done: ClipEdit) -> dict:
         return {self.edited: str(done.video), self.stacked: str(done.side_by_side) if done.side_by_side else None,
-                self.reference_seen: str(done.reference), self.status: done.status(), self.state: done.id,
-                self.link: ""}
+                self.reference_seen: str(done.reference), self.status: done.status(), self.state: done.id}
 
     def publish_clip(self, edit_id: str | None, owned: dict | None, publishing: Publishing,
                      request: gr.Request) -> dict:
@@ -146,7 +145,7 @@ class VideoTab:
         listen(begun.then, self.edit_video,
                [self.clip, self.reference, self.instruction, self.use_style, self.view, self.yaw, self.pitch,
                 self.side_by_side, self.smooth, self.style],
-               [self.edited, self.stacked, self.reference_seen, self.status, self.state, self.link], self.status,
+               [self.edited, self.stacked, self.reference_seen, self.status, self.state], self.status,
                api_name="edit_video", preprocess=False, concurrency_id="gpu")
         self.stop.click(self.ctx.stop_work, None, self.status, queue=False, api_visibility="private")
 
