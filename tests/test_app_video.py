@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pickle
 import re
+import subprocess
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -19,7 +21,7 @@ from threedpe.serving.clips import ClipLimits, edit_clip
 from threedpe.serving.messages import record_markdown
 from threedpe.serving.runner import EditRunner
 from threedpe.serving.sessions import SessionFiles
-from threedpe.video_editing import VideoSettings, probe_video, read_frames
+from threedpe.video_editing import ClipPlan, VideoInfo, VideoSettings, probe_video, read_frames
 
 SUMMARY = r"frames={} seconds=[\d.]+ fps=[\d.]+ no_face={} flicker=[\d.]+"
 
@@ -137,6 +139,33 @@ def test_limits_trim_a_long_clip_and_scale_down_a_large_one(server, clips, tmp_p
     assert probe_video(done.side_by_side).size == (256, 128)
     notes = " ".join(done.result.warnings)
     assert "only its first 0.25 s were edited" in notes and "edited at 96x96 (the limit is 96p)" in notes
+
+
+def test_a_variable_frame_rate_clip_is_edited_at_its_nominal_rate(server, clips, tmp_path):
+    """Frames 7-13 of the clip shown twice as long: ffmpeg repeats frames to the nominal rate; more frames than the
+    duration's estimate still all come out (the chunk loop runs until the clip ends)."""
+    vfr = tmp_path / "vfr.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(clips["sway"]), "-vf",
+                    "setpts='if(lt(N,7),N,2*N-7)/(24*TB)'", "-fps_mode", "vfr", "-an", str(vfr)], check=True)
+    source = probe_video(vfr)
+    done = edit_clip(EditRunner(server.editor), vfr, tmp_path, None, ClipLimits(chunk_frames=8),
+                     reference=server.reference)
+    frames = len(list(read_frames(source)))
+    assert frames > source.frames and done.result.frames == frames == len(decoded(done.video))
+    assert probe_video(done.video).fps == source.fps
+
+
+def test_zero_gpu_durations_follow_the_frames():
+    def clip_plan(size: tuple[int, int]) -> ClipPlan:
+        return ClipPlan(VideoInfo(Path("c.mp4"), size, 30.0, 10.0, 300, None, False), None, None, 300, ())
+
+    duration = EditRunner.video_frames_duration
+    small, full = clip_plan((640, 360)), clip_plan((1920, 1080))
+    assert duration(None, small, Path("s.mp4"), 0, 50) < duration(None, small, Path("s.mp4"), 0, 150)
+    assert duration(None, small, Path("s.mp4"), 0, 150) < duration(None, full, Path("s.mp4"), 0, 150) <= 60
+    assert duration(None, full, Path("s.mp4"), 0, 150) < duration(None, full, Path("s.mp4"), 150, 150)
+    assert EditRunner.video_start_duration(full, reference="r.png") < EditRunner.video_start_duration(full,
+                                                                                                      prompt="x")
 
 
 @pytest.mark.parametrize("name, message", [
