@@ -10,6 +10,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -166,6 +167,18 @@ def test_zero_gpu_durations_follow_the_frames():
     assert duration(None, full, Path("s.mp4"), 0, 150) < duration(None, full, Path("s.mp4"), 150, 150)
     assert EditRunner.video_start_duration(full, reference="r.png") < EditRunner.video_start_duration(full,
                                                                                                       prompt="x")
+
+
+def test_limits_are_set_per_server_and_shown_in_the_tab(server, monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert (ClipLimits.for_server(cpu).max_seconds, ClipLimits.for_server(gpu).max_seconds) == (10, 60)
+    monkeypatch.setenv("THREEDPE_VIDEO_MAX_SECONDS", "25")
+    assert ClipLimits.for_server(cpu) == ClipLimits(max_seconds=25, max_resolution=1080)
+    monkeypatch.setenv("THREEDPE_VIDEO_MAX_SECONDS", "ten")
+    with pytest.raises(ValueError, match="THREEDPE_VIDEO_MAX_SECONDS must be a number of seconds, got 'ten'"):
+        ClipLimits.for_server(cpu)
+    how = next(c for c in server.demo.get_config_file()["components"] if c["props"].get("elem_id") == "video-how")
+    assert "up to **10 s**" in how["props"]["value"] and "**1080p**" in how["props"]["value"]
 
 
 @pytest.mark.parametrize("name, message", [

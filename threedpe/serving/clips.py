@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import imageio_ffmpeg
+import torch
 from PIL import Image
 
 from threedpe.files import atomic_write
@@ -31,7 +32,8 @@ from threedpe.video_editing import (ClipPlan, ClipState, VideoEditResult, VideoE
                                     plan_clip, probe_video, read_frames)
 
 ZERO_GPU_MAX_SECONDS = 10.0  # on a ZeroGPU Space: a clip's frames must fit a few short GPU calls
-LOCAL_MAX_SECONDS = 60.0  # elsewhere, unless THREEDPE_VIDEO_MAX_SECONDS says otherwise
+LOCAL_MAX_SECONDS = 60.0  # elsewhere on a GPU, unless THREEDPE_VIDEO_MAX_SECONDS says otherwise
+CPU_MAX_SECONDS = 10.0  # on a CPU (seconds per frame with the real weights), unless the variable says otherwise
 MAX_RESOLUTION = 1080  # a clip whose shorter side is larger is scaled down to it
 CHUNK_FRAMES = 150  # frames per GPU call (about 10-20 s of GPU time at 1080p)
 STRIP_FRAMES, STRIP_HEIGHT = 3, 256  # the gallery's still: a few edited frames side by side
@@ -47,13 +49,15 @@ class ClipLimits:
     chunk_frames: int = CHUNK_FRAMES
 
     @classmethod
-    def for_server(cls) -> ClipLimits:
-        """10 s on a ZeroGPU Space; elsewhere ``$THREEDPE_VIDEO_MAX_SECONDS`` (default 60 s); 1080p on both."""
+    def for_server(cls, device: torch.device) -> ClipLimits:
+        """10 s on a ZeroGPU Space; elsewhere ``$THREEDPE_VIDEO_MAX_SECONDS``, by default 60 s when the editor runs
+        on a GPU and 10 s on a CPU; 1080p everywhere."""
         if on_zero_gpu():
             return cls(max_seconds=ZERO_GPU_MAX_SECONDS)
         text = os.environ.get("THREEDPE_VIDEO_MAX_SECONDS", "").strip()
+        default = LOCAL_MAX_SECONDS if device.type == "cuda" else CPU_MAX_SECONDS
         try:
-            seconds = float(text) if text else LOCAL_MAX_SECONDS
+            seconds = float(text) if text else default
         except ValueError:
             raise ValueError(f"THREEDPE_VIDEO_MAX_SECONDS must be a number of seconds, got {text!r}") from None
         if not seconds > 0:

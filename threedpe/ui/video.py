@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from threedpe.cancel import check
+from threedpe.devices import resolve_device
 from threedpe.serving.clips import ClipEdit, ClipLimits, edit_clip
 from threedpe.serving.messages import public_message
 from threedpe.serving.style_sessions import StyleSession
@@ -30,7 +31,8 @@ class VideoTab:
     ``StyleSession`` state."""
 
     def __init__(self, ctx: UIContext, style: gr.State):
-        self.ctx, self.style, self.limits = ctx, style, ClipLimits.for_server()
+        device = ctx.runner.editor.device if ctx.runner else resolve_device("auto")
+        self.ctx, self.style, self.limits = ctx, style, ClipLimits.for_server(device)
         default = VideoSettings()
         with gr.Row():
             with gr.Column(scale=2, min_width=300):
