@@ -17,7 +17,7 @@ from threedpe.ui.reference import reference_tab
 from threedpe.ui.text import text_tab
 from threedpe.ui.video import video_tab
 
-MAX_UPLOAD = "20mb"  # gradio's upload limit
+MAX_UPLOAD = "200mb"  # gradio's upload limit: a clip for the Video tab (10 s of 4K from a phone is 50-80 MB)
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky")
 CSS = """
 #title { text-align: center; }
