@@ -346,20 +346,25 @@ class EditRunner:
         ``session.state``; it is kept for the next call unless stopped. A stop keeps the steps done."""
         trainer = self._trainer(session, owner)
         target = trainer.step + steps
+        previewed = False
         try:
             while trainer.step < target:
                 with self._lock:  # per step: other visitors' views are served between the steps
                     [progress] = trainer.train(max_steps=trainer.step + 1, cancel=stop)
+                previewed |= progress.snapshot is not None
                 yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), progress.snapshot)
         except Cancelled:
             pass  # the finished steps are kept
+        stopped = stop is not None and stop()
         with self._lock:
-            style = trainer.style()  # first: it may add the held-out loss of this step, which the state then holds
+            # A call whose steps reached no preview mark (short or fast steps) ends with one, so each shows progress
+            snapshot = trainer.snapshot(f"step {trainer.step}") if not (previewed or stopped) else None
+            style = trainer.style()  # after the preview: it may add the held-out loss of this step, which the state holds
             state = trainer.state_dict()
-        if owner and not (stop is not None and stop()):
+        if owner and not stopped:
             with self._lock:
                 self.trainers.keep(owner, session, trainer)
-        yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), state=state, style=style)
+        yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), snapshot, state=state, style=style)
 
     def _trainer(self, session: StyleSession, owner: str | None) -> StyleTrainer:
         """``owner``'s kept trainer when it is at ``session``'s last step, else a new one from ``session.state``
