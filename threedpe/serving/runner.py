@@ -134,7 +134,7 @@ class StoredEdit:
         def cpu(tensor: torch.Tensor | None) -> np.ndarray | None:
             return None if tensor is None else tensor.detach().float().cpu().numpy()
 
-        unedited = result._unedited or Unedited(None)
+        unedited = result.unedited or Unedited(None)
         edited = result.planes if result.edited_planes is None else result.edited_planes
         return cls(planes=cpu(edited), image=result.image, reference=result.reference, timings=dict(result.timings),
                    notes=list(result.warnings), anchor=result.anchor, execution=result.execution,
@@ -150,7 +150,7 @@ class StoredEdit:
 
         branches = tuple(map(device, self.branches)) if self.branches else None
         result = EditResult(planes=device(self.planes), image=self.image, reference=self.reference, editor=editor,
-                            _unedited=Unedited(branches, device(self.unedited)))
+                            unedited=Unedited(branches, device(self.unedited)))
         return result if self.strength == 1.0 else result.with_strength(self.strength)
 
     def timed(self, **seconds: float) -> StoredEdit:
