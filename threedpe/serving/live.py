@@ -64,7 +64,8 @@ class LiveStats:
 
     def markdown(self) -> str:
         fps = f"**{self.fps:.1f} fps**" if self.fps is not None else "**– fps** (measuring)"
-        lines = [f"{fps} · {self.edited} frames edited · {self.dropped} dropped (the device was busy)"]
+        lines = [f"{fps} · {self.edited} frames edited · {self.dropped} dropped (camera frames that came while "
+                 "another was being edited)"]
         if self.status == "unedited":
             lines.append("🙈 No face in view: the frame is shown unedited.")
         elif self.status == "held":

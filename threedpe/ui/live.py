@@ -28,6 +28,8 @@ slower than the camera, frames are dropped (never queued), so what you see stays
 many frames per second were edited. Where the webcam cannot stream (a browser or network that blocks it), use the
 **Video** tab: record a few seconds with its webcam button and edit them.
 """
+NO_REFERENCE = "⚠️ Give a reference image or an instruction: editing starts as soon as there is one."
+BOTH_REFERENCES = "⚠️ Give a reference image **or** an instruction, not both: clear one of them."
 VIEWS = [("Follow my head (pasted back)", "source"), ("Fixed front view (stabilised)", "fixed")]
 
 
@@ -73,9 +75,8 @@ class LiveTab:
             return {self.output: gr.skip(), self.stats: gr.skip()}
         self.ctx.refuse_without_editor()
         instruction = " ".join((instruction or "").split()) or None
-        if (reference is None) == (instruction is None):
-            raise refusal("Give a reference image or an instruction (one of them, not both), then start the webcam "
-                          "again.")
+        if (reference is None) == (instruction is None):  # the stream goes on: editing starts once there is one
+            return {self.output: gr.skip(), self.stats: NO_REFERENCE if reference is None else BOTH_REFERENCES}
         if instruction is not None and self.ctx.text_error:
             raise refusal(self.ctx.text_error)
         settings = VideoSettings(view=view, preview=self.ctx.defaults.live_preview)
