@@ -91,7 +91,7 @@ def test_webcam_stream_edited_live_with_fps(camera_browser):
 
         upload(page, "live-reference", server.reference)  # while streaming: editing starts with the next frame
         page.wait_for_function(OUTPUTS_SEEN, arg=[3], polling=100)  # three edited frames arrived, one after another
-        page.wait_for_function(r"() => /\d+\.\d fps/.test(document.querySelector('#live-stats').innerText)",
+        page.wait_for_function(r"() => /\d+\.\d+ fps/.test(document.querySelector('#live-stats').innerText)",
                                polling=100)
         stats = page.locator("#live-stats").inner_text()
         edited = int(re.search(r"(\d+) frames edited", stats).group(1))

@@ -115,6 +115,10 @@ def test_fps_over_a_sliding_window_and_frames_replaced_while_editing():
         last = live.frame("a", frame, REFERENCE, SETTINGS).stats
     assert last.fps == pytest.approx(1.0)
     assert "1.0 fps" in last.markdown() and f"{last.dropped} dropped" in last.markdown()
+    for _ in range(2):  # slower than the window: the last two frames
+        clock.now += 7.75
+        last = live.frame("a", frame, REFERENCE, SETTINGS).stats
+    assert last.fps == pytest.approx(0.125) and "0.12 fps" in last.markdown()
 
 
 def test_streams_released_on_stop_and_pruned_by_age():

@@ -28,7 +28,7 @@ import numpy as np
 from threedpe.styles import Style
 from threedpe.video_editing import EditedFrame, FrameEditor, VideoSettings
 
-FPS_WINDOW_S = 5.0  # the achieved fps is measured over the frames edited in the last this many seconds
+FPS_WINDOW_S = 5.0  # the achieved fps is measured over the frames edited in the last this many seconds (or two)
 MAX_IDLE_S = 120.0  # a stream that received no frame for this long is released (its end was never signalled)
 
 Prepare = Callable[["LiveReference", VideoSettings, float], tuple[FrameEditor, list[str]]]
@@ -53,8 +53,8 @@ class LiveReference:
 @dataclass(frozen=True)
 class LiveStats:
     """A stream's figures: frames ``edited``, camera frames ``dropped`` (never edited: they arrived while another
-    was being edited), the achieved ``fps`` (edited frames per second over the last :data:`FPS_WINDOW_S`; None
-    before two frames), the last frame's ``status`` (``EditedFrame.status``) and ``notes`` about the reference."""
+    was being edited), the achieved ``fps`` (edited frames per second over the last :data:`FPS_WINDOW_S`, or
+    the last two frames when they are further apart; None before two frames), the last frame's ``status`` (``EditedFrame.status``) and ``notes`` about the reference."""
 
     edited: int
     dropped: int
@@ -63,7 +63,7 @@ class LiveStats:
     notes: tuple[str, ...] = ()
 
     def markdown(self) -> str:
-        fps = f"**{self.fps:.1f} fps**" if self.fps is not None else "**– fps** (measuring)"
+        fps = f"**{self.fps:.{1 if self.fps >= 1 else 2}f} fps**" if self.fps is not None else "**– fps** (measuring)"
         lines = [f"{fps} · {self.edited} frames edited · {self.dropped} dropped (camera frames that came while "
                  "another was being edited)"]
         if self.status == "unedited":
@@ -98,7 +98,7 @@ class LiveStream:
         self.touched = now
 
     def stats(self, now: float) -> LiveStats:
-        while self.finished and self.finished[0] < now - FPS_WINDOW_S:
+        while len(self.finished) > 2 and self.finished[0] < now - FPS_WINDOW_S:  # a slow device: the last two
             self.finished.popleft()
         span = self.finished[-1] - self.finished[0] if len(self.finished) > 1 else 0.0
         fps = (len(self.finished) - 1) / span if span > 0 else None

@@ -447,7 +447,7 @@ class EditRunner:
     @staticmethod
     def live_prepare_duration(reference: ImageInput | None, prompt: str | None, settings: VideoSettings, fps: float,
                               *, edit_settings: EditSettings | None = None, **_: object) -> int:
-        return EditRunner.edit_duration(reference, Path(), None, reference, prompt, settings=edit_settings)
+        return EditRunner.edit_duration(reference, Path(), prompt=prompt, settings=edit_settings)  # as an edit's
 
     @staticmethod
     def live_frame_duration(frame_editor: FrameEditor, frame: np.ndarray, precision: str | None = None) -> int:
