@@ -154,10 +154,10 @@ class LiveSessions:
         finally:
             stream.busy.release()
 
-    def release(self, session: str | None) -> None:
+    def release(self, session: str) -> None:
         """Forget ``session``'s stream (it stopped, or the page closed); a frame already being edited finishes."""
         with self._lock:
-            self._streams.pop(session or "", None)
+            self._streams.pop(session, None)
 
     def prune(self, max_idle_s: float = MAX_IDLE_S) -> None:
         """Release the streams that received no frame for ``max_idle_s`` seconds."""

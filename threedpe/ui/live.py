@@ -80,14 +80,19 @@ class LiveTab:
         if instruction is not None and self.ctx.text_error:
             raise refusal(self.ctx.text_error)
         settings = VideoSettings(view=view, preview=self.ctx.defaults.live_preview)
-        live = self.sessions.frame(request.session_hash or "anonymous", frame,
+        live = self.sessions.frame(session_key(request), frame,
                                    LiveReference(reference=reference, prompt=instruction), settings,
                                    self.ctx.precision(request))
         image = gr.skip() if live.image is None else live.image
         return {self.output: image, self.stats: live.stats.markdown()}
 
     def release(self, request: gr.Request) -> None:
-        self.sessions.release(request.session_hash)
+        """Forget this session's stream (it stopped, the webcam was cleared, or the page closed)."""
+        self.sessions.release(session_key(request))
+
+
+def session_key(request: gr.Request) -> str:
+    return request.session_hash or "anonymous"
 
 
 def live_tab(ctx: UIContext, demo: gr.Blocks) -> None:
