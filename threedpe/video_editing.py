@@ -15,6 +15,7 @@ written to a temporary file beside ``out``, the input's audio copied in, and ren
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from threedpe import cameras
-from threedpe.alignment import crop_aligned
+from threedpe.alignment import crop_aligned, get_detector
 from threedpe.cancel import CancelSignal, Cancelled, check
 from threedpe.edit_settings import EditSettings
 from threedpe.images import ImageInput
@@ -290,6 +291,24 @@ class FrameEditor:
                                                     anchor_index=anchor_index, settings=edit_settings, seed=seed,
                                                     cancel=cancel)
         return cls(editor, image, style=style, settings=settings, fps=fps), notes
+
+    def __getstate__(self) -> dict:
+        """A pickled frame editor keeps its state without the editor, the reference's tensor and the tracker's
+        detector, and with the tri-plane average on the CPU (ZeroGPU ships a live stream's frame editor to each GPU
+        call and back): :meth:`attach` an editor before the next :meth:`edit`."""
+        tracker = copy.copy(self.tracker)
+        tracker.detector = None
+        average = None if self._average is None else self._average.cpu()
+        return {**self.__dict__, "editor": None, "ref": None, "tracker": tracker, "_average": average}
+
+    def attach(self, editor: PortraitEditor) -> FrameEditor:
+        """This frame editor working with ``editor`` (after unpickling; nothing to do when it already is)."""
+        if self.editor is not editor or self.ref is None:
+            self.editor = editor
+            self.ref = preprocess_reference(self.reference).to(editor.device)
+            self._average = None if self._average is None else self._average.to(editor.device)
+        self.tracker.detector = self.tracker.detector or get_detector()
+        return self
 
     def _timed(self, stage: str, start: float) -> float:
         now = time.perf_counter()

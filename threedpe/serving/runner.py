@@ -37,6 +37,7 @@ from threedpe.serving.messages import public_message
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.serving.style_sessions import KEPT_TRAINERS, KeptTrainers, StyleSession, TuneUpdate
 from threedpe.styles import Style
+from threedpe.video_editing import EditedFrame, FrameEditor, VideoSettings
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs beside
 class OutputSettings:
     """The app's defaults that depend on the device: orbit ``video_frames``, ``mesh_resolution``^3, the
     customisation's ``fine_tune_steps``, the 2D edit's ``text_resolution``, whether the free view shows drafts
-    while a slider is dragged (``preview_while_dragging``; the full view follows on release), and the editor's
-    ``precision`` (``"fast"`` on a CPU that computes bfloat16 natively, see :mod:`threedpe.precision`)."""
+    while a slider is dragged (``preview_while_dragging``; the full view follows on release), the editor's
+    ``precision`` (``"fast"`` on a CPU that computes bfloat16 natively, see :mod:`threedpe.precision`), and whether
+    live webcam frames are drawn by the draft render (``live_preview``)."""
 
     video_frames: int = 120
     mesh_resolution: int = 256
@@ -57,17 +59,18 @@ class OutputSettings:
     text_resolution: int = EditSettings.preset("quality").resolution  # InstructPix2Pix (EditSettings presets)
     preview_while_dragging: bool = False
     precision: str = "exact"
+    live_preview: bool = False
 
     @classmethod
     def for_device(cls, device: torch.device) -> OutputSettings:
         """Full quality on a GPU; on CPU, where each takes minutes otherwise, a shorter video, a coarser mesh, a short
-        fine-tune, 256^2 text references (about 4x faster), draft views while a slider is dragged, and bfloat16 where
-        the CPU computes it natively (about 2x faster)."""
+        fine-tune, 256^2 text references (about 4x faster), draft views while a slider is dragged and for live webcam
+        frames, and bfloat16 where the CPU computes it natively (about 2x faster)."""
         if device.type == "cuda":
             return cls()
         return cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10,
                    text_resolution=EditSettings.preset("fast").resolution, preview_while_dragging=True,
-                   precision=recommended_precision(device))
+                   precision=recommended_precision(device), live_preview=True)
 
 
 def on_zero_gpu() -> bool:
@@ -387,6 +390,26 @@ class EditRunner:
         with self._lock:
             self.trainers.take(owner)
 
+    def live_prepare(self, reference: ImageInput | None, prompt: str | None, settings: VideoSettings, fps: float, *,
+                     style: Style | None = None, edit_settings: EditSettings | None = None
+                     ) -> tuple[FrameEditor, list[str]]:
+        """A live stream's frame editor (:mod:`threedpe.serving.live`): the reference image, or the instruction applied
+        to the first anchor portrait, prepared once for the stream; and the notes about it."""
+        with self._lock:
+            if reference is not None:
+                reference = load_image(reference, max_pixels=MAX_PIXELS)
+            return FrameEditor.prepare(self.editor, reference, prompt, style=style, edit_settings=edit_settings,
+                                       settings=settings, fps=fps)
+
+    def live_frame(self, frame_editor: FrameEditor, frame: np.ndarray, precision: str | None = None
+                   ) -> tuple[EditedFrame, FrameEditor]:
+        """The next webcam frame (H, W, 3) uint8 of a live stream, edited; and the frame editor with its tracker and
+        tri-plane average advanced (the same object, or on ZeroGPU a pickled copy, see ``FrameEditor.attach``)."""
+        with self._lock:
+            self.editor.precision = precision or self.editor.precision
+            [edited] = frame_editor.attach(self.editor).edit([frame])
+        return edited, frame_editor
+
     def _weights_folder(self, what: str) -> Path:
         if self.editor.weights_folder is None:
             raise CustomizeError(f"{what} needs the weights in a local folder (Live3D and EG3D files beside 3dpe.pt); "
@@ -425,6 +448,15 @@ class EditRunner:
     @staticmethod
     def mesh_duration(edit: StoredEdit, session: Path, resolution: int, stop: StopFlag | None = None) -> int:
         return 10 + math.ceil(10 * (resolution / 256) ** 3)  # one resolution^3 density grid
+
+    @staticmethod
+    def live_prepare_duration(reference: ImageInput | None, prompt: str | None, settings: VideoSettings, fps: float,
+                              *, edit_settings: EditSettings | None = None, **_: object) -> int:
+        return EditRunner.edit_duration(reference, Path(), prompt=prompt, settings=edit_settings)  # as an edit's
+
+    @staticmethod
+    def live_frame_duration(frame_editor: FrameEditor, frame: np.ndarray, precision: str | None = None) -> int:
+        return 5  # one frame: tracking, one encode, one render (a short request keeps the visitor's queue priority)
 
     @staticmethod
     def anchor_duration(name: str) -> int:
