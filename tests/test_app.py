@@ -33,7 +33,7 @@ from threedpe.ui.page import build_demo
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view", "set_strength")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
     "/publish", "/gallery_page", "/open_edit", "/delete_edit", "/flag_edit", "/generate_pairs", "/customize",
-    "/apply_style"} | ({"/set_precision"} if native_bf16("cpu") else set())  # a choice where bf16 is native
+    "/apply_style", "/edit_batch"} | ({"/set_precision"} if native_bf16("cpu") else set())  # a choice where bf16 is native
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_stop_buttons_stop_their_tab_at_once_without_gradio_cancels(server):
     a running event races with the event's own end and could leave an error badge on the status line."""
     config = server.demo.get_config_file()
     ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
-    for tab in ("text", "reference", "customize"):
+    for tab in ("text", "reference", "customize", "batch"):
         stops = [d for d in config["dependencies"] if any(ids.get(t[0]) == f"{tab}-stop" for t in d["targets"])]
         assert len(stops) == 1 and stops[0]["queue"] is False and not stops[0].get("cancels"), stops
 

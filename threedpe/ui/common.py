@@ -55,6 +55,7 @@ class GpuWork:
         self.runner, self.disabled = runner, disabled
         self.edit, self.view, self.strength, self.video, self.mesh, self.anchor, self.samples = (
             self._gpu(method) for method in ("edit", "view", "strength", "video", "mesh", "anchor", "samples"))
+        self.batch = self._gpu("batch")  # a batch's photos, as many as one call may take (serving.batches)
         self.fine_tune = (spaces.GPU(duration=EditRunner.fine_tune_duration)(self._stream_fine_tune)
                           if runner is not None else self._gpu("fine_tune"))
 
