@@ -491,8 +491,10 @@ def test_publish_permalink_open_and_delete_through_the_api(server, client, tmp_p
 
     tiles, listing = client.predict(1, api_name="/gallery_page")
     assert any(tile["caption"] == "Reference edit" for tile in tiles) and "published edits" in listing
-    info, strip, video, mesh, reference, archive, opened = client.predict(url, api_name="/open_edit")
+    info, strip, video, mesh, reference, archive, opened, before, after = client.predict(url, api_name="/open_edit")
     assert opened == record and "Reference edit" in info and record in info
+    # before / after: the photo stays private (not shared), the reference the edit followed beside the frontal view
+    assert before is None and png(reference) and png(after).size == (png(strip).height, png(strip).height)
     # a readable summary: the settings in words and the seconds of each stage, no raw keys
     assert "aligned portrait" in info and "align_reference" not in info
     assert re.search(r"orbit video \*\*[\d.]+ s\*\* · mesh \*\*[\d.]+ s", info), info
@@ -514,7 +516,8 @@ def test_publish_permalink_open_and_delete_through_the_api(server, client, tmp_p
 def test_a_published_text_edit_keeps_its_instruction_and_can_be_reported(server, client):
     edit_text(client, server, "make it a marble statue")
     published = client.predict(True, api_name="/publish")
-    info = client.predict(published["id"], api_name="/open_edit")[0]
+    info, *_, before, after = client.predict(published["id"], api_name="/open_edit")
+    assert png(before).size == (128, 128) and png(after).width == png(after).height  # the shared thumbnail, the edit
     assert "make it a marble statue" in info and "InstructPix2Pix steps 20 · text guidance 7.5" in info
     assert "anchor portrait **EG3D sample, seed 0**" in info and "image_guidance" not in info and "Published" in info
     assert "photo" in server.gallery.get(published["id"]).files  # shared on request, as a thumbnail
