@@ -2,6 +2,7 @@
 image or instruction; a zip of the results with report.html and results.csv, a summary, and the edited photos."""
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -86,9 +87,11 @@ class BatchTab:
             if self.ctx.text_error and any(job.prompt is not None for job in jobs):
                 raise refusal(self.ctx.text_error)
             show_errors(self.ctx.limiter.take)(request.session_hash or "anonymous")
+            start = time.perf_counter()
             outcomes = self.run_jobs(jobs, folder / "results", stop, request, progress)
+            seconds = time.perf_counter() - start
             archive = show_errors(self.write_results)(folder, jobs, outcomes, stop)
-        return self.shown(jobs, outcomes, folder / "results", archive, stopped=len(outcomes) < len(jobs))
+        return self.shown(jobs, outcomes, folder / "results", archive, seconds)
 
     def run_jobs(self, jobs: list[BatchJob], results: Path, stop, request: gr.Request,
                  progress: gr.Progress) -> dict[str, Outcome]:
@@ -112,15 +115,14 @@ class BatchTab:
             return zip_results(folder / "results", folder.with_name(f"{folder.name}.zip"))
 
     def shown(self, jobs: list[BatchJob], outcomes: dict[str, Outcome], results: Path, archive: Path,
-              stopped: bool) -> dict:
-        """The tab's outputs for a finished (or stopped) batch."""
+              seconds: float) -> dict:
+        """The tab's outputs for a finished (or stopped) batch that took ``seconds``."""
         count = counts(jobs, outcomes)
-        seconds = sum(outcome.seconds for outcome in outcomes.values())
         edited = [outcome for outcome in outcomes.values() if outcome.status in ("edited", "skipped")]
         lines = [" · ".join(f"{status}={n}" for status, n in count.items() if n or status != "not run")]
         lines += [f"❌ **{outcome.photo}**: {public_message(outcome.reason)}" for outcome in outcomes.values()
                   if outcome.status == "failed"]
-        if stopped:
+        if len(outcomes) < len(jobs):
             status = (f"⏹️ Stopped after {len(outcomes)} of {len(jobs)} photos: the report lists the others as not "
                       "run.")
         else:

@@ -59,18 +59,16 @@ class GalleryTab:
                     self.info = gr.Markdown("Pick an edit on the left, or paste a permalink.", label="Opened edit",
                                             elem_id="gallery-info")
                     self.strip = gr.Image(label="Three views", elem_id="gallery-strip", **png)
+                    with gr.Row(equal_height=True):  # before / after, side by side (see open_edit)
+                        self.before = gr.Image(label="Before (if shared)", height=220, elem_id="gallery-before",
+                                               **png)
+                        self.reference = gr.Image(label="Reference", height=220, elem_id="gallery-reference", **png)
+                        self.after = gr.Image(label="After (frontal)", height=220, elem_id="gallery-after", **png)
                     with gr.Row(equal_height=True):
                         self.video = gr.Video(label="Orbit video", autoplay=True, loop=True, interactive=False,
                                               height=280, elem_id="gallery-video")
                         self.model = gr.Model3D(label="3D mesh", clear_color=(0.95, 0.95, 0.97, 1.0), height=280,
                                                 elem_id="gallery-model")
-                    with gr.Row(equal_height=True):  # before / after, side by side (see open_edit)
-                        self.before = gr.Image(label="Before: the photo (only where its author shared it)",
-                                               height=220, elem_id="gallery-before", **png)
-                        self.reference = gr.Image(label="Reference image (the style the edit followed)", height=220,
-                                                  elem_id="gallery-reference", **png)
-                        self.after = gr.Image(label="After: the edited frontal view", height=220,
-                                              elem_id="gallery-after", **png)
                     self.download = gr.DownloadButton("Download all files (zip)", elem_id="gallery-download")
                     with gr.Accordion("Delete or report", open=False):
                         self.owner_token = gr.Textbox(label="Owner token (needed only on another browser)",
