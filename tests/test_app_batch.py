@@ -8,23 +8,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from tests.app_server import AppServer, app_server
+from tests import test_app
 from threedpe.batch import BatchJob
 from threedpe.serving import batches
 from threedpe.serving.batches import MAX_PHOTOS_ENV, batch_calls
 
-
-@pytest.fixture(scope="module")
-def server() -> AppServer:
-    return app_server()
-
-
-@pytest.fixture()
-def client(server: AppServer) -> Client:
-    return Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
+server, client = test_app.server, test_app.client  # the fixtures: the shared server, a fresh session per test
 
 
 def copies(photo: Path, folder: Path, count: int) -> list:
