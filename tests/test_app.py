@@ -351,7 +351,8 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
                    elem_props(demo, ("-run", "-stop", "-generate", "-adapt", "-publish")).items()}
         assert set(buttons) == {f"{tab}-{kind}" for tab in ("text", "reference", "customize")
                                 for kind in ("run", "stop", "publish")} | {"customize-generate", "customize-adapt",
-                                                                           "customize-adapt-stop"}
+                                                                           "customize-adapt-stop", "batch-run",
+                                                                           "batch-stop"}
         assert not any(buttons.values())
         # the fine-tuning steps follow the device, with or without weights (10 on a CPU, 300 on a GPU)
         steps = OutputSettings.for_device(resolve_device("auto")).fine_tune_steps
@@ -362,6 +363,8 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
             client.predict(handle_file(server.photo), handle_file(server.reference), False,
                            api_name="/edit_reference")
         assert str(tmp_path) not in str(error.value)
+        with pytest.raises(AppError, match="Editing is disabled"):
+            client.predict([handle_file(server.photo)], None, "make it bronze", api_name="/edit_batch")
     finally:
         demo.close()
         gallery.close()
