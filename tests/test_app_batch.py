@@ -59,6 +59,10 @@ def test_a_batch_over_the_limit_is_refused_naming_the_limit(server, client, monk
     monkeypatch.setenv(MAX_PHOTOS_ENV, "2")
     with pytest.raises(AppError, match="at most 2 photos"):
         client.predict(copies(server.photo, tmp_path, 3), None, "make it bronze", 1.0, api_name="/edit_batch")
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with pytest.raises(AppError, match="the upload holds no photo"):
+        client.predict([handle_file(empty)], handle_file(server.reference), "", api_name="/edit_batch")
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo")
     with pytest.raises(AppError, match="notes.txt is not a photo"):

@@ -39,8 +39,8 @@ def gather_uploads(uploads: list[tuple[str, Path]], folder: Path, max_photos: in
     """Uploaded files, each ``(its name as uploaded, its path)``, as one batch input in ``folder``: photos copied under
     their names, the photos of each ``.zip`` unpacked under their member paths, and at most one ``.csv``. Returns the
     CSV when there is one (its rows name those files, see :mod:`threedpe.batch`), else ``folder``. ``BatchError`` for
-    another kind of file, two photos of one name, a second CSV, a zip member over the size limit, or more than
-    ``max_photos`` photos (nothing is unpacked past the limit)."""
+    another kind of file, two photos of one name, a second CSV, a zip member over the size limit, no photo, or more
+    than ``max_photos`` photos (nothing is unpacked past the limit)."""
     folder.mkdir(parents=True, exist_ok=True)
     placed: list[Path] = []
 
@@ -66,6 +66,8 @@ def gather_uploads(uploads: list[tuple[str, Path]], folder: Path, max_photos: in
         elif suffix != ".csv":
             raise BatchError(f"{Path(name).name} is not a photo ({', '.join(IMAGE_SUFFIXES)}), a .zip of photos or a "
                              ".csv of jobs")
+    if not placed:
+        raise BatchError(f"the upload holds no photo ({', '.join(IMAGE_SUFFIXES)}, alone or in a .zip)")
     if not tables:
         return folder
     table = folder / "jobs.csv"
