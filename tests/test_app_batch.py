@@ -89,14 +89,20 @@ def test_stop_ends_the_batch_after_the_current_photo_with_a_valid_report(server,
     assert len(contact) == 1
 
 
-def test_a_csv_names_the_photos_of_the_upload_and_nothing_outside_it(server, client, tmp_path):
+def test_a_csv_of_mixed_jobs_names_the_photos_of_the_upload_and_nothing_outside_it(server, client, tmp_path):
     jobs = tmp_path / "jobs.csv"
-    jobs.write_text(f"photo,reference|prompt,strength\nastronaut.jpg,{server.reference.name},0.5\n")
+    jobs.write_text(f"photo,reference|prompt,strength\nastronaut.jpg,{server.reference.name},0.5\n"
+                    "class/anna.jpg,make it bronze,\n")
+    photos = tmp_path / "class.zip"
+    with zipfile.ZipFile(photos, "w") as bundle:
+        bundle.write(server.photo, "class/anna.jpg")
     status, summary, archive, _ = client.predict(
-        [handle_file(server.photo), handle_file(server.reference), handle_file(jobs)], None, "",
+        [handle_file(server.photo), handle_file(photos), handle_file(server.reference), handle_file(jobs)], None, "",
         api_name="/edit_batch")
-    rows, _, _ = results(archive)
-    assert list(rows) == ["astronaut.jpg"] and rows["astronaut.jpg"]["status"] == "edited", summary
+    rows, names, _ = results(archive)
+    assert {photo: row["status"] for photo, row in rows.items()} == {"astronaut.jpg": "edited",
+                                                                     "class/anna.jpg": "edited"}, summary
+    assert {"photos/row00002_astronaut_jpg/views.png", "photos/row00003_anna_jpg/views.png"} <= names
     jobs.write_text("photo\n/etc/hostname\n")
     with pytest.raises(AppError, match="not among the uploaded photos"):
         client.predict([handle_file(server.photo), handle_file(jobs)], handle_file(server.reference), "",
