@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from threedpe.batch import BatchJob, BatchOptions, Outcome, edit_jobs
 from threedpe.cancel import Cancelled
 from threedpe.weights import CheckpointError
 from threedpe.training.customize import CustomizeError, StyleTrainer
@@ -209,6 +210,12 @@ def check_upload(path: str, reference: bool = False) -> list[str]:
     return reference_notes(image) if reference else []
 
 
+def text_seconds(settings: EditSettings | None) -> int:
+    """GPU seconds of one InstructPix2Pix run (~0.1 s per step at 512^2 in fp16, three UNet passes per step)."""
+    settings = settings or EditSettings()
+    return 5 + math.ceil(settings.steps * 0.15 * (settings.resolution / 512) ** 2)
+
+
 class EditRunner:
     """The app's GPU work on one shared, read-only editor. Methods take and return picklable values; one runs at
     a time (a stopped computation finishes its current step before the next one starts).
@@ -327,6 +334,16 @@ class EditRunner:
             edit.save_record(session)
         return glb, ply, edit
 
+    def batch(self, jobs: list[BatchJob], out: Path, stop: StopFlag | None = None, *,
+              settings: EditSettings | None = None, precision: str | None = None) -> list[Outcome]:
+        """Edit ``jobs`` into the batch folder ``out`` (:func:`threedpe.batch.edit_jobs`: a photo that cannot be edited
+        is recorded and the rest go on; ``settings``: the 2D edit of an instruction); their outcomes. A stop ends it
+        after the current photo."""
+        with self._lock, stopped_if_gone(stop):
+            self.editor.precision = precision or self.editor.precision
+            return edit_jobs(self.editor, jobs, out, BatchOptions(settings=settings),
+                             shard=f"call-{uuid.uuid4().hex[:12]}", cancel=stop, progress=False)
+
     def _renderer(self, edit: StoredEdit) -> EditResult:
         """``edit`` ready to render at the precision it was made in (call with the lock held)."""
         self.editor.precision = edit.precision
@@ -428,10 +445,15 @@ class EditRunner:
                       settings: EditSettings | None = None, **_: object) -> int:
         """A few seconds for a reference edit; a text edit may add one InstructPix2Pix run (~0.1 s per step at 512^2
         in fp16, three UNet passes per step)."""
-        if prompt is None:
-            return 15
-        settings = settings or EditSettings()
-        return 20 + math.ceil(settings.steps * 0.15 * (settings.resolution / 512) ** 2)
+        return 15 if prompt is None else 15 + text_seconds(settings)
+
+    @staticmethod
+    def batch_duration(jobs: list[BatchJob], out: Path, stop: StopFlag | None = None, *,
+                       settings: EditSettings | None = None, **_: object) -> int:
+        """A few seconds per photo (align, encode, the 3-view strip, its files), and an InstructPix2Pix run for each
+        instruction."""
+        instructions = {job.prompt for job in jobs if job.prompt is not None}
+        return 10 + 3 * len(jobs) + len(instructions) * text_seconds(settings)
 
     @staticmethod
     def view_duration(edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> int:

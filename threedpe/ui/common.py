@@ -56,6 +56,7 @@ class GpuWork:
         self.edit, self.view, self.strength, self.video, self.mesh, self.anchor, self.samples = (
             self._gpu(method) for method in ("edit", "view", "strength", "video", "mesh", "anchor", "samples"))
         self.live_prepare, self.live_frame = self._gpu("live_prepare"), self._gpu("live_frame")  # short calls
+        self.batch = self._gpu("batch")  # a batch's photos, as many as one call may take (serving.batches)
         self.fine_tune = (spaces.GPU(duration=EditRunner.fine_tune_duration)(self._stream_fine_tune)
                           if runner is not None else self._gpu("fine_tune"))
 
