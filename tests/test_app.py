@@ -33,7 +33,7 @@ from threedpe.ui.page import build_demo
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view", "set_strength")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
     "/publish", "/gallery_page", "/open_edit", "/delete_edit", "/flag_edit", "/generate_pairs", "/customize",
-    "/apply_style", "/edit_video"} | ({"/set_precision"} if native_bf16("cpu") else set())  # a choice where bf16 is native
+    "/apply_style", "/edit_batch", "/edit_video"} | ({"/set_precision"} if native_bf16("cpu") else set())  # a choice where bf16 is native
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_stop_buttons_stop_their_tab_at_once_without_gradio_cancels(server):
     a running event races with the event's own end and could leave an error badge on the status line."""
     config = server.demo.get_config_file()
     ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
-    for tab in ("text", "reference", "customize", "video"):
+    for tab in ("text", "reference", "customize", "batch", "video"):
         stops = [d for d in config["dependencies"] if any(ids.get(t[0]) == f"{tab}-stop" for t in d["targets"])]
         assert len(stops) == 1 and stops[0]["queue"] is False and not stops[0].get("cancels"), stops
 
@@ -351,7 +351,8 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
                    elem_props(demo, ("-run", "-stop", "-generate", "-adapt", "-publish")).items()}
         assert set(buttons) == {f"{tab}-{kind}" for tab in ("text", "reference", "video", "customize")
                                 for kind in ("run", "stop", "publish")} | {"customize-generate", "customize-adapt",
-                                                                           "customize-adapt-stop"}
+                                                                           "customize-adapt-stop", "batch-run",
+                                                                           "batch-stop"}
         assert not any(buttons.values())
         # the fine-tuning steps follow the device, with or without weights (10 on a CPU, 300 on a GPU)
         steps = OutputSettings.for_device(resolve_device("auto")).fine_tune_steps
@@ -362,6 +363,8 @@ def test_missing_weights_disable_the_actions_and_show_no_server_path(tmp_path, s
             client.predict(handle_file(server.photo), handle_file(server.reference), False,
                            api_name="/edit_reference")
         assert str(tmp_path) not in str(error.value)
+        with pytest.raises(AppError, match="Editing is disabled"):
+            client.predict([handle_file(server.photo)], None, "make it bronze", api_name="/edit_batch")
     finally:
         demo.close()
         gallery.close()
@@ -491,8 +494,10 @@ def test_publish_permalink_open_and_delete_through_the_api(server, client, tmp_p
 
     tiles, listing = client.predict(1, api_name="/gallery_page")
     assert any(tile["caption"] == "Reference edit" for tile in tiles) and "published edits" in listing
-    info, strip, video, mesh, reference, archive, opened = client.predict(url, api_name="/open_edit")
+    info, strip, video, mesh, reference, archive, opened, before, after = client.predict(url, api_name="/open_edit")
     assert opened == record and "Reference edit" in info and record in info
+    # before / after: the photo stays private (not shared), the reference the edit followed beside the frontal view
+    assert before is None and png(reference) and png(after).size == (png(strip).height, png(strip).height)
     # a readable summary: the settings in words and the seconds of each stage, no raw keys
     assert "aligned portrait" in info and "align_reference" not in info
     assert re.search(r"orbit video \*\*[\d.]+ s\*\* · mesh \*\*[\d.]+ s", info), info
@@ -514,7 +519,8 @@ def test_publish_permalink_open_and_delete_through_the_api(server, client, tmp_p
 def test_a_published_text_edit_keeps_its_instruction_and_can_be_reported(server, client):
     edit_text(client, server, "make it a marble statue")
     published = client.predict(True, api_name="/publish")
-    info = client.predict(published["id"], api_name="/open_edit")[0]
+    info, *_, before, after = client.predict(published["id"], api_name="/open_edit")
+    assert png(before).size == (128, 128) and png(after).width == png(after).height  # the shared thumbnail, the edit
     assert "make it a marble statue" in info and "InstructPix2Pix steps 20 · text guidance 7.5" in info
     assert "anchor portrait **EG3D sample, seed 0**" in info and "image_guidance" not in info and "Published" in info
     assert "photo" in server.gallery.get(published["id"]).files  # shared on request, as a thumbnail

@@ -106,7 +106,7 @@ def test_chunks_of_frames_carry_the_track_and_give_the_same_clip(server, api_edi
     _, (edited, *_) = api_edit
     work = Forked(EditRunner(server.editor))
     done = edit_clip(work, clips["sway"], tmp_path, None, ClipLimits(chunk_frames=5), reference=server.reference)
-    assert work.calls == ["video_start"] + ["video_frames"] * 3  # 5 + 5 + 4 frames
+    assert work.calls == ["prepare_frames"] + ["video_frames"] * 3  # 5 + 5 + 4 frames
     chunked, whole = decoded(done.video), decoded(video_path(edited))
     assert len(chunked) == len(whole) == FRAMES == done.result.frames
     # the same frames, in order, up to the video encoding (each segment is encoded on its own; the frames
@@ -165,8 +165,6 @@ def test_zero_gpu_durations_follow_the_frames():
     assert duration(None, small, Path("s.mp4"), 0, 50) < duration(None, small, Path("s.mp4"), 0, 150)
     assert duration(None, small, Path("s.mp4"), 0, 150) < duration(None, full, Path("s.mp4"), 0, 150) <= 60
     assert duration(None, full, Path("s.mp4"), 0, 150) < duration(None, full, Path("s.mp4"), 150, 150)
-    assert EditRunner.video_start_duration(full, reference="r.png") < EditRunner.video_start_duration(full,
-                                                                                                      prompt="x")
 
 
 def test_limits_are_set_per_server_and_shown_in_the_tab(server, monkeypatch):

@@ -48,14 +48,20 @@ def server() -> AppServer:
     return app_server()
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium_path() -> str:
+    """Debian's Chromium (never a downloaded browser); without it the test fails on CI and is skipped elsewhere."""
     chromium = shutil.which("chromium")
     if chromium is None:
         message = "Debian's chromium is not installed (apt-get install chromium); .ci/run installs it"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    return chromium
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = chromium_path()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -209,6 +209,7 @@ def test_the_app_streams_every_step_and_keeps_each_visitors_trainer_except_on_ze
         assert [update.state is None for update in updates] == [True] * steps + [False]  # streamed, then the state
         assert [update.curve[-1][0] for update in updates[:-1]] == list(range(session.steps + 1,
                                                                                session.steps + steps + 1))
+        assert any(update.snapshot is not None for update in updates)  # a preview in every call, however short
         for update in updates:
             session = session.advanced(update)
         return session

@@ -146,7 +146,7 @@ def test_cli_precision_flag(tiny_weights, astronaut_photo, tmp_path, capsys, nat
     native(True)
     assert main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--reference",
                  str(astronaut_photo), "--aligned", "--out", str(tmp_path / "edit"), "--precision", "fast"]) == 0
-    assert "path: cpu bf16 (fast precision: native AVX512-BF16;" in capsys.readouterr().out
+    assert "ran on: cpu bf16 (fast precision: native AVX512-BF16;" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["edit", "--weights", str(tiny_weights), "--input", str(astronaut_photo), "--reference",
               str(astronaut_photo), "--out", str(tmp_path / "bad"), "--precision", "fp8"])

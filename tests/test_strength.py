@@ -121,7 +121,7 @@ def test_without_live3d_the_strength_names_the_file(tiny_weights, tmp_path, phot
     editor = PortraitEditor.from_pretrained(weights_copy(tiny_weights, tmp_path / "w", None))
     assert "encoder_render_LT_90000.pt" in editor.strength_unavailable
     result = editor(photo, reference=reference, aligned=True)  # strength 1 needs no Live3D
-    assert not result.strength_available and result._unedited.branches is None  # nothing kept for nothing
+    assert not result.strength_available and result.unedited.branches is None  # nothing kept for nothing
     with pytest.raises(MissingWeightsError, match="encoder_render_LT_90000.pt"):
         editor(photo, reference=reference, aligned=True, strength=0.5)
     with pytest.raises(MissingWeightsError, match="encoder_render_LT_90000.pt"):

@@ -144,18 +144,18 @@ def test_fixed_view_side_by_side_and_tri_plane_averaging(editor):
     assert flicker["high"] < flicker["off"]
 
 
-def test_a_frame_editor_resumed_from_its_pickled_state_edits_the_same_frames(editor):
-    """How the app edits a clip in chunks of GPU calls: the state (track, filters, tri-plane average, flicker) goes
-    through pickle between them, and the frames come out exactly as in one pass."""
+def test_a_frame_editor_resumed_from_its_pickled_copy_edits_the_same_frames(editor):
+    """How the app edits a clip in chunks of GPU calls: the frame editor (track, filters, tri-plane average, flicker)
+    goes through pickle between them, and the frames come out exactly as in one pass."""
     frames, settings = sway_frames(4, side=128, blank=()), VideoSettings(batch_size=2, smooth="high")
     whole, _ = FrameEditor.prepare(editor, PHOTO, settings=settings)
     expected = [e.image for e in whole.edit(frames[:2]) + whole.edit(frames[2:])]
     first, _ = FrameEditor.prepare(editor, PHOTO, settings=settings)
     images = [e.image for e in first.edit(frames[:2])]
-    resumed = FrameEditor.resume(editor, pickle.loads(pickle.dumps(first.state())))
+    resumed = pickle.loads(pickle.dumps(first)).attach(editor)
     images += [e.image for e in resumed.edit(frames[2:])]
     assert len(images) == 4 and all(np.array_equal(a, b) for a, b in zip(images, expected))
-    assert resumed.state().frames == 4 and resumed.flicker.value == whole.flicker.value
+    assert resumed.frames == 4 and resumed.flicker.value == whole.flicker.value
 
 
 def test_a_stop_flag_stops_within_a_frame_and_writes_nothing(editor, clip, tmp_path):

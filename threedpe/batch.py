@@ -122,10 +122,16 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def safe_parts(relative: str) -> list[str]:
+    """The parts of a relative path as a zip member or an upload names it, without its root, ``.`` and ``..`` parts
+    (so that it stays inside the folder it is placed in)."""
+    return [part for part in PurePosixPath(relative.replace("\\", "/")).parts if part not in ("/", ".", "..")]
+
+
 def _folder_name(relative: str) -> str:
     """``class/anna.jpg`` -> ``class/anna_jpg``: one folder per photo, also for ``anna.jpg`` beside ``anna.png``; a
     zip member's ``..`` and root parts are dropped (its folder stays inside the output)."""
-    parts = [part for part in PurePosixPath(relative.replace("\\", "/")).parts if part not in ("/", ".", "..")]
+    parts = safe_parts(relative)
     if not parts:
         return "photo"
     stem, suffix = PurePosixPath(parts[-1]).stem, PurePosixPath(parts[-1]).suffix.lstrip(".").lower()
@@ -150,9 +156,7 @@ def collect_jobs(source: str | os.PathLike, reference: str | os.PathLike | None 
     elif source.suffix.lower() == ".zip" and source.is_file():
         try:
             with zipfile.ZipFile(source) as archive:
-                members = sorted(info.filename for info in archive.infolist() if not info.is_dir()
-                                 and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
-                                 and not Path(info.filename).name.startswith("._"))
+                members = sorted(info.filename for info in photo_members(archive))
         except zipfile.BadZipFile:
             raise BatchError(f"{source} is not a readable zip file") from None
         jobs = [BatchJob(_unique(_folder_name(m), taken), m, source, member=m, reference=reference, prompt=prompt,
@@ -168,6 +172,12 @@ def collect_jobs(source: str | os.PathLike, reference: str | os.PathLike | None 
             raise BatchError(f"{job.photo}: give either a reference image or an instruction (--reference / --prompt "
                              "or the CSV's second column)")
     return jobs
+
+
+def photo_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The members of ``archive`` that are photos by their names (macOS ``._`` resource files left out)."""
+    return [info for info in archive.infolist() if not info.is_dir() and Path(info.filename).suffix.lower()
+            in IMAGE_SUFFIXES and not Path(info.filename).name.startswith("._")]
 
 
 def _csv_jobs(source: Path, reference: Path | None, prompt: str | None, strength: float,

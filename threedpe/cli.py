@@ -65,7 +65,7 @@ def _edit(args: argparse.Namespace) -> None:
     for path in written:
         print(f"wrote {path}")
     print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()))
-    print(f"path: {result.execution}")
+    print(f"ran on: {result.execution}")
 
 
 def _customize(args: argparse.Namespace) -> None:

@@ -122,7 +122,7 @@ class EditResult:
     edited_planes: torch.Tensor | None = field(default=None, repr=False)
 
     _renders: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (yaw, pitch, preview) -> outputs
-    _unedited: Unedited | None = field(default=None, repr=False)
+    unedited: Unedited | None = field(default=None, repr=False)
 
     @property
     def strength_available(self) -> bool:
@@ -149,12 +149,12 @@ class EditResult:
     def unedited_planes(self) -> torch.Tensor:
         """The unedited 3D reconstruction of the photo (1, 96, P, P): Live3D's ``Final_encoder`` on the E_low / E_high
         features the edit's encode computed (the networks share them), made once per edit and kept."""
-        if self._unedited is None:
-            self._unedited = Unedited(None)
-        if self._unedited.planes is None:
-            self._unedited.planes = self.editor.reconstruct(self.image, self._unedited.branches)
-            self._unedited.branches = None  # no longer needed: free them
-        return self._unedited.planes
+        if self.unedited is None:
+            self.unedited = Unedited(None)
+        if self.unedited.planes is None:
+            self.unedited.planes = self.editor.reconstruct(self.image, self.unedited.branches)
+            self.unedited.branches = None  # no longer needed: free them
+        return self.unedited.planes
 
     @property
     def execution(self) -> str:
@@ -549,5 +549,5 @@ class PortraitEditor:
 
         return [EditResult(planes=one(planes, i), image=crop, reference=reference, editor=self,
                            timings={"encode": seconds}, warnings=list(notes),
-                           _unedited=Unedited(tuple(one(t, i) for t in branches) if branches else None))
+                           unedited=Unedited(tuple(one(t, i) for t in branches) if branches else None))
                 for i, crop in enumerate(crops)]

@@ -165,15 +165,6 @@ class FaceTracker:
         self._last: Track | None = None
         self._unit = 1.0
 
-    def __getstate__(self) -> dict:
-        """Everything but the detector (a network): a tracker pickles as its state, and unpickles with the shared
-        default detector (:func:`threedpe.alignment.get_detector`), so a clip's track survives a process boundary."""
-        return {**self.__dict__, "detector": None}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.detector = get_detector()
-
     def reset(self) -> None:
         """Forget the face (the next frame is searched in full, the filters start again)."""
         self._box, self._last, self._missing = None, None, 0

@@ -15,6 +15,7 @@ written to a temporary file beside ``out``, the input's audio copied in, and ren
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from threedpe import cameras
-from threedpe.alignment import crop_aligned
+from threedpe.alignment import crop_aligned, get_detector
 from threedpe.cancel import CancelSignal, Cancelled, check
 from threedpe.edit_settings import EditSettings
 from threedpe.images import ImageInput
@@ -265,28 +266,6 @@ class Flicker:
         return self.output_change / self.input_change if self.pairs and self.input_change > 0 else float("nan")
 
 
-@dataclass
-class ClipState:
-    """A :class:`FrameEditor`'s past, as picklable CPU data, so that a clip can be edited in chunks of frames by
-    separate calls (ZeroGPU runs each in a forked worker): the prepared ``reference``, the ``settings`` and the
-    clip's ``fps``, the ``tracker`` (pickled without its detector), the ``flicker`` figure so far, seconds per stage,
-    frames per status (``counts``: edited, held, unedited) and the tri-plane ``average`` (1, 96, P, P) or None."""
-
-    reference: Image.Image
-    settings: VideoSettings
-    fps: float
-    tracker: FaceTracker
-    flicker: Flicker
-    timings: dict[str, float]
-    counts: dict[str, int]
-    average: np.ndarray | None = None
-
-    @property
-    def frames(self) -> int:
-        """Frames edited so far (of any status)."""
-        return sum(self.counts.values())
-
-
 class FrameEditor:
     """Edits the frames of one clip or stream with one prepared reference: keeps the face tracker, the tri-plane
     average and the flicker figure between calls. ``edit(frames)`` takes consecutive frames (one batch)."""
@@ -322,22 +301,28 @@ class FrameEditor:
                                                     cancel=cancel)
         return cls(editor, image, style=style, settings=settings, fps=fps), notes
 
-    def state(self) -> ClipState:
-        """What the next frames need from this editor's past, as CPU data (see :class:`ClipState`)."""
-        average = None if self._average is None else self._average.float().cpu().numpy()
-        return ClipState(self.reference, self.settings, self.tracker.fps, self.tracker, self.flicker,
-                         dict(self.timings), dict(self.counts), average)
+    def __getstate__(self) -> dict:
+        """A pickled frame editor keeps its state without the editor, the reference's tensor and the tracker's
+        detector, and with the tri-plane average on the CPU (ZeroGPU ships a live stream's frame editor to each GPU
+        call and back): :meth:`attach` an editor before the next :meth:`edit`."""
+        tracker = copy.copy(self.tracker)
+        tracker.detector = None
+        average = None if self._average is None else self._average.cpu()
+        return {**self.__dict__, "editor": None, "ref": None, "tracker": tracker, "_average": average}
 
-    @classmethod
-    def resume(cls, editor: PortraitEditor, state: ClipState, style: Style | None = None) -> FrameEditor:
-        """A frame editor that goes on where the one whose :meth:`state` this is stopped (``editor``, ``style``: the
-        same as that one's)."""
-        frame_editor = cls(editor, state.reference, style=style, settings=state.settings, fps=state.fps)
-        frame_editor.tracker, frame_editor.flicker = state.tracker, state.flicker
-        frame_editor.timings, frame_editor.counts = dict(state.timings), dict(state.counts)
-        if state.average is not None:
-            frame_editor._average = torch.from_numpy(state.average).to(editor.device)
-        return frame_editor
+    def attach(self, editor: PortraitEditor) -> FrameEditor:
+        """This frame editor working with ``editor`` (after unpickling; nothing to do when it already is)."""
+        if self.editor is not editor or self.ref is None:
+            self.editor = editor
+            self.ref = preprocess_reference(self.reference).to(editor.device)
+            self._average = None if self._average is None else self._average.to(editor.device)
+        self.tracker.detector = self.tracker.detector or get_detector()
+        return self
+
+    @property
+    def frames(self) -> int:
+        """Frames edited so far (of any status)."""
+        return sum(self.counts.values())
 
     def _timed(self, stage: str, start: float) -> float:
         now = time.perf_counter()
@@ -463,11 +448,12 @@ class VideoEditResult:
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_state(cls, state: ClipState, path: Path, seconds: float, warnings: list[str]) -> VideoEditResult:
-        """The result of a clip whose frames were all edited (``state`` after the last one)."""
-        return cls(path=path, frames=state.frames, seconds=seconds, no_face=state.counts["unedited"],
-                   held=state.counts["held"], flicker=state.flicker.value, timings=dict(state.timings),
-                   reference=state.reference, warnings=warnings)
+    def of_clip(cls, frame_editor: FrameEditor, path: Path, seconds: float, warnings: list[str]) -> VideoEditResult:
+        """The result of a clip whose frames were all edited by ``frame_editor``."""
+        counts = frame_editor.counts
+        return cls(path=path, frames=frame_editor.frames, seconds=seconds, no_face=counts["unedited"],
+                   held=counts["held"], flicker=frame_editor.flicker.value, timings=dict(frame_editor.timings),
+                   reference=frame_editor.reference, warnings=warnings)
 
     @property
     def fps(self) -> float:
@@ -577,15 +563,16 @@ def edit_segment(frame_editor: FrameEditor, plan: ClipPlan, segment: Path, first
     return written[0]
 
 
-def join_segments(segments: Sequence[Path], state: ClipState, plan: ClipPlan, out: Path) -> list[str]:
+def join_segments(segments: Sequence[Path], frame_editor: FrameEditor, plan: ClipPlan, out: Path) -> list[str]:
     """The edited segments of a clip, in order, with the clip's audio, as ``out`` (which appears only complete);
-    ``state``: the frame editor's after the last frame (its write time grows by the join's). Returns the notes about the frames; ``VideoError`` when the
-    clip had no frames or no face in any of them. Temporary files go next to ``out`` and are removed."""
+    ``frame_editor``: the one that edited them (its write time grows by the join's). Returns the notes about the
+    frames; ``VideoError`` when the clip had no frames or no face in any of them. Temporary files go next to ``out``
+    and are removed."""
     name = plan.info.path.name
-    if not segments or state.frames == 0:
+    if not segments or frame_editor.frames == 0:
         raise VideoError(f"{name} has no frames")
-    if state.counts["edited"] == 0:
-        raise VideoError(f"no face found in any of the {state.frames} frames of {name}: "
+    if frame_editor.counts["edited"] == 0:
+        raise VideoError(f"no face found in any of the {frame_editor.frames} frames of {name}: "
                          "a clip of one face, frontal and well lit, works best")
     start = time.perf_counter()
     work = out.parent / f".{out.name}.{os.getpid()}.join.tmp"
@@ -605,9 +592,9 @@ def join_segments(segments: Sequence[Path], state: ClipState, plan: ClipPlan, ou
         os.replace(video, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    state.timings["write"] += time.perf_counter() - start
-    unedited = state.counts["unedited"]
-    return [f"{unedited} of {state.frames} frames showed no face and were left unedited."] if unedited else []
+    frame_editor.timings["write"] += time.perf_counter() - start
+    unedited = frame_editor.counts["unedited"]
+    return [f"{unedited} of {frame_editor.frames} frames showed no face and were left unedited."] if unedited else []
 
 
 def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.PathLike,
@@ -620,8 +607,8 @@ def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.P
     (``total`` estimated from the clip's duration). ``cancel`` is checked at every frame; it raises
     :class:`~threedpe.cancel.Cancelled` and nothing is written, as on any error. ``VideoError`` for a clip that
     cannot be edited (unreadable, empty, longer than ``settings.max_seconds`` without ``trim``, no face anywhere).
-    The frames are edited in segments of ``chunk_frames`` (:func:`edit_segment`, the frame editor's state carried
-    over), then joined (:func:`join_segments`), as the app does across its GPU calls."""
+    The frames are edited in segments of ``chunk_frames`` (:func:`edit_segment`, one frame editor going on), then
+    joined (:func:`join_segments`), as the app does across its GPU calls."""
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
     begin = time.perf_counter()
@@ -649,8 +636,7 @@ def edit_video(editor: PortraitEditor, video: str | os.PathLike, out: str | os.P
                     break
         except Cancelled as error:
             raise Cancelled(f"{error}: nothing was written") from None
-        state = frame_editor.state()
-        notes = list(plan.notes) + reference_notes + join_segments(segments, state, plan, out)
+        notes = list(plan.notes) + reference_notes + join_segments(segments, frame_editor, plan, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return VideoEditResult.from_state(state, out, time.perf_counter() - begin, notes)
+    return VideoEditResult.of_clip(frame_editor, out, time.perf_counter() - begin, notes)

@@ -1,5 +1,5 @@
 """A clip edited in the app, without any UI: this server's limits, the frames edited in chunks of GPU calls (the
-frame editor's state carried from one call to the next as CPU data), the segments joined with the clip's audio, the
+frame editor, picklable, carried from one call to the next), the segments joined with the clip's audio, the
 side-by-side, a still of a few edited frames for the gallery, and the record that publishing reads.
 
 A finished clip edit is a folder of the session like an edit's (``edited.mp4``, ``side_by_side.mp4`` when asked,
@@ -28,8 +28,8 @@ from threedpe.images import ImageInput
 from threedpe.serving.runner import EDIT_RECORD, on_zero_gpu
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.styles import Style
-from threedpe.video_editing import (ClipPlan, ClipState, VideoEditResult, VideoError, VideoSettings, join_segments,
-                                    plan_clip, probe_video, read_frames)
+from threedpe.video_editing import (ClipPlan, FrameEditor, VideoEditResult, VideoError, VideoSettings,
+                                    join_segments, plan_clip, probe_video, read_frames)
 
 ZERO_GPU_MAX_SECONDS = 10.0  # on a ZeroGPU Space: a clip's frames must fit a few short GPU calls
 LOCAL_MAX_SECONDS = 60.0  # elsewhere on a GPU, unless THREEDPE_VIDEO_MAX_SECONDS says otherwise
@@ -79,11 +79,11 @@ class ClipWork(Protocol):
     """The units of GPU work a clip edit calls: :class:`~threedpe.serving.runner.EditRunner`'s, or the app's
     ``@spaces.GPU`` calls of them."""
 
-    def video_start(self, plan: ClipPlan, stop: StopFlag | None = None, reference: ImageInput | None = None,
-                    prompt: str | None = None, **kwargs) -> tuple[ClipState, list[str]]: ...
+    def prepare_frames(self, reference: ImageInput | None, prompt: str | None, settings: VideoSettings, fps: float,
+                       **kwargs) -> tuple[FrameEditor, list[str]]: ...
 
-    def video_frames(self, state: ClipState, plan: ClipPlan, segment: Path, first: int, count: int,
-                     stop: StopFlag | None = None, **kwargs) -> tuple[ClipState, int]: ...
+    def video_frames(self, frame_editor: FrameEditor, plan: ClipPlan, segment: Path, first: int, count: int,
+                     stop: StopFlag | None = None, **kwargs) -> tuple[FrameEditor, int]: ...
 
 
 @dataclass
@@ -149,27 +149,27 @@ def edit_clip(work: ClipWork, clip: str | os.PathLike, session: Path, stop: Stop
     try:
         with stopped_if_gone(stop):
             folder.mkdir()
-            state, notes = work.video_start(plan, stop, reference, prompt, settings=settings, style=style,
-                                            precision=precision)
+            frame_editor, notes = work.prepare_frames(reference, prompt, settings, plan.info.fps,
+                                                      style=style[1] if style else None, stop=stop)
             segments: list[Path] = []
             for first in itertools.count(0, limits.chunk_frames):
                 segment = folder / f"segment{len(segments):05d}.mp4"
-                state, done = work.video_frames(state, plan, segment, first, limits.chunk_frames, stop,
-                                                style=style[1] if style else None, precision=precision)
+                frame_editor, done = work.video_frames(frame_editor, plan, segment, first, limits.chunk_frames, stop,
+                                                       precision=precision)
                 segments += [segment] if done else []
                 if progress is not None:
                     progress(first + done, max(plan.frames, first + done))
                 if done < limits.chunk_frames:
                     break
-            notes = [*plan.notes, *notes, *join_segments(segments, state, plan, folder / "edited.mp4")]
+            notes = [*plan.notes, *notes, *join_segments(segments, frame_editor, plan, folder / "edited.mp4")]
             for segment in segments:
                 segment.unlink(missing_ok=True)
             if asked.side_by_side:
                 stack_side_by_side(plan, folder / "edited.mp4", folder / "side_by_side.mp4")
-            clip_strip(folder / "edited.mp4", state.frames).save(folder / "views.png")
-            state.reference.save(folder / "reference.png")
-            result = VideoEditResult.from_state(state, session / edit_id / "edited.mp4",
-                                                time.perf_counter() - begin, notes)
+            clip_strip(folder / "edited.mp4", frame_editor.frames).save(folder / "views.png")
+            frame_editor.reference.save(folder / "reference.png")
+            result = VideoEditResult.of_clip(frame_editor, session / edit_id / "edited.mp4",
+                                             time.perf_counter() - begin, notes)
             save_clip_record(folder, asked, plan, result, prompt, style[0] if style else None)
             os.replace(folder, session / edit_id)
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from threedpe.gallery import Gallery, GalleryError, Published
+from threedpe.gallery import Gallery, GalleryError, Published, Record
+from threedpe.images import load_image
 from threedpe.serving.runner import EDIT_RECORD, strength_suffix
 
 
@@ -30,9 +31,20 @@ def publish_edit(gallery: Gallery, folder: Path, session_hash: str | None, share
     return gallery.publish(session=session_hash or "anonymous", strip=folder / f"views{suffix}.png",
                            instruction=record["instruction"],
                            reference=None if record["instruction"] is not None else folder / "reference.png",
-                           video=made(record.get("video") or f"orbit{suffix}.mp4"), mesh=made(f"mesh{suffix}.glb"), style=record["style"],
+                           video=made(record.get("video") or f"orbit{suffix}.mp4"), mesh=made(f"mesh{suffix}.glb"),
+                           style=record["style"],
                            settings=record["settings"], timings=record["timings"], photo=folder / "aligned.png",
                            share_photo=share_photo)
+
+
+def frontal_view(record: Record, folder: Path) -> Path:
+    """The edited frontal view of a published edit (the middle of its 3-view strip), written as ``<id>-after.png`` into
+    ``folder``: the "after" of the gallery's before / after."""
+    strip = load_image(record.strip)
+    width, height = strip.size
+    path = folder / f"{record.id}-after.png"
+    strip.crop((width // 3, 0, 2 * width // 3, height)).save(path)
+    return path
 
 
 def permalink(page_url: str, record_id: str) -> str:

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from threedpe.batch import BatchJob, BatchOptions, Outcome, edit_jobs
 from threedpe.cancel import Cancelled
 from threedpe.weights import CheckpointError
 from threedpe.training.customize import CustomizeError, StyleTrainer
@@ -38,7 +39,7 @@ from threedpe.serving.messages import public_message
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.serving.style_sessions import KEPT_TRAINERS, KeptTrainers, StyleSession, TuneUpdate
 from threedpe.styles import Style
-from threedpe.video_editing import ClipPlan, ClipState, FrameEditor, VideoSettings, edit_segment
+from threedpe.video_editing import ClipPlan, EditedFrame, FrameEditor, VideoSettings, edit_segment
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs beside
 class OutputSettings:
     """The app's defaults that depend on the device: orbit ``video_frames``, ``mesh_resolution``^3, the
     customisation's ``fine_tune_steps``, the 2D edit's ``text_resolution``, whether the free view shows drafts
-    while a slider is dragged (``preview_while_dragging``; the full view follows on release), and the editor's
-    ``precision`` (``"fast"`` on a CPU that computes bfloat16 natively, see :mod:`threedpe.precision`)."""
+    while a slider is dragged (``preview_while_dragging``; the full view follows on release), the editor's
+    ``precision`` (``"fast"`` on a CPU that computes bfloat16 natively, see :mod:`threedpe.precision`), and whether
+    live webcam frames are drawn by the draft render (``live_preview``)."""
 
     video_frames: int = 120
     mesh_resolution: int = 256
@@ -59,17 +61,18 @@ class OutputSettings:
     text_resolution: int = EditSettings.preset("quality").resolution  # InstructPix2Pix (EditSettings presets)
     preview_while_dragging: bool = False
     precision: str = "exact"
+    live_preview: bool = False
 
     @classmethod
     def for_device(cls, device: torch.device) -> OutputSettings:
         """Full quality on a GPU; on CPU, where each takes minutes otherwise, a shorter video, a coarser mesh, a short
-        fine-tune, 256^2 text references (about 4x faster), draft views while a slider is dragged, and bfloat16 where
-        the CPU computes it natively (about 2x faster)."""
+        fine-tune, 256^2 text references (about 4x faster), draft views while a slider is dragged and for live webcam
+        frames, and bfloat16 where the CPU computes it natively (about 2x faster)."""
         if device.type == "cuda":
             return cls()
         return cls(video_frames=48, mesh_resolution=128, fine_tune_steps=10,
                    text_resolution=EditSettings.preset("fast").resolution, preview_while_dragging=True,
-                   precision=recommended_precision(device))
+                   precision=recommended_precision(device), live_preview=True)
 
 
 def on_zero_gpu() -> bool:
@@ -136,7 +139,7 @@ class StoredEdit:
         def cpu(tensor: torch.Tensor | None) -> np.ndarray | None:
             return None if tensor is None else tensor.detach().float().cpu().numpy()
 
-        unedited = result._unedited or Unedited(None)
+        unedited = result.unedited or Unedited(None)
         edited = result.planes if result.edited_planes is None else result.edited_planes
         return cls(planes=cpu(edited), image=result.image, reference=result.reference, timings=dict(result.timings),
                    notes=list(result.warnings), anchor=result.anchor, execution=result.execution,
@@ -152,7 +155,7 @@ class StoredEdit:
 
         branches = tuple(map(device, self.branches)) if self.branches else None
         result = EditResult(planes=device(self.planes), image=self.image, reference=self.reference, editor=editor,
-                            _unedited=Unedited(branches, device(self.unedited)))
+                            unedited=Unedited(branches, device(self.unedited)))
         return result if self.strength == 1.0 else result.with_strength(self.strength)
 
     def timed(self, **seconds: float) -> StoredEdit:
@@ -206,6 +209,12 @@ def check_upload(path: str, reference: bool = False) -> list[str]:
     Returns notes for a reference that will make a poor style prompt."""
     image = load_image(path, max_pixels=MAX_PIXELS)
     return reference_notes(image) if reference else []
+
+
+def text_seconds(settings: EditSettings | None) -> int:
+    """GPU seconds of one InstructPix2Pix run (~0.1 s per step at 512^2 in fp16, three UNet passes per step)."""
+    settings = settings or EditSettings()
+    return 5 + math.ceil(settings.steps * 0.15 * (settings.resolution / 512) ** 2)
 
 
 class EditRunner:
@@ -326,6 +335,16 @@ class EditRunner:
             edit.save_record(session)
         return glb, ply, edit
 
+    def batch(self, jobs: list[BatchJob], out: Path, stop: StopFlag | None = None, *,
+              settings: EditSettings | None = None, precision: str | None = None) -> list[Outcome]:
+        """Edit ``jobs`` into the batch folder ``out`` (:func:`threedpe.batch.edit_jobs`: a photo that cannot be edited
+        is recorded and the rest go on; ``settings``: the 2D edit of an instruction); their outcomes. A stop ends it
+        after the current photo."""
+        with self._lock, stopped_if_gone(stop):
+            self.editor.precision = precision or self.editor.precision
+            return edit_jobs(self.editor, jobs, out, BatchOptions(settings=settings),
+                             shard=f"call-{uuid.uuid4().hex[:12]}", cancel=stop, progress=False)
+
     def _renderer(self, edit: StoredEdit) -> EditResult:
         """``edit`` ready to render at the precision it was made in (call with the lock held)."""
         self.editor.precision = edit.precision
@@ -348,20 +367,25 @@ class EditRunner:
         ``session.state``; it is kept for the next call unless stopped. A stop keeps the steps done."""
         trainer = self._trainer(session, owner)
         target = trainer.step + steps
+        previewed = False
         try:
             while trainer.step < target:
                 with self._lock:  # per step: other visitors' views are served between the steps
                     [progress] = trainer.train(max_steps=trainer.step + 1, cancel=stop)
+                previewed |= progress.snapshot is not None
                 yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), progress.snapshot)
         except Cancelled:
             pass  # the finished steps are kept
+        stopped = stop is not None and stop()
         with self._lock:
-            style = trainer.style()  # first: it may add the held-out loss of this step, which the state then holds
+            # A call whose steps reached no preview mark (short or fast steps) ends with one, so each shows progress
+            snapshot = trainer.snapshot(f"step {trainer.step}") if not (previewed or stopped) else None
+            style = trainer.style()  # after the preview: it may add the held-out loss of this step, which the state holds
             state = trainer.state_dict()
-        if owner and not (stop is not None and stop()):
+        if owner and not stopped:
             with self._lock:
                 self.trainers.keep(owner, session, trainer)
-        yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), state=state, style=style)
+        yield TuneUpdate(list(trainer.curve), list(trainer.held_out_curve), snapshot, state=state, style=style)
 
     def _trainer(self, session: StyleSession, owner: str | None) -> StyleTrainer:
         """``owner``'s kept trainer when it is at ``session``'s last step, else a new one from ``session.state``
@@ -384,32 +408,39 @@ class EditRunner:
         with self._lock:
             self.trainers.take(owner)
 
+    def prepare_frames(self, reference: ImageInput | None, prompt: str | None, settings: VideoSettings, fps: float,
+                       *, style: Style | None = None, edit_settings: EditSettings | None = None,
+                       stop: StopFlag | None = None) -> tuple[FrameEditor, list[str]]:
+        """The frame editor of a live stream (:mod:`threedpe.serving.live`) or a clip (:mod:`threedpe.serving.clips`):
+        the reference image, or the instruction applied to the first anchor portrait, prepared once; and the notes
+        about it."""
+        with self._lock:
+            if reference is not None:
+                reference = load_image(reference, max_pixels=MAX_PIXELS)
+            return FrameEditor.prepare(self.editor, reference, prompt, style=style, edit_settings=edit_settings,
+                                       settings=settings, fps=fps, cancel=stop)
+
+    def live_frame(self, frame_editor: FrameEditor, frame: np.ndarray, precision: str | None = None
+                   ) -> tuple[EditedFrame, FrameEditor]:
+        """The next webcam frame (H, W, 3) uint8 of a live stream, edited; and the frame editor with its tracker and
+        tri-plane average advanced (the same object, or on ZeroGPU a pickled copy, see ``FrameEditor.attach``)."""
+        with self._lock:
+            self.editor.precision = precision or self.editor.precision
+            [edited] = frame_editor.attach(self.editor).edit([frame])
+        return edited, frame_editor
+
     def _weights_folder(self, what: str) -> Path:
         if self.editor.weights_folder is None:
             raise CustomizeError(f"{what} needs the weights in a local folder (Live3D and EG3D files beside 3dpe.pt); "
                                  "this app loaded its editor from the Hub")
         return self.editor.weights_folder
 
-    def video_start(self, plan: ClipPlan, stop: StopFlag | None = None, reference: ImageInput | None = None,
-                    prompt: str | None = None, *, settings: VideoSettings = VideoSettings(),
-                    style: tuple[str, Style] | None = None, precision: str | None = None) -> tuple[ClipState, list[str]]:
-        """The start of a clip edit (:mod:`threedpe.serving.clips`): the reference (an image, or an instruction
-        applied to the first anchor portrait) prepared once; the frame editor's state before the first frame, and
-        the notes about the reference."""
-        with self._lock:
-            self.editor.precision = precision or self.editor.precision
-            if reference is not None:
-                reference = load_image(reference, max_pixels=MAX_PIXELS)
-            frame_editor, notes = FrameEditor.prepare(self.editor, reference, prompt, style=style[1] if style else None,
-                                                      settings=settings, fps=plan.info.fps, cancel=stop)
-            return frame_editor.state(), notes
-
-    def video_frames(self, state: ClipState, plan: ClipPlan, segment: Path, first: int, count: int,
-                     stop: StopFlag | None = None, *, style: Style | None = None, precision: str | None = None
-                     ) -> tuple[ClipState, int]:
-        """Frames ``first`` .. ``first + count - 1`` of a clip edited from ``state`` (the previous call's) into
-        ``segment``, a tqdm bar counting them (the page's progress); the state after them and how many there were
-        (fewer than ``count`` at the clip's end)."""
+    def video_frames(self, frame_editor: FrameEditor, plan: ClipPlan, segment: Path, first: int, count: int,
+                     stop: StopFlag | None = None, *, precision: str | None = None) -> tuple[FrameEditor, int]:
+        """Frames ``first`` .. ``first + count - 1`` of a clip edited by ``frame_editor`` (the previous call's) into
+        ``segment``, a tqdm bar counting them (the page's progress); the frame editor after them (the same object,
+        or on ZeroGPU a pickled copy, see ``FrameEditor.attach``) and how many there were (fewer than ``count`` at the
+        clip's end)."""
         with self._lock, tqdm(total=plan.frames, initial=first, desc="frame", unit="frame") as bar:
             self.editor.precision = precision or self.editor.precision
 
@@ -417,9 +448,9 @@ class EditRunner:
                 bar.total = max(bar.total, done)
                 bar.update(done - bar.n)
 
-            frame_editor = FrameEditor.resume(self.editor, state, style)
-            done = edit_segment(frame_editor, plan, segment, first, count, cancel=stop, progress=progress)
-            return frame_editor.state(), done
+            done = edit_segment(frame_editor.attach(self.editor), plan, segment, first, count, cancel=stop,
+                                progress=progress)
+            return frame_editor, done
 
     def anchor(self, name: str) -> Image.Image:
         """The anchor portrait ``name`` (an EG3D sample is rendered on first use, then cached on disk)."""
@@ -433,10 +464,15 @@ class EditRunner:
                       settings: EditSettings | None = None, **_: object) -> int:
         """A few seconds for a reference edit; a text edit may add one InstructPix2Pix run (~0.1 s per step at 512^2
         in fp16, three UNet passes per step)."""
-        if prompt is None:
-            return 15
-        settings = settings or EditSettings()
-        return 20 + math.ceil(settings.steps * 0.15 * (settings.resolution / 512) ** 2)
+        return 15 if prompt is None else 15 + text_seconds(settings)
+
+    @staticmethod
+    def batch_duration(jobs: list[BatchJob], out: Path, stop: StopFlag | None = None, *,
+                       settings: EditSettings | None = None, **_: object) -> int:
+        """A few seconds per photo (align, encode, the 3-view strip, its files), and an InstructPix2Pix run for each
+        instruction."""
+        instructions = {job.prompt for job in jobs if job.prompt is not None}
+        return 10 + 3 * len(jobs) + len(instructions) * text_seconds(settings)
 
     @staticmethod
     def view_duration(edit: StoredEdit, session: Path, yaw: float, pitch: float, preview: bool = False) -> int:
@@ -455,13 +491,16 @@ class EditRunner:
         return 10 + math.ceil(10 * (resolution / 256) ** 3)  # one resolution^3 density grid
 
     @staticmethod
-    def video_start_duration(plan: ClipPlan, stop: StopFlag | None = None, reference: ImageInput | None = None,
-                             prompt: str | None = None, **_: object) -> int:
-        """As an edit's: the reference prepared (an instruction: InstructPix2Pix at the default settings)."""
-        return EditRunner.edit_duration(None, Path("."), stop, reference, prompt)
+    def prepare_frames_duration(reference: ImageInput | None, prompt: str | None, settings: VideoSettings,
+                                fps: float, *, edit_settings: EditSettings | None = None, **_: object) -> int:
+        return EditRunner.edit_duration(reference, Path(), prompt=prompt, settings=edit_settings)  # as an edit's
 
     @staticmethod
-    def video_frames_duration(state: ClipState, plan: ClipPlan, segment: Path, first: int, count: int,
+    def live_frame_duration(frame_editor: FrameEditor, frame: np.ndarray, precision: str | None = None) -> int:
+        return 5  # one frame: tracking, one encode, one render (a short request keeps the visitor's queue priority)
+
+    @staticmethod
+    def video_frames_duration(frame_editor: FrameEditor, plan: ClipPlan, segment: Path, first: int, count: int,
                               stop: StopFlag | None = None, **_: object) -> int:
         """About 0.1 s per frame for the editor and 0.1 s more per 1080p frame for tracking, pasting and encoding, and
         the frames before ``first`` decoded again (about 5 ms each at 1080p)."""

@@ -55,7 +55,10 @@ class GpuWork:
         self.runner, self.disabled = runner, disabled
         self.edit, self.view, self.strength, self.video, self.mesh, self.anchor, self.samples = (
             self._gpu(method) for method in ("edit", "view", "strength", "video", "mesh", "anchor", "samples"))
-        self.video_start, self.video_frames = self._gpu("video_start"), self._gpu("video_frames")  # a clip's
+        self.prepare_frames = self._gpu("prepare_frames")  # a live stream's or a clip's reference, prepared once
+        self.live_frame = self._gpu("live_frame")  # a short call
+        self.video_frames = self._gpu("video_frames")  # a clip's frames, as many as one call may take (serving.clips)
+        self.batch = self._gpu("batch")  # a batch's photos, as many as one call may take (serving.batches)
         self.fine_tune = (spaces.GPU(duration=EditRunner.fine_tune_duration)(self._stream_fine_tune)
                           if runner is not None else self._gpu("fine_tune"))
 

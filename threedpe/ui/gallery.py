@@ -10,7 +10,7 @@ import gradio as gr
 from gradio.events import Dependency
 
 from threedpe.serving.messages import record_markdown
-from threedpe.serving.publishing import latest_edit, permalink, publish_edit, record_id
+from threedpe.serving.publishing import frontal_view, latest_edit, permalink, publish_edit, record_id
 from threedpe.serving.runner import StoredEdit
 from threedpe.ui.common import ResultPanel, UIContext, require_edit, set_in_browser
 from threedpe.ui.status import listen, show_errors
@@ -59,12 +59,16 @@ class GalleryTab:
                     self.info = gr.Markdown("Pick an edit on the left, or paste a permalink.", label="Opened edit",
                                             elem_id="gallery-info")
                     self.strip = gr.Image(label="Three views", elem_id="gallery-strip", **png)
+                    with gr.Row(equal_height=True):  # before / after, side by side (see open_edit)
+                        self.before = gr.Image(label="Before (if shared)", height=220, elem_id="gallery-before",
+                                               **png)
+                        self.reference = gr.Image(label="Reference", height=220, elem_id="gallery-reference", **png)
+                        self.after = gr.Image(label="After (frontal)", height=220, elem_id="gallery-after", **png)
                     with gr.Row(equal_height=True):
                         self.video = gr.Video(label="Video (orbit, or the edited clip)", autoplay=True, loop=True, interactive=False,
                                               height=280, elem_id="gallery-video")
                         self.model = gr.Model3D(label="3D mesh", clear_color=(0.95, 0.95, 0.97, 1.0), height=280,
                                                 elem_id="gallery-model")
-                    self.reference = gr.Image(label="Reference image", height=200, elem_id="gallery-reference", **png)
                     self.download = gr.DownloadButton("Download all files (zip)", elem_id="gallery-download")
                     with gr.Accordion("Delete or report", open=False):
                         self.owner_token = gr.Textbox(label="Owner token (needed only on another browser)",
@@ -76,7 +80,8 @@ class GalleryTab:
             self.ids = gr.State([])
             self.timer = gr.Timer(LISTING_REFRESH_S, active=False)
         self.listing_outputs = [self.tiles, self.listing, self.ids]
-        self.opened = [self.info, self.strip, self.video, self.model, self.reference, self.download, self.edit_id]
+        self.opened = [self.info, self.strip, self.video, self.model, self.reference, self.download, self.edit_id,
+                       self.before, self.after]
 
     @show_errors
     def gallery_page(self, number: float, request: gr.Request) -> dict:
@@ -88,13 +93,18 @@ class GalleryTab:
 
     @show_errors
     def open_edit(self, text: str, request: gr.Request) -> dict:
-        """Open a published edit by id or permalink: its description, strip, video, mesh, reference and a zip."""
+        """Open a published edit by id or permalink: its description, strip, video, mesh, reference, a zip, and the
+        before / after side by side: the photo (only when its author shared it) or else the reference the edit
+        followed, beside the edited frontal view (none for a text edit whose photo is private)."""
         record = self.gallery.get(record_id(text))
         files = {key: str(path) for key, path in record.files.items()}
-        archive = self.gallery.zip(record.id, self.ctx.folder(request))
+        folder = self.ctx.folder(request)
+        archive = self.gallery.zip(record.id, folder)
+        compared = "photo" in files or "reference" in files
         return {self.info: record_markdown(record, permalink(page_url(request), record.id), self.anchor_labels),
                 self.strip: str(record.strip), self.video: files.get("video"), self.model: files.get("mesh"),
-                self.reference: files.get("reference"), self.download: str(archive), self.edit_id: record.id}
+                self.reference: files.get("reference"), self.download: str(archive), self.edit_id: record.id,
+                self.before: files.get("photo"), self.after: str(frontal_view(record, folder)) if compared else None}
 
     @show_errors
     def delete_edit(self, edit_id: str, owner_token: str) -> str:
@@ -109,7 +119,7 @@ class GalleryTab:
         done = self.delete_edit(target, (token or "").strip() or (owned or {}).get(target, ""))
         remaining = {key: value for key, value in (owned or {}).items() if key != target}
         return {self.message: done, self.tokens: remaining, self.info: "Deleted.", self.strip: None, self.video: None,
-                self.model: None, self.reference: None, self.download: None}
+                self.model: None, self.reference: None, self.download: None, self.before: None, self.after: None}
 
     @show_errors
     def flag_edit(self, text: str, why: str, request: gr.Request) -> dict:
@@ -140,7 +150,8 @@ class GalleryTab:
         """``listener`` opens the edit named in ``edit_id``, after clearing the opened edit (a mesh viewer given the
         same file again would not redraw) and the message about it; the listing follows (a vanished edit leaves)."""
         cleared = listener(None, None, **set_in_browser({self.strip: None, self.video: None, self.model: None,
-                                                         self.reference: None, self.download: None, self.message: ""}),
+                                                         self.reference: None, self.download: None, self.message: "",
+                                                         self.before: None, self.after: None}),
                            show_progress="hidden", api_visibility="private")
         self.refresh_after(listen(cleared.then, self.open_edit, self.edit_id, self.opened, self.info, **kwargs))
 
@@ -157,7 +168,7 @@ class GalleryTab:
         self.opening(self.tiles.select(self.pick, [self.ids], self.edit_id, queue=False,
                                        api_visibility="private").then, api_visibility="private")
         deleted = [self.message, self.tokens, self.info, self.strip, self.video, self.model, self.reference,
-                   self.download]
+                   self.download, self.before, self.after]
         self.refresh_after(listen(self.delete.click, self.delete_in_browser, [self.edit_id, self.owner_token,
                                                                               self.tokens],
                                   deleted, self.message, api_visibility="private"))

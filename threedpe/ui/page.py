@@ -1,5 +1,5 @@
-"""The app's page: the header and the weights notice, the tabs (Text, Reference, Video, Customize, Gallery), the
-credits, and how it is served (theme, style, upload limit, the gallery's files)."""
+"""The app's page: the header and the weights notice, the tabs (Text, Reference, Video, Live, Batch, Customize,
+Gallery), the credits, and how it is served (theme, style, upload limit, the gallery's files)."""
 from __future__ import annotations
 
 import gradio as gr
@@ -10,9 +10,11 @@ from threedpe.gallery import Gallery
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.messages import weights_notice
 from threedpe.serving.sessions import RateLimiter, SessionFiles
+from threedpe.ui.batch import batch_tab
 from threedpe.ui.common import SESSION_MAX_AGE_S, UIContext, precision_choice
 from threedpe.ui.customize import customize_tab
 from threedpe.ui.gallery import Publishing, gallery_tab
+from threedpe.ui.live import live_tab
 from threedpe.ui.reference import reference_tab
 from threedpe.ui.text import text_tab
 from threedpe.ui.video import video_tab
@@ -70,6 +72,8 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         with gr.Tabs() as tabs:
             panels = [text_tab(ctx, demo), reference_tab(ctx)]
             clips = video_tab(ctx, style)
+            live_tab(ctx, demo)
+            batch_tab(ctx, MAX_UPLOAD)
             panels.append(customize_tab(ctx, style))
             listing = gallery_tab(ctx, tokens, tabs, demo) if gallery is not None else None
         if listing is not None:
