@@ -33,7 +33,8 @@ from threedpe.ui.page import build_demo
 ENDPOINTS = {f"/{kind}_{tab}" for kind in ("edit", "orbit_video", "mesh", "render_view", "set_strength")
              for tab in ("text", "reference", "customize") if (kind, tab) != ("edit", "customize")} | {
     "/publish", "/gallery_page", "/open_edit", "/delete_edit", "/flag_edit", "/generate_pairs", "/customize",
-    "/apply_style", "/edit_batch", "/edit_video"} | ({"/set_precision"} if native_bf16("cpu") else set())  # a choice where bf16 is native
+    "/apply_style", "/edit_batch", "/edit_video"} | (
+        {"/set_precision"} if native_bf16("cpu") else set())  # a choice where bf16 is native
 
 
 @pytest.fixture(scope="module")

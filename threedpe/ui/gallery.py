@@ -65,8 +65,8 @@ class GalleryTab:
                         self.reference = gr.Image(label="Reference", height=220, elem_id="gallery-reference", **png)
                         self.after = gr.Image(label="After (frontal)", height=220, elem_id="gallery-after", **png)
                     with gr.Row(equal_height=True):
-                        self.video = gr.Video(label="Video (orbit, or the edited clip)", autoplay=True, loop=True, interactive=False,
-                                              height=280, elem_id="gallery-video")
+                        self.video = gr.Video(label="Video (orbit, or the edited clip)", autoplay=True, loop=True,
+                                              interactive=False, height=280, elem_id="gallery-video")
                         self.model = gr.Model3D(label="3D mesh", clear_color=(0.95, 0.95, 0.97, 1.0), height=280,
                                                 elem_id="gallery-model")
                     self.download = gr.DownloadButton("Download all files (zip)", elem_id="gallery-download")
