@@ -214,6 +214,7 @@ def test_a_published_clip_plays_in_the_gallery(server, api_edit):
     assert set(record.files) == {"strip", "video", "reference"} and record.settings["clip"] is True
     assert len(decoded(record.files["video"])) == FRAMES and record.caption == "🎬 Reference edit"
     assert Image.open(record.strip).size[1] == 256  # a few edited frames side by side
-    assert "### Clip edit" in record_markdown(record, "http://x/?edit=1")
+    described = record_markdown(record, "http://x/?edit=1")
+    assert "### Clip edit" in described and "processing fps" in described and "3 views" not in described
     opened = client.predict(published["id"], api_name="/open_edit")
     assert video_path(opened[2]).endswith("orbit.mp4")  # the gallery's video player gets the clip
