@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -102,11 +103,29 @@ class Forked:
         return call
 
 
+class CountingLock:
+    """A lock that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        self.lock, self.acquired = threading.Lock(), 0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.acquired += 1
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
 def test_chunks_of_frames_carry_the_track_and_give_the_same_clip(server, api_edit, clips, tmp_path):
     _, (edited, *_) = api_edit
-    work = Forked(EditRunner(server.editor))
+    runner = EditRunner(server.editor)
+    runner._lock = CountingLock()
+    work = Forked(runner)
     done = edit_clip(work, clips["sway"], tmp_path, None, ClipLimits(chunk_frames=5), reference=server.reference)
     assert work.calls == ["prepare_frames"] + ["video_frames"] * 3  # 5 + 5 + 4 frames
+    # the editor is held per batch of frames (1 on the CPU), not per chunk: others' views run in between
+    assert runner._lock.acquired == 1 + FRAMES
     chunked, whole = decoded(done.video), decoded(video_path(edited))
     assert len(chunked) == len(whole) == FRAMES == done.result.frames
     # the same frames, in order, up to the video encoding (each segment is encoded on its own; the frames

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -529,11 +529,14 @@ def plan_clip(video: str | os.PathLike, settings: VideoSettings) -> ClipPlan:
 
 
 def edit_segment(frame_editor: FrameEditor, plan: ClipPlan, segment: Path, first: int, count: int, *,
-                 cancel: CancelSignal | None = None, progress: Callable[[int], None] | None = None) -> int:
+                 cancel: CancelSignal | None = None, progress: Callable[[int], None] | None = None,
+                 hold: Callable[[], AbstractContextManager] = nullcontext) -> int:
     """Edit frames ``first`` .. ``first + count - 1`` of the planned clip (the ones before are decoded and skipped)
     in batches and write them to ``segment`` (H.264 mp4, no audio); returns how many there were: fewer than
     ``count`` at the clip's end, 0 (and no file) past it. ``progress(done)`` is called after each frame with the
-    number of frames of the clip done. ``cancel`` is checked at every frame; on any error no file is left."""
+    number of frames of the clip done. ``cancel`` is checked at every frame; on any error no file is left.
+    ``hold()``: entered around each batch's edit (a shared editor's lock, so that others' work runs between
+    batches)."""
     batch = frame_editor.settings.batch_size or default_batch_size(frame_editor.editor.device)
     timings = frame_editor.timings
     written = [0]
@@ -546,7 +549,9 @@ def edit_segment(frame_editor: FrameEditor, plan: ClipPlan, segment: Path, first
             timings["decode"] += time.perf_counter() - start
             if not chunk:
                 return
-            for edited in frame_editor.edit(chunk, cancel):
+            with hold():
+                batch_edited = frame_editor.edit(chunk, cancel)
+            for edited in batch_edited:
                 start = time.perf_counter()
                 yield _even(edited.image)
                 timings["write"] += time.perf_counter() - start

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -441,15 +442,19 @@ class EditRunner:
         ``segment``, a tqdm bar counting them (the page's progress); the frame editor after them (the same object,
         or on ZeroGPU a pickled copy, see ``FrameEditor.attach``) and how many there were (fewer than ``count`` at the
         clip's end)."""
-        with self._lock, tqdm(total=plan.frames, initial=first, desc="frame", unit="frame") as bar:
-            self.editor.precision = precision or self.editor.precision
+        @contextmanager
+        def editing() -> Iterator[None]:  # per batch of frames: other visitors' work runs between the batches
+            with self._lock:
+                self.editor.precision = precision or self.editor.precision
+                yield
 
+        with tqdm(total=plan.frames, initial=first, desc="frame", unit="frame") as bar:
             def progress(done: int) -> None:
                 bar.total = max(bar.total, done)
                 bar.update(done - bar.n)
 
             done = edit_segment(frame_editor.attach(self.editor), plan, segment, first, count, cancel=stop,
-                                progress=progress)
+                                progress=progress, hold=editing)
             return frame_editor, done
 
     def anchor(self, name: str) -> Image.Image:
