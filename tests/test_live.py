@@ -76,6 +76,14 @@ def test_reference_prepared_once_per_stream_and_again_when_it_changes():
     stats = live.frame("a", frame, other, SETTINGS).stats
     assert work.prepared == [REFERENCE, other]
     assert stats.edited == 7 and stats.dropped == 0 and stats.notes == ("a note",)
+    styled = LiveReference(prompt="Turn her into a bronze statue", style=object(), style_name="bronze (10 steps)")
+    live.frame("a", frame, styled, SETTINGS)  # a customised style: prepared with it
+    live.frame("a", frame, LiveReference(prompt=styled.prompt, style=object(), style_name="bronze (10 steps)"),
+               SETTINGS)  # the same style: kept
+    live.frame("a", frame, LiveReference(prompt=styled.prompt, style=object(), style_name="bronze (20 steps)"),
+               SETTINGS)  # trained further: prepared again
+    assert [reference.style_name for reference in work.prepared[2:]] == ["bronze (10 steps)", "bronze (20 steps)"]
+    assert work.prepared[2].style is styled.style
     with pytest.raises(ValueError, match="exactly one"):
         LiveReference()
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from threedpe.diffusion import EditSettings
 from threedpe.serving.live import LiveReference, LiveSessions
+from threedpe.serving.style_sessions import StyleSession
 from threedpe.ui.common import EXAMPLE_REFERENCE, UIContext, validated_upload
 from threedpe.ui.status import listen, refusal
 from threedpe.video_editing import FrameEditor, VideoSettings
@@ -29,6 +30,8 @@ many frames per second were edited. Where the webcam cannot stream (a browser or
 **Video** tab: record a few seconds with its webcam button and edit them.
 """
 NO_REFERENCE = "⚠️ Give a reference image or an instruction: editing starts as soon as there is one."
+NO_STYLE = ("⚠️ There is no customised style in this session yet: adapt or upload one in the Customize tab, or "
+            "untick “Use my customised style”.")
 BOTH_REFERENCES = "⚠️ Give a reference image **or** an instruction, not both: clear one of them."
 VIEWS = [("Follow my head (pasted back)", "source"), ("Fixed front view (stabilised)", "fixed")]
 
@@ -36,8 +39,8 @@ VIEWS = [("Follow my head (pasted back)", "source"), ("Fixed front view (stabili
 class LiveTab:
     """The Live tab's components and its stream handler."""
 
-    def __init__(self, ctx: UIContext):
-        self.ctx = ctx
+    def __init__(self, ctx: UIContext, style: gr.State):
+        self.ctx, self.style = ctx, style
         self.sessions = LiveSessions(self.prepare, ctx.work.live_frame, STREAM_EVERY_S)
         gr.Markdown(LIVE_HOW)
         with gr.Row():
@@ -53,6 +56,8 @@ class LiveTab:
                                               placeholder="e.g. Turn her into a bronze statue", max_lines=2,
                                               elem_id="live-instruction")
                 self.view = gr.Radio(VIEWS, value="source", label="View", elem_id="live-view")
+                self.use_style = gr.Checkbox(False, label="Use my customised style (made or loaded in the Customize "
+                                                          "tab)", elem_id="live-use-style")
                 gr.Examples([[EXAMPLE_REFERENCE]], [self.reference], label="Example reference",
                             cache_examples=False)
             with gr.Column(scale=3):
@@ -70,8 +75,9 @@ class LiveTab:
                                             edit_settings=EditSettings(resolution=self.ctx.defaults.text_resolution))
 
     def stream(self, frame: np.ndarray | None, reference: str | None, instruction: str | None, view: str,
-               request: gr.Request) -> dict:
-        """Edit the newest webcam frame with the reference (prepared on the first frame, and when it changes)."""
+               use_style: bool, style_session: StyleSession | None, request: gr.Request) -> dict:
+        """Edit the newest webcam frame with the reference (prepared on the first frame, and when it changes), in the
+        session's customised style when ``use_style``."""
         if frame is None:
             return {self.output: gr.skip(), self.stats: gr.skip()}
         self.ctx.refuse_without_editor()
@@ -80,9 +86,15 @@ class LiveTab:
             return {self.output: gr.skip(), self.stats: NO_REFERENCE if reference is None else BOTH_REFERENCES}
         if instruction is not None and self.ctx.text_error:
             raise refusal(self.ctx.text_error)
+        style = {}
+        if use_style:
+            if style_session is None or style_session.style is None:
+                return {self.output: gr.skip(), self.stats: NO_STYLE}
+            style = {"style": style_session.style,  # prepared again when the style is trained further
+                     "style_name": f"{style_session.name} ({style_session.steps} steps, {style_session.id})"}
         settings = VideoSettings(view=view, preview=self.ctx.defaults.live_preview)
         live = self.sessions.frame(session_key(request), frame,
-                                   LiveReference(reference=reference, prompt=instruction), settings,
+                                   LiveReference(reference=reference, prompt=instruction, **style), settings,
                                    self.ctx.precision(request))
         image = gr.skip() if live.image is None else live.image
         return {self.output: image, self.stats: live.stats.markdown()}
@@ -96,11 +108,13 @@ def session_key(request: gr.Request) -> str:
     return request.session_hash or "anonymous"
 
 
-def live_tab(ctx: UIContext, demo: gr.Blocks) -> None:
-    """The Live tab (inside the current ``gr.Tabs``); its streams are released when they stop or the page closes."""
+def live_tab(ctx: UIContext, demo: gr.Blocks, style: gr.State) -> None:
+    """The Live tab (inside the current ``gr.Tabs``; ``style``: the Customize tab's ``StyleSession``); its streams
+    are released when they stop or the page closes."""
     with gr.Tab("Live", id="live"):
-        tab = LiveTab(ctx)
-    streaming = listen(tab.webcam.stream, tab.stream, [tab.webcam, tab.reference, tab.instruction, tab.view],
+        tab = LiveTab(ctx, style)
+    streaming = listen(tab.webcam.stream, tab.stream,
+                       [tab.webcam, tab.reference, tab.instruction, tab.view, tab.use_style, tab.style],
                        [tab.output, tab.stats], tab.stats, stream_every=STREAM_EVERY_S, time_limit=TIME_LIMIT_S,
                        concurrency_limit=LIVE_STREAMS, concurrency_id="live", show_progress="hidden",
                        api_visibility="private")

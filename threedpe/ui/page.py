@@ -68,11 +68,11 @@ def build_demo(editor: PortraitEditor | CheckpointError, text_error: str | None 
         gr.Markdown(HOW_TO)
         precision_choice(ctx)
         tokens = gr.BrowserState({}, storage_key="threedpe-gallery-owner-tokens")
-        style = gr.State()  # the visitor's customisation (a StyleSession), made in Customize, used in Video too
+        style = gr.State()  # the visitor's customisation (a StyleSession), made in Customize, used in Video and Live too
         with gr.Tabs() as tabs:
             panels = [text_tab(ctx, demo), reference_tab(ctx)]
             clips = video_tab(ctx, style)
-            live_tab(ctx, demo)
+            live_tab(ctx, demo, style)
             batch_tab(ctx, MAX_UPLOAD)
             panels.append(customize_tab(ctx, style))
             listing = gallery_tab(ctx, tokens, tabs, demo) if gallery is not None else None
