@@ -39,6 +39,8 @@ HOW_TO = """
 2. type an instruction (*Text edit*) or upload a reference portrait in the target style (*Reference edit*);
 3. press **Edit in 3D**. The face is detected and aligned, encoded once into tri-planes, then rendered:
 move the sliders to look around without re-encoding. The video and mesh follow a few seconds later.
+**Video** edits a portrait clip frame by frame, **Live** your webcam as you watch, **Batch** many photos at once;
+**Customize** teaches the editor a new style.
 """
 CREDITS = """
 ---
