@@ -58,7 +58,8 @@ class GalleryTab:
                         self.open_button = gr.Button("Open", scale=1, elem_id="gallery-open")
                     self.info = gr.Markdown("Pick an edit on the left, or paste a permalink.", label="Opened edit",
                                             elem_id="gallery-info")
-                    self.strip = gr.Image(label="Three views", elem_id="gallery-strip", **png)
+                    self.strip = gr.Image(label="Three views (of a clip: three of its edited frames)",
+                                          elem_id="gallery-strip", **png)
                     with gr.Row(equal_height=True):  # before / after, side by side (see open_edit)
                         self.before = gr.Image(label="Before (if shared)", height=220, elem_id="gallery-before",
                                                **png)
