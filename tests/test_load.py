@@ -37,11 +37,12 @@ def test_concurrent_users_get_their_own_results(server, tmp_path):
     gpu_events = [fn for fn in server.demo.fns.values() if fn.concurrency_id == "gpu"]
     limits = {queue.default_concurrency_limit if fn.concurrency_limit == "default" else fn.concurrency_limit
               for fn in gpu_events}
-    # the edits of the three tabs, their strength re-renders, each followed by a video and a mesh, and the
-    # customisation's two steps share one worker
-    assert len(gpu_events) == 3 * (2 + 2 * 2) + 2 and limits == {1}
+    # the edits of the three tabs, their strength re-renders, each followed by a video and a mesh, the
+    # customisation's two steps, a clip and a batch share one worker (live streams have a queue of their own)
+    assert len(gpu_events) == 3 * (2 + 2 * 2) + 2 + 2 and limits == {1}
     assert {fn.name for fn in gpu_events} == {"edit_text", "edit_reference", "apply_style", "set_strength",
-                                             "orbit_video", "mesh", "generate_pairs", "customize"}
+                                             "orbit_video", "mesh", "generate_pairs", "customize", "edit_video",
+                                             "edit_batch"}
     assert queue.max_size >= USERS  # every user fits in the visible queue
 
     references = []
