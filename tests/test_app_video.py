@@ -23,7 +23,8 @@ from threedpe.serving.clips import ClipLimits, edit_clip
 from threedpe.serving.messages import record_markdown
 from threedpe.serving.runner import EditRunner
 from threedpe.serving.sessions import SessionFiles
-from threedpe.video_editing import ClipPlan, VideoInfo, VideoSettings, probe_video, read_frames
+from threedpe.video import VideoInfo, probe_video, read_frames
+from threedpe.video_editing import ClipPlan, VideoSettings
 
 SUMMARY = r"frames={} seconds=[\d.]+ fps=[\d.]+ no_face={} flicker=[\d.]+"
 

@@ -157,7 +157,8 @@ def _edit_video(args: argparse.Namespace) -> None:
     from threedpe.devices import resolve_device
     from threedpe.diffusion import normalise_instruction
     from threedpe.pipeline import PortraitEditor
-    from threedpe.video_editing import VideoError, VideoSettings, edit_video, probe_video, seconds_to_edit
+    from threedpe.video import VideoError, probe_video
+    from threedpe.video_editing import VideoSettings, edit_video, seconds_to_edit
 
     # Everything that can be checked without loading a model is checked first.
     prompt = normalise_instruction(args.prompt) if args.prompt is not None else None

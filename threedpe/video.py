@@ -1,4 +1,6 @@
-"""Orbit videos of a tri-plane portrait: render frames along the official camera path, encode H.264.
+"""Video files in and out: orbit videos of a tri-plane portrait (frames rendered along the official camera path,
+encoded H.264), and clips read back (:func:`probe_video`, :func:`read_frames`), with the ffmpeg steps on whole files
+(audio copied in, even frame sizes).
 
 Frames are produced batch by batch and streamed into ffmpeg (the binary bundled with imageio-ffmpeg,
 no system ffmpeg), so a 288-frame 512x512 orbit never sits in memory as a whole. The official 3DPE
@@ -6,7 +8,12 @@ video is 288 frames at 60 fps, libx264, on :func:`threedpe.cameras.orbit_path`.
 """
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -123,3 +130,110 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: float = ORBIT
         if not complete:
             path.unlink(missing_ok=True)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Clips: reading, and ffmpeg on whole files
+
+
+class VideoError(ValueError):
+    """The clip cannot be edited (unreadable, empty, too long, no face in any frame); the message says why."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A clip as ffmpeg reads it: ``size`` (width, height) after rotation, ``fps`` nominal rate, ``seconds``,
+    ``frames`` (estimated from both), ``audio`` codec name or None, ``rotated`` whether rotation metadata turned the
+    stored frames (ffmpeg applies it: frames come in display orientation)."""
+
+    path: Path
+    size: tuple[int, int]
+    fps: float
+    seconds: float
+    frames: int
+    audio: str | None
+    rotated: bool
+
+
+@contextmanager
+def _quiet_imageio() -> Iterator[None]:
+    """imageio-ffmpeg logs a warning for every rotated clip (stored and display sizes differ): expected here."""
+    logger = logging.getLogger("imageio_ffmpeg")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _ffmpeg_meta(path: Path) -> dict:
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        with _quiet_imageio():
+            return next(reader)
+    except (OSError, RuntimeError, StopIteration, IndexError, ValueError, KeyError, AttributeError):
+        raise VideoError(f"{path.name} is not a video ffmpeg can read (no video stream found in it)") from None
+    finally:
+        reader.close()
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """What ffmpeg reports about the clip at ``path``; ``VideoError`` for a missing, empty or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"no video file at {path}")
+    if path.stat().st_size == 0:
+        raise VideoError(f"the file {path.name} is empty")
+    meta = _ffmpeg_meta(path)
+    width, height = meta.get("size", (0, 0))
+    fps, seconds = float(meta.get("fps") or 0), float(meta.get("duration") or 0)
+    if width <= 0 or height <= 0:
+        raise VideoError(f"{path.name} has no video stream")
+    if fps <= 0:
+        raise VideoError(f"{path.name} does not state a frame rate ffmpeg can read")
+    return VideoInfo(path=path, size=(int(width), int(height)), fps=fps, seconds=seconds,
+                     frames=max(1, round(seconds * fps)), audio=meta.get("audio_codec"),
+                     rotated=tuple(meta.get("source_size", (width, height))) != (width, height))
+
+
+def read_frames(info: VideoInfo, seconds: float | None = None, size: tuple[int, int] | None = None
+                ) -> Iterator[np.ndarray]:
+    """Frames (H, W, 3) uint8 RGB in display orientation, at the constant rate ``info.fps`` (a variable-rate clip has
+    frames repeated or dropped to it), the first ``seconds`` only when given, scaled to ``size`` (width, height)
+    when given."""
+    output = ["-r", f"{info.fps:.6g}"] + (["-t", f"{seconds:.6g}"] if seconds is not None else [])
+    if size is not None and tuple(size) != info.size:
+        output += ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]
+    reader = imageio_ffmpeg.read_frames(str(info.path), output_params=output)
+    try:
+        with _quiet_imageio():
+            meta = next(reader)
+        width, height = meta["size"]
+        for data in reader:
+            yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+    finally:
+        reader.close()
+
+
+def pad_even(frame: np.ndarray) -> np.ndarray:
+    """H.264 yuv420p needs even sides: an odd side gets one repeated row/column."""
+    height, width = frame.shape[:2]
+    if height % 2 == 0 and width % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+def run_ffmpeg(*args: str) -> bool:
+    """Run the imageio-ffmpeg binary quietly; whether it succeeded."""
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *args]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
+def add_audio(video: Path, source: Path, out: Path) -> None:
+    """``video`` with the first audio stream of ``source`` (copied; re-encoded to AAC when mp4 cannot hold it)."""
+    for codec in (["copy"], ["aac", "-b:a", "192k"]):
+        if run_ffmpeg("-i", str(video), "-i", str(source), "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a",
+                   *codec, "-shortest", "-movflags", "+faststart", str(out)):
+            return
+    raise VideoError(f"could not copy the audio of {source.name} into the edited video")

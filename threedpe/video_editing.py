@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import copy
 import itertools
-import logging
 import math
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,17 +40,14 @@ from threedpe.models.encoder import preprocess_input, preprocess_reference
 from threedpe.pipeline import PortraitEditor
 from threedpe.styles import Style
 from threedpe.tracking import FaceTracker, Track, TrackerSettings, crop_window
-from threedpe.video import to_uint8, write_mp4
+from threedpe.video import (VideoError, VideoInfo, add_audio, pad_even, probe_video, read_frames, run_ffmpeg,
+                            to_uint8, write_mp4)
 
 VIEWS = ("source", "fixed")
 # Weight of a frame's own tri-planes in the moving average (1: no averaging). "low" halves the frame-to-frame change
 # of a still head's tri-planes after a few frames, "high" quarters it; both lag a moving head (by about 1 and 3 frames).
 SMOOTHING = {"off": 1.0, "low": 0.6, "high": 0.35}
 STAGES = ("decode", "track", "align", "encode", "render", "paste", "write")
-
-
-class VideoError(ValueError):
-    """The clip cannot be edited (unreadable, empty, too long, no face in any frame); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -100,86 +94,6 @@ def default_batch_size(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return 8 if torch.cuda.get_device_properties(device).total_memory >= 16 * 2 ** 30 else 4
-
-
-# ----------------------------------------------------------------------------------------------
-# Decoding
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """A clip as ffmpeg reads it: ``size`` (width, height) after rotation, ``fps`` nominal rate, ``seconds``,
-    ``frames`` (estimated from both), ``audio`` codec name or None, ``rotated`` whether rotation metadata turned the
-    stored frames (ffmpeg applies it: frames come in display orientation)."""
-
-    path: Path
-    size: tuple[int, int]
-    fps: float
-    seconds: float
-    frames: int
-    audio: str | None
-    rotated: bool
-
-
-@contextmanager
-def _quiet_imageio() -> Iterator[None]:
-    """imageio-ffmpeg logs a warning for every rotated clip (stored and display sizes differ): expected here."""
-    logger = logging.getLogger("imageio_ffmpeg")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _ffmpeg_meta(path: Path) -> dict:
-    reader = imageio_ffmpeg.read_frames(str(path))
-    try:
-        with _quiet_imageio():
-            return next(reader)
-    except (OSError, RuntimeError, StopIteration, IndexError, ValueError, KeyError, AttributeError):
-        raise VideoError(f"{path.name} is not a video ffmpeg can read (no video stream found in it)") from None
-    finally:
-        reader.close()
-
-
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """What ffmpeg reports about the clip at ``path``; ``VideoError`` for a missing, empty or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"no video file at {path}")
-    if path.stat().st_size == 0:
-        raise VideoError(f"the file {path.name} is empty")
-    meta = _ffmpeg_meta(path)
-    width, height = meta.get("size", (0, 0))
-    fps, seconds = float(meta.get("fps") or 0), float(meta.get("duration") or 0)
-    if width <= 0 or height <= 0:
-        raise VideoError(f"{path.name} has no video stream")
-    if fps <= 0:
-        raise VideoError(f"{path.name} does not state a frame rate ffmpeg can read")
-    return VideoInfo(path=path, size=(int(width), int(height)), fps=fps, seconds=seconds,
-                     frames=max(1, round(seconds * fps)), audio=meta.get("audio_codec"),
-                     rotated=tuple(meta.get("source_size", (width, height))) != (width, height))
-
-
-def read_frames(info: VideoInfo, seconds: float | None = None, size: tuple[int, int] | None = None
-                ) -> Iterator[np.ndarray]:
-    """Frames (H, W, 3) uint8 RGB in display orientation, at the constant rate ``info.fps`` (a variable-rate clip has
-    frames repeated or dropped to it), the first ``seconds`` only when given, scaled to ``size`` (width, height)
-    when given."""
-    output = ["-r", f"{info.fps:.6g}"] + (["-t", f"{seconds:.6g}"] if seconds is not None else [])
-    if size is not None and tuple(size) != info.size:
-        output += ["-vf", f"scale={size[0]}:{size[1]}:flags=area"]
-    reader = imageio_ffmpeg.read_frames(str(info.path), output_params=output)
-    try:
-        with _quiet_imageio():
-            meta = next(reader)
-        width, height = meta["size"]
-        for data in reader:
-            yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
-    finally:
-        reader.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -465,29 +379,6 @@ class VideoEditResult:
                 f"flicker={self.flicker:.3f}")
 
 
-def _even(frame: np.ndarray) -> np.ndarray:
-    """H.264 yuv420p needs even sides: an odd side gets one repeated row/column."""
-    height, width = frame.shape[:2]
-    if height % 2 == 0 and width % 2 == 0:
-        return frame
-    return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-
-
-def _ffmpeg(*args: str) -> bool:
-    """Run the imageio-ffmpeg binary quietly; whether it succeeded."""
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *args]
-    return subprocess.run(command, capture_output=True).returncode == 0
-
-
-def _add_audio(video: Path, source: Path, out: Path) -> None:
-    """``video`` with the first audio stream of ``source`` (copied; re-encoded to AAC when mp4 cannot hold it)."""
-    for codec in (["copy"], ["aac", "-b:a", "192k"]):
-        if _ffmpeg("-i", str(video), "-i", str(source), "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a",
-                   *codec, "-shortest", "-movflags", "+faststart", str(out)):
-            return
-    raise VideoError(f"could not copy the audio of {source.name} into the edited video")
-
-
 def seconds_to_edit(info: VideoInfo, settings: VideoSettings) -> tuple[float | None, list[str]]:
     """How much of the clip is edited (None: all of it) and a note when it is trimmed; ``VideoError`` for a clip longer
     than ``settings.max_seconds`` without ``settings.trim``."""
@@ -553,7 +444,7 @@ def edit_segment(frame_editor: FrameEditor, plan: ClipPlan, segment: Path, first
                 batch_edited = frame_editor.edit(chunk, cancel)
             for edited in batch_edited:
                 start = time.perf_counter()
-                yield _even(edited.image)
+                yield pad_even(edited.image)
                 timings["write"] += time.perf_counter() - start
                 written[0] += 1
                 if progress is not None:
@@ -588,10 +479,10 @@ def join_segments(segments: Sequence[Path], frame_editor: FrameEditor, plan: Cli
             listing = work / "segments.txt"
             listing.write_text("".join(f"file '{Path(path).resolve()}'\n" for path in segments))
             video = work / "joined.mp4"
-            if not _ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(video)):
+            if not run_ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(video)):
                 raise VideoError(f"could not join the edited parts of {name}")
         if plan.info.audio is not None:
-            _add_audio(video, plan.info.path, work / "muxed.mp4")
+            add_audio(video, plan.info.path, work / "muxed.mp4")
             video = work / "muxed.mp4"
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(video, out)

@@ -12,14 +12,12 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
-import imageio_ffmpeg
 import torch
 from PIL import Image
 
@@ -28,8 +26,8 @@ from threedpe.images import ImageInput
 from threedpe.serving.runner import EDIT_RECORD, on_zero_gpu
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.styles import Style
-from threedpe.video_editing import (ClipPlan, FrameEditor, VideoEditResult, VideoError, VideoSettings,
-                                    join_segments, plan_clip, probe_video, read_frames)
+from threedpe.video import VideoError, probe_video, read_frames, run_ffmpeg
+from threedpe.video_editing import ClipPlan, FrameEditor, VideoEditResult, VideoSettings, join_segments, plan_clip
 
 ZERO_GPU_MAX_SECONDS = 10.0  # on a ZeroGPU Space: a clip's frames must fit a few short GPU calls
 LOCAL_MAX_SECONDS = 60.0  # elsewhere on a GPU, unless THREEDPE_VIDEO_MAX_SECONDS says otherwise
@@ -110,10 +108,9 @@ def stack_side_by_side(plan: ClipPlan, edited: Path, out: Path) -> Path:
     height = probe_video(edited).size[1]
     graph = (f"[0:v]fps={plan.info.fps:.6g},scale=-2:{height},setsar=1[a];[1:v]setsar=1[b];"
              "[a][b]hstack=inputs=2:shortest=1[v]")
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(plan.info.path), "-i", str(edited),
-               "-filter_complex", graph, "-map", "[v]", "-map", "1:a:0?", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-               "-c:a", "copy", "-movflags", "+faststart", str(out)]
-    if subprocess.run(command, capture_output=True).returncode != 0:
+    if not run_ffmpeg("-i", str(plan.info.path), "-i", str(edited), "-filter_complex", graph, "-map", "[v]", "-map",
+                      "1:a:0?", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "copy", "-movflags", "+faststart",
+                      str(out)):
         raise VideoError(f"could not make the side-by-side video of {plan.info.path.name}")
     return out
 

@@ -21,7 +21,7 @@ from threedpe.serving.messages import public_message
 from threedpe.serving.sessions import RateLimitError
 from threedpe.training.customize import CustomizeError
 from threedpe.training.samples import DataError
-from threedpe.video_editing import VideoError
+from threedpe.video import VideoError
 
 logger = logging.getLogger("threedpe.app")
 STOPPED = "⏹️ Stopped."

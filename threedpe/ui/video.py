@@ -13,7 +13,8 @@ from threedpe.serving.style_sessions import StyleSession
 from threedpe.ui.common import EXAMPLE_REFERENCE, UIContext, action_buttons, set_in_browser, validated_upload
 from threedpe.ui.gallery import GalleryTab, Publishing
 from threedpe.ui.status import listen, refusal, show_errors
-from threedpe.video_editing import SMOOTHING, VideoError, VideoSettings, plan_clip
+from threedpe.video import VideoError
+from threedpe.video_editing import SMOOTHING, VideoSettings, plan_clip
 
 VIDEO_HOW = """
 **Edit a portrait clip frame by frame.** Upload a clip of one face (any common format; a phone's vertical clip is
