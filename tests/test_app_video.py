@@ -206,11 +206,12 @@ def test_limits_are_set_per_server_and_shown_in_the_tab(server, monkeypatch):
     (None, "Upload a clip first"),
     ("sway-both", "Give either a reference image or an instruction"),
     ("sway-style", "There is no customised style in this session yet"),
+    ("sway-strength", "the edit strength must be a number from 0"),
 ])
 def test_bad_clips_and_inputs_are_messages(server, clips, name, message):
     client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
     clip = clips.get((name or "").split("-")[0])
-    args = {"instruction": "make it bronze"} if name == "sway-both" else {}
+    args = {"sway-both": {"instruction": "make it bronze"}, "sway-strength": {"strength": 3.0}}.get(name, {})
     with pytest.raises(AppError, match=re.escape(message)) as error:
         if clip is None:
             client.predict(None, handle_file(server.reference), "", api_name="/edit_video")
@@ -238,3 +239,11 @@ def test_a_published_clip_plays_in_the_gallery(server, api_edit):
     assert "### Clip edit" in described and "processing fps" in described and "3 views" not in described
     opened = client.predict(published["id"], api_name="/open_edit")
     assert video_path(opened[2]).endswith("orbit.mp4")  # the gallery's video player gets the clip
+
+
+def test_a_clip_at_another_strength_keeps_it_in_its_published_record(server, clips):
+    client = Client(server.url, verbose=False, download_files=str(server.folder / "downloads"))
+    edited, *_ = edit_video(client, clips["sway"], server.reference, strength=0.5)
+    assert len(decoded(video_path(edited))) == FRAMES
+    record = server.gallery.get(client.predict(False, api_name="/publish")["id"])
+    assert record.settings["strength"] == 0.5 and record.settings["clip"] is True and "video" in record.files

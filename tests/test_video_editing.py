@@ -157,6 +157,31 @@ def test_a_frame_editor_resumed_from_its_pickled_copy_edits_the_same_frames(edit
     assert resumed.frames == 4 and resumed.flicker.value == whole.flicker.value
 
 
+def test_strength_blends_each_frame_with_its_reconstruction(editor):
+    """Strength 1 gives the frames of the default settings bit for bit; 0 each frame's unedited Live3D
+    reconstruction (the still photo's strength 0: ``EditResult.with_strength``); 0.5 lies between the two."""
+    frames = sway_frames(2, side=128, blank=())
+
+    def fixed(strength: float | None) -> list[np.ndarray]:
+        settings = VideoSettings(view="fixed", smooth="off") if strength is None else VideoSettings(
+            view="fixed", smooth="off", strength=strength)
+        frame_editor, _ = FrameEditor.prepare(editor, PHOTO, settings=settings)
+        return [e.image.astype(np.float32) for e in frame_editor.edit(frames)]
+
+    default, one, zero, half = fixed(None), fixed(1.0), fixed(0.0), fixed(0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(default, one))
+    crop = crop_aligned(Image.fromarray(frames[0]), FaceTracker(TRACKER).update(frames[0]).params,
+                        max_full_resize_pixels=0)
+    still = editor(crop, reference=PHOTO, aligned=True)  # the first frame's crop edited as a photo
+    for frame, strength in ((one[0], 1.0), (zero[0], 0.0)):
+        assert np.abs(frame - np.asarray(still.with_strength(strength).view(0, 0), np.float32)).max() <= 1
+    assert np.abs(zero[0] - one[0]).mean() > 0.1  # (measured 0.27 on the tiny weights: the two differ)
+    for a, b, c in zip(zero, half, one):
+        assert np.abs(b - a).mean() < np.abs(c - a).mean() and np.abs(b - c).mean() < np.abs(c - a).mean()
+    with pytest.raises(VideoError, match="edit strength must be a number from 0"):
+        VideoSettings(strength=2.0)
+
+
 def test_a_stop_flag_stops_within_a_frame_and_writes_nothing(editor, clip, tmp_path):
     stop, calls = threading.Event(), []
 
@@ -176,12 +201,14 @@ def test_cli_fixed_view_prints_the_summary_and_ctrl_c_stops(tiny_weights, clip, 
     out = tmp_path / "fixed.mp4"
     args = ["edit-video", "--weights", str(tiny_weights), "--input", str(clip), "--reference", str(PHOTO)]
     assert main(args + ["--out", str(out), "--view", "fixed", "--yaw", "20", "--side-by-side", "--smooth", "high",
-                        "--max-seconds", "0.25", "--trim"]) == 0
+                        "--max-seconds", "0.25", "--trim", "--strength", "0.7"]) == 0
     captured = capsys.readouterr()
     last = captured.out.strip().splitlines()[-1]
     assert re.fullmatch(r"frames=6 seconds=[\d.]+ fps=[\d.]+ no_face=0 flicker=[\d.]+", last), last
     assert "only its first 0.25 s were edited" in captured.err
     assert probe_video(out).size == (256, 128)
+    assert main(args + ["--out", str(tmp_path / "strong.mp4"), "--strength", "3"]) == 2
+    assert "error: the edit strength must be a number from 0" in capsys.readouterr().err
 
     original = FrameEditor.edit
 

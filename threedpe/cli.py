@@ -170,7 +170,7 @@ def _edit_video(args: argparse.Namespace) -> None:
     try:
         settings = VideoSettings(view=args.view, yaw=args.yaw, pitch=args.pitch, side_by_side=args.side_by_side,
                                  smooth=args.smooth, max_seconds=args.max_seconds, trim=args.trim,
-                                 batch_size=args.batch_size, preview=args.preview)
+                                 batch_size=args.batch_size, preview=args.preview, strength=args.strength)
         info = probe_video(args.input)
         seconds_to_edit(info, settings)  # a clip too long is refused before any model loads
         device = resolve_device(args.device)
@@ -338,6 +338,7 @@ def _add_edit_video_command(commands: argparse._SubParsersAction) -> None:
     video.add_argument("--batch-size", type=int, default=None,
                        help="frames per encode/render batch (default: 8 on a large GPU, 4 on a small one, 1 on a CPU)")
     video.add_argument("--preview", action="store_true", help="draft renders (faster, blurrier)")
+    video.add_argument("--strength", type=float, default=1.0, help=STRENGTH_HELP)
     video.add_argument("--align-reference", action="store_true", help="the reference is a raw photo: align its face")
     video.add_argument("--anchor", default="0", help="anchor portrait a --prompt is applied to: index or name")
     add_edit_arguments(video)

@@ -77,6 +77,15 @@ def reference_notes(image: Image.Image) -> list[str]:
     return notes
 
 
+def blend_strength(unedited: torch.Tensor, edited: torch.Tensor, strength: float) -> torch.Tensor:
+    """Tri-planes at edit ``strength``: ``unedited`` at 0 and ``edited`` at 1 (each exactly, no arithmetic), linear
+    between and beyond."""
+    if strength == 1.0:
+        return edited
+    with torch.inference_mode():
+        return unedited if strength == 0.0 else torch.lerp(unedited, edited, strength)
+
+
 def check_strength(strength: float) -> float:
     """``strength`` as a float, or a ``SettingsError`` when it lies outside :data:`STRENGTH_RANGE`."""
     low, high = STRENGTH_RANGE
@@ -136,11 +145,7 @@ class EditResult:
         returns the edit's own tri-planes (bit-identical). ``MissingWeightsError`` without the Live3D file."""
         strength = check_strength(strength)
         edited = self.planes if self.edited_planes is None else self.edited_planes
-        planes = edited
-        if strength != 1.0:
-            unedited = self.unedited_planes
-            with torch.inference_mode():
-                planes = unedited if strength == 0.0 else torch.lerp(unedited, edited, strength)
+        planes = edited if strength == 1.0 else blend_strength(self.unedited_planes, edited, strength)
         timings = {stage: seconds for stage, seconds in self.timings.items() if stage not in ("render", "video", "mesh")}
         return dataclasses.replace(self, planes=planes, strength=strength, edited_planes=edited, timings=timings,
                                    warnings=list(self.warnings), _renders=OrderedDict())

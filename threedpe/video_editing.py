@@ -34,10 +34,10 @@ from PIL import Image
 from threedpe import cameras
 from threedpe.alignment import crop_aligned, get_detector
 from threedpe.cancel import CancelSignal, Cancelled, check
-from threedpe.edit_settings import EditSettings
+from threedpe.edit_settings import EditSettings, SettingsError
 from threedpe.images import ImageInput
 from threedpe.models.encoder import preprocess_input, preprocess_reference
-from threedpe.pipeline import PortraitEditor
+from threedpe.pipeline import PortraitEditor, blend_strength, check_strength
 from threedpe.styles import Style
 from threedpe.tracking import FaceTracker, Track, TrackerSettings, crop_window
 from threedpe.video import (VideoError, VideoInfo, add_audio, pad_even, probe_video, read_frames, run_ffmpeg,
@@ -58,7 +58,8 @@ class VideoSettings:
     clips are refused, or with ``trim`` cut to their first ``max_seconds``; ``max_resolution``: a clip whose shorter
     side is above it is scaled down to it (None: any size); ``batch_size``: frames per encode and
     render (None: :func:`default_batch_size`); ``preview``: the draft render (:meth:`EditResult.view`);
-    ``feather``: width of the pasted edge, as a fraction of the crop's half side."""
+    ``feather``: width of the pasted edge, as a fraction of the crop's half side; ``strength``: the edit strength
+    (0 = each frame's unedited 3D reconstruction, 1 = the edit, up to 1.5; other than 1 needs the Live3D file)."""
 
     view: str = "source"
     yaw: float = 0.0
@@ -71,6 +72,7 @@ class VideoSettings:
     batch_size: int | None = None
     preview: bool = False
     feather: float = 0.2
+    strength: float = 1.0
     tracker: TrackerSettings = TrackerSettings()
 
     def __post_init__(self) -> None:
@@ -86,6 +88,10 @@ class VideoSettings:
             raise VideoError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0 < self.feather <= 1:
             raise VideoError(f"feather must be in (0, 1], got {self.feather}")
+        try:
+            check_strength(self.strength)
+        except SettingsError as error:
+            raise VideoError(str(error)) from None
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -206,6 +212,8 @@ class FrameEditor:
             raise ValueError("give either a reference image or a text instruction (exactly one)")
         if style is not None:
             style.check_base(editor.fingerprint)
+        if settings.strength != 1.0:
+            editor.require_strength()  # names the Live3D file that strengths need, before any work
         anchor_index = None
         if prompt is not None:
             prompt = editor.text_reference.editor.check_instruction(prompt)
@@ -263,8 +271,7 @@ class FrameEditor:
             check(cancel, "before encoding")
             x = torch.cat([preprocess_input(crop, size) for crop in crops]).to(self.editor.device)
             with torch.inference_mode():
-                planes = self._average_planes(self.editor.encode(x, self.ref.expand(len(crops), -1, -1, -1),
-                                                                 self.style), tracks)
+                planes = self._average_planes(self._encode(x, crops), tracks)
             self._sync()
             start = self._timed("encode", start)
             check(cancel, "before rendering")
@@ -284,6 +291,17 @@ class FrameEditor:
             edited.append(self._compose(frame, track, render, crops[used - 1] if render is not None else None))
         self._timed("paste", start)
         return edited
+
+    def _encode(self, x: torch.Tensor, crops: list[Image.Image]) -> torch.Tensor:
+        """The tri-planes (B, 96, P, P) of the crops (x: B, 3, S, S) at the settings' strength: other than 1, the
+        edit blended with each crop's unedited reconstruction (from the encode's own E_low / E_high features)."""
+        ref, strength = self.ref.expand(len(crops), -1, -1, -1), self.settings.strength
+        if strength == 1.0:
+            return self.editor.encode(x, ref, self.style)
+        planes, low, high = self.editor.encode(x, ref, self.style, keep_branches=True)
+        unedited = torch.cat([self.editor.reconstruct(crop, (low[i:i + 1], high[i:i + 1]))
+                              for i, crop in enumerate(crops)])
+        return blend_strength(unedited, planes, strength)
 
     def _sync(self) -> None:
         if self.editor.device.type == "cuda":

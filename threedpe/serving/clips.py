@@ -179,14 +179,17 @@ def edit_clip(work: ClipWork, clip: str | os.PathLike, session: Path, stop: Stop
 
 def save_clip_record(folder: Path, settings: VideoSettings, plan: ClipPlan, result: VideoEditResult,
                      prompt: str | None, style: str | None) -> None:
-    """What publishing needs besides the files (``edit.json``): a clip edit (``settings["clip"]``) whose video is
-    ``edited.mp4``, its settings, frames and processing speed."""
+    """What publishing needs besides the files (``edit.json``): a clip edit (``settings["clip"]``) whose strip and
+    video are ``views.png`` and ``edited.mp4``, its settings (the strength when not 1), frames and processing
+    speed."""
     chosen = {"clip": True, "view": settings.view, "smooth": settings.smooth, "frames": result.frames,
               "clip_seconds": round(result.frames / plan.info.fps, 2), "fps": round(plan.info.fps, 3)}
     if settings.view == "fixed":
         chosen.update(yaw=settings.yaw, pitch=settings.pitch)
+    if settings.strength != 1.0:
+        chosen["strength"] = settings.strength
     chosen["processing_fps"] = round(result.fps, 2)  # the stages' seconds are not a photo edit's (the gallery's line)
     record = {"instruction": prompt, "style": style, "anchor": None, "settings": chosen, "timings": {},
-              "video": "edited.mp4"}
+              "strip": "views.png", "video": "edited.mp4"}
     atomic_write(folder / EDIT_RECORD, lambda file: file.write(json.dumps(record).encode()))
 

@@ -20,7 +20,7 @@ def latest_edit(session: Path) -> Path:
 
 def publish_edit(gallery: Gallery, folder: Path, session_hash: str | None, share_photo: bool = False) -> Published:
     """Publish the edit whose files are in ``folder`` (strip at the chosen strength, and the video, mesh and reference
-    when made; a clip edit's video is the one its record names); the aligned photo only as a thumbnail and only when
+    when made; a clip edit's strip and video are the ones its record names); the aligned photo only as a thumbnail and only when
     ``share_photo``."""
     record = json.loads((folder / EDIT_RECORD).read_text())
     suffix = strength_suffix(record["settings"].get("strength", 1.0))  # the files at the edit's last strength
@@ -28,8 +28,8 @@ def publish_edit(gallery: Gallery, folder: Path, session_hash: str | None, share
     def made(name: str) -> Path | None:
         return folder / name if (folder / name).is_file() else None
 
-    return gallery.publish(session=session_hash or "anonymous", strip=folder / f"views{suffix}.png",
-                           instruction=record["instruction"],
+    strip = folder / (record.get("strip") or f"views{suffix}.png")
+    return gallery.publish(session=session_hash or "anonymous", strip=strip, instruction=record["instruction"],
                            reference=None if record["instruction"] is not None else folder / "reference.png",
                            video=made(record.get("video") or f"orbit{suffix}.mp4"), mesh=made(f"mesh{suffix}.glb"),
                            style=record["style"],

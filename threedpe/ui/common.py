@@ -254,12 +254,17 @@ def output_settings(name: str, default: OutputSettings) -> tuple[gr.Slider, gr.S
     return frames, resolution
 
 
-def strength_slider(name: str, unavailable: str | None) -> gr.Slider:
+FRAME_STRENGTH = ("0 = the face unedited in 3D, 1 = the edit, above 1 exaggerates it (each frame's edit blended with "
+                  "its reconstruction)")
+
+
+def strength_slider(name: str, unavailable: str | None,
+                    info: str = "0 = your photo in 3D, 1 = the edit, above 1 exaggerates it (re-rendered, not "
+                                "re-encoded)") -> gr.Slider:
     """The edit-strength slider of tab ``name``: shown when strengths are available (``unavailable`` None), else
     hidden, with why in a note (none when ``unavailable`` is "")."""
     low, high = STRENGTH_RANGE
-    slider = gr.Slider(low, high, value=1.0, step=0.05, label="Edit strength",
-                       info="0 = your photo in 3D, 1 = the edit, above 1 exaggerates it (re-rendered, not re-encoded)",
+    slider = gr.Slider(low, high, value=1.0, step=0.05, label="Edit strength", info=info,
                        visible=unavailable is None, elem_id=f"{name}-strength")
     if unavailable:
         gr.Markdown(f"ℹ️ No strength slider: {public_message(unavailable)}", elem_id=f"{name}-strength-note")

@@ -8,8 +8,8 @@ import numpy as np
 from threedpe.diffusion import EditSettings
 from threedpe.serving.live import LiveReference, LiveSessions
 from threedpe.serving.style_sessions import StyleSession
-from threedpe.ui.common import EXAMPLE_REFERENCE, UIContext, validated_upload
-from threedpe.ui.status import listen, refusal
+from threedpe.ui.common import EXAMPLE_REFERENCE, FRAME_STRENGTH, UIContext, strength_slider, validated_upload
+from threedpe.ui.status import listen, refusal, show_errors
 from threedpe.video_editing import FrameEditor, VideoSettings
 
 # The browser sends the newest camera frame this often; gradio keeps only the latest while one is being edited, so a
@@ -58,6 +58,7 @@ class LiveTab:
                 self.view = gr.Radio(VIEWS, value="source", label="View", elem_id="live-view")
                 self.use_style = gr.Checkbox(False, label="Use my customised style (made or loaded in the Customize "
                                                           "tab)", elem_id="live-use-style")
+                self.strength = strength_slider("live", ctx.strength_unavailable, FRAME_STRENGTH)
                 gr.Examples([[EXAMPLE_REFERENCE]], [self.reference], label="Example reference",
                             cache_examples=False)
             with gr.Column(scale=3):
@@ -75,7 +76,7 @@ class LiveTab:
                                             edit_settings=EditSettings(resolution=self.ctx.defaults.text_resolution))
 
     def stream(self, frame: np.ndarray | None, reference: str | None, instruction: str | None, view: str,
-               use_style: bool, style_session: StyleSession | None, request: gr.Request) -> dict:
+               use_style: bool, style_session: StyleSession | None, strength: float, request: gr.Request) -> dict:
         """Edit the newest webcam frame with the reference (prepared on the first frame, and when it changes), in the
         session's customised style when ``use_style``."""
         if frame is None:
@@ -92,7 +93,8 @@ class LiveTab:
                 return {self.output: gr.skip(), self.stats: NO_STYLE}
             style = {"style": style_session.style,  # prepared again when the style is trained further
                      "style_name": f"{style_session.name} ({style_session.steps} steps, {style_session.id})"}
-        settings = VideoSettings(view=view, preview=self.ctx.defaults.live_preview)
+        settings = show_errors(VideoSettings)(view=view, preview=self.ctx.defaults.live_preview,
+                                              strength=float(strength))
         live = self.sessions.frame(session_key(request), frame,
                                    LiveReference(reference=reference, prompt=instruction, **style), settings,
                                    self.ctx.precision(request))
@@ -114,7 +116,7 @@ def live_tab(ctx: UIContext, demo: gr.Blocks, style: gr.State) -> None:
     with gr.Tab("Live", id="live"):
         tab = LiveTab(ctx, style)
     streaming = listen(tab.webcam.stream, tab.stream,
-                       [tab.webcam, tab.reference, tab.instruction, tab.view, tab.use_style, tab.style],
+                       [tab.webcam, tab.reference, tab.instruction, tab.view, tab.use_style, tab.style, tab.strength],
                        [tab.output, tab.stats], tab.stats, stream_every=STREAM_EVERY_S, time_limit=TIME_LIMIT_S,
                        concurrency_limit=LIVE_STREAMS, concurrency_id="live", show_progress="hidden",
                        api_visibility="private")

@@ -10,7 +10,8 @@ from threedpe.devices import resolve_device
 from threedpe.serving.clips import ClipEdit, ClipLimits, edit_clip
 from threedpe.serving.messages import public_message
 from threedpe.serving.style_sessions import StyleSession
-from threedpe.ui.common import EXAMPLE_REFERENCE, UIContext, action_buttons, set_in_browser, validated_upload
+from threedpe.ui.common import (EXAMPLE_REFERENCE, FRAME_STRENGTH, UIContext, action_buttons, set_in_browser,
+                                strength_slider, validated_upload)
 from threedpe.ui.gallery import GalleryTab, Publishing
 from threedpe.ui.status import listen, refusal, show_errors
 from threedpe.video import VideoError
@@ -48,6 +49,7 @@ class VideoTab:
                                               elem_id="video-instruction")
                 self.use_style = gr.Checkbox(False, label="Use my customised style (made or loaded in the Customize "
                                                           "tab)", elem_id="video-use-style")
+                self.strength = strength_slider("video", ctx.strength_unavailable, FRAME_STRENGTH)
                 self.run, self.stop = action_buttons("video", ctx.editing, "Edit the clip")
                 with gr.Accordion("Settings", open=False):
                     self.view = gr.Radio(VIEWS, value=default.view, label="Output", elem_id="video-view")
@@ -92,7 +94,7 @@ class VideoTab:
 
     def edit_video(self, clip: dict | None, reference: dict | None, instruction: str, use_style: bool, view: str,
                    yaw: float, pitch: float, side_by_side: bool, smooth: str, style_session: StyleSession | None,
-                   request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> dict:
+                   strength: float = 1.0, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)) -> dict:
         """Edit a portrait clip frame by frame in the style of a reference image, or by an instruction (exactly
         one): returns the edited clip (the input's size, frame rate and sound), the side-by-side (when asked), the
         reference as the editor saw it and the status (frames, seconds, fps, frames without a face, flicker,
@@ -109,7 +111,8 @@ class VideoTab:
                               "Customize tab, or untick “Use my customised style”.")
             style = (style_session.name, style_session.style)
         settings = show_errors(VideoSettings)(view=view, yaw=float(yaw), pitch=float(pitch),
-                                              side_by_side=bool(side_by_side), smooth=smooth)
+                                              side_by_side=bool(side_by_side), smooth=smooth,
+                                              strength=1.0 if strength is None else float(strength))
         with self.ctx.sessions.running(request.session_hash) as stop:
             show_errors(check)(stop, "before the clip")  # stopped while it waited in the queue
             show_errors(self.ctx.limiter.take)(request.session_hash or "anonymous")
@@ -147,7 +150,7 @@ class VideoTab:
                              api_visibility="private")
         listen(begun.then, self.edit_video,
                [self.clip, self.reference, self.instruction, self.use_style, self.view, self.yaw, self.pitch,
-                self.side_by_side, self.smooth, self.style],
+                self.side_by_side, self.smooth, self.style, self.strength],
                [self.edited, self.stacked, self.reference_seen, self.status, self.state], self.status,
                api_name="edit_video", preprocess=False, concurrency_id="gpu")
         self.stop.click(self.ctx.stop_work, None, self.status, queue=False, api_visibility="private")
