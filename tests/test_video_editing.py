@@ -157,6 +157,22 @@ def test_a_frame_editor_resumed_from_its_pickled_copy_edits_the_same_frames(edit
     assert resumed.frames == 4 and resumed.flicker.value == whole.flicker.value
 
 
+def test_a_live_frame_editor_keeps_no_frames_when_it_measures_no_flicker(editor):
+    """A live stream (flicker off) keeps no previous frames, and without smoothing no tri-plane average: what a
+    ZeroGPU call ships in and out per frame shrinks; the frames themselves are the same."""
+    frames = sway_frames(3, side=256, blank=())
+    sizes, images = {}, {}
+    for flicker, smooth in ((True, "off"), (False, "off"), (False, "low")):
+        frame_editor, _ = FrameEditor.prepare(editor, PHOTO, settings=VideoSettings(flicker=flicker, smooth=smooth))
+        images[flicker, smooth] = [e.image for e in frame_editor.edit(frames)]
+        sizes[flicker, smooth] = len(pickle.dumps(frame_editor))
+        assert math.isnan(frame_editor.flicker.value) != flicker
+    assert all(np.array_equal(a, b) for a, b in zip(images[True, "off"], images[False, "off"]))
+    planes = 4 * 96 * editor.model.config.rendering.neural_rendering_resolution ** 2  # a lower bound of one fp32 set
+    assert sizes[True, "off"] - sizes[False, "off"] >= 2 * 256 * 256 * 3  # the two kept frames
+    assert sizes[False, "low"] - sizes[False, "off"] >= planes
+
+
 def test_strength_blends_each_frame_with_its_reconstruction(editor):
     """Strength 1 gives the frames of the default settings bit for bit; 0 each frame's unedited Live3D
     reconstruction (the still photo's strength 0: ``EditResult.with_strength``); 0.5 lies between the two."""

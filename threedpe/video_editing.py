@@ -59,7 +59,9 @@ class VideoSettings:
     side is above it is scaled down to it (None: any size); ``batch_size``: frames per encode and
     render (None: :func:`default_batch_size`); ``preview``: the draft render (:meth:`EditResult.view`);
     ``feather``: width of the pasted edge, as a fraction of the crop's half side; ``strength``: the edit strength
-    (0 = each frame's unedited 3D reconstruction, 1 = the edit, up to 1.5; other than 1 needs the Live3D file)."""
+    (0 = each frame's unedited 3D reconstruction, 1 = the edit, up to 1.5; other than 1 needs the Live3D file);
+    ``flicker``: measure the flicker figure (:class:`Flicker` keeps the last input and output frames; a live stream,
+    which does not show it, turns it off)."""
 
     view: str = "source"
     yaw: float = 0.0
@@ -73,6 +75,7 @@ class VideoSettings:
     preview: bool = False
     feather: float = 0.2
     strength: float = 1.0
+    flicker: bool = True
     tracker: TrackerSettings = TrackerSettings()
 
     def __post_init__(self) -> None:
@@ -317,10 +320,19 @@ class FrameEditor:
                 continue
             current = planes[index:index + 1]
             index += 1
-            self._average = current if self._average is None or weight >= 1 else (
-                weight * current + (1 - weight) * self._average)
+            if weight >= 1:  # no averaging: nothing kept (a frame editor pickled between calls stays small)
+                self._average = None
+                out.append(current)
+                continue
+            self._average = current if self._average is None else weight * current + (1 - weight) * self._average
             out.append(self._average)
         return torch.cat(out)
+
+    def _measure(self, source: np.ndarray | Image.Image | None, output: np.ndarray | None,
+                 region: tuple[int, int, int, int] | None = None) -> None:
+        """The flicker figure's next frame (see :meth:`Flicker.add`), when the settings measure it."""
+        if self.settings.flicker:
+            self.flicker.add(None if source is None else np.asarray(source), output, region)
 
     def _compose(self, frame: np.ndarray, track: Track | None, render: torch.Tensor | None,
                  crop: Image.Image | None) -> EditedFrame:
@@ -329,15 +341,15 @@ class FrameEditor:
         side = 4 * self.editor.model.config.rendering.neural_rendering_resolution  # the render's size (SR 4x)
         if render is None:  # no face: the frame unedited (in the fixed view: its centre square at the render's size)
             output = frame if not fixed else _centre_square(frame, side)
-            self.flicker.add(None, None)
+            self._measure(None, None)
             status = "unedited"
         elif fixed:
             output = to_uint8(render)
-            self.flicker.add(np.asarray(crop.resize(output.shape[1::-1], Image.Resampling.BILINEAR)), output)
+            self._measure(crop.resize(output.shape[1::-1], Image.Resampling.BILINEAR), output)
             status = "held" if track.held else "edited"
         else:
             output, (top, bottom, left, right) = paste_back(frame, render, track, self.settings.feather)
-            self.flicker.add(frame, output, (top, bottom, left, right))
+            self._measure(frame, output, (top, bottom, left, right))
             status = "held" if track.held else "edited"
         self.counts[status] += 1
         if self.settings.side_by_side:

@@ -94,7 +94,7 @@ class LiveTab:
             style = {"style": style_session.style,  # prepared again when the style is trained further
                      "style_name": f"{style_session.name} ({style_session.steps} steps, {style_session.id})"}
         settings = show_errors(VideoSettings)(view=view, preview=self.ctx.defaults.live_preview,
-                                              strength=float(strength))
+                                              strength=float(strength), flicker=False)  # not shown live
         live = self.sessions.frame(session_key(request), frame,
                                    LiveReference(reference=reference, prompt=instruction, **style), settings,
                                    self.ctx.precision(request))
