@@ -11,7 +11,7 @@ back) and batch sizes 1, 4 and 8, the whole clip is edited by :func:`threedpe.vi
 warm-up; the table shows milliseconds per frame of each stage (decode, track, align, encode, render, paste, write;
 ``write`` includes the audio copy) and the frames per second of the whole edit. ``--quick``: 8 frames per row.
 The last line is ``fps=<…> ms_per_frame=<…>`` of the ``source`` view at the device's default batch size
-(:func:`threedpe.video_editing.default_batch_size`) on the last device (CUDA when present).
+(:func:`threedpe.frame_editing.default_batch_size`) on the last device (CUDA when present).
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench import cpu_name, recipe_editor  # noqa: E402
 from threedpe.pipeline import PortraitEditor  # noqa: E402
 from threedpe.video import write_mp4  # noqa: E402
-from threedpe.video_editing import STAGES, VideoSettings, default_batch_size, edit_video  # noqa: E402
+from threedpe.frame_editing import STAGES, VideoSettings, default_batch_size  # noqa: E402
+from threedpe.video_editing import edit_video  # noqa: E402
 
 PHOTO = ROOT / "examples" / "astronaut.jpg"
 BATCHES = (1, 4, 8)

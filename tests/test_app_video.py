@@ -24,7 +24,8 @@ from threedpe.serving.messages import record_markdown
 from threedpe.serving.runner import EditRunner
 from threedpe.serving.sessions import SessionFiles
 from threedpe.video import VideoInfo, probe_video, read_frames
-from threedpe.video_editing import ClipPlan, VideoSettings
+from threedpe.frame_editing import VideoSettings
+from threedpe.video_editing import ClipPlan
 
 SUMMARY = r"frames={} seconds=[\d.]+ fps=[\d.]+ no_face={} flicker=[\d.]+"
 

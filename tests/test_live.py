@@ -14,7 +14,7 @@ from PIL import Image
 from threedpe.pipeline import PortraitEditor
 from threedpe.serving.live import FPS_WINDOW_S, LiveReference, LiveSessions
 from threedpe.serving.runner import EditRunner
-from threedpe.video_editing import EditedFrame, VideoSettings
+from threedpe.frame_editing import EditedFrame, VideoSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "astronaut.jpg"

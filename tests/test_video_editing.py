@@ -23,7 +23,8 @@ from threedpe.cli import main
 from threedpe.pipeline import PortraitEditor
 from threedpe.tracking import FaceTracker, OneEuroFilter, OneEuroParams, TrackerSettings, crop_window, head_pose
 from threedpe.video import VideoError, probe_video, read_frames, write_mp4
-from threedpe.video_editing import FrameEditor, VideoSettings, edit_video, paste_back
+from threedpe.frame_editing import FrameEditor, VideoSettings, paste_back
+from threedpe.video_editing import edit_video
 
 TRACKER = TrackerSettings(hold_frames=1)  # with the clip's BLANK frames: frame 8 is held, 9 and 10 pass through
 

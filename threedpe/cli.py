@@ -158,7 +158,8 @@ def _edit_video(args: argparse.Namespace) -> None:
     from threedpe.diffusion import normalise_instruction
     from threedpe.pipeline import PortraitEditor
     from threedpe.video import VideoError, probe_video
-    from threedpe.video_editing import VideoSettings, edit_video, seconds_to_edit
+    from threedpe.frame_editing import VideoSettings
+    from threedpe.video_editing import edit_video, seconds_to_edit
 
     # Everything that can be checked without loading a model is checked first.
     prompt = normalise_instruction(args.prompt) if args.prompt is not None else None

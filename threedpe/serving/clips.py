@@ -27,7 +27,8 @@ from threedpe.serving.runner import EDIT_RECORD, on_zero_gpu
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.styles import Style
 from threedpe.video import VideoError, probe_video, read_frames, run_ffmpeg
-from threedpe.video_editing import ClipPlan, FrameEditor, VideoEditResult, VideoSettings, join_segments, plan_clip
+from threedpe.frame_editing import FrameEditor, VideoSettings
+from threedpe.video_editing import ClipPlan, VideoEditResult, join_segments, plan_clip
 
 ZERO_GPU_MAX_SECONDS = 10.0  # on a ZeroGPU Space: a clip's frames must fit a few short GPU calls
 LOCAL_MAX_SECONDS = 60.0  # elsewhere on a GPU, unless THREEDPE_VIDEO_MAX_SECONDS says otherwise

@@ -10,7 +10,7 @@ as dropped (from the time since the previous frame, at the stream's rate) and, f
 streaming twice, API callers), answers at once with no frame and counts it, never waiting for the running edit.
 
 ZeroGPU: each frame is its own short GPU call (``EditRunner.live_frame``, a few seconds reserved) and the stream's
-state stays in the main process between calls. That state is a :class:`~threedpe.video_editing.FrameEditor`, which
+state stays in the main process between calls. That state is a :class:`~threedpe.frame_editing.FrameEditor`, which
 pickles without its editor, reference tensor or face detector and with its tri-plane average on the CPU
 (``FrameEditor.__getstate__``): the GPU worker receives it, ``attach``-es the editor, edits the frame and returns it
 with its tracker and average advanced. Off ZeroGPU the same object is used in place, nothing is copied.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from threedpe.styles import Style
-from threedpe.video_editing import EditedFrame, FrameEditor, VideoSettings
+from threedpe.frame_editing import EditedFrame, FrameEditor, VideoSettings
 
 FPS_WINDOW_S = 5.0  # the achieved fps is measured over the frames edited in the last this many seconds (or two)
 MAX_IDLE_S = 120.0  # a stream that received no frame for this long is released (its end was never signalled)

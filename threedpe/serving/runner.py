@@ -40,7 +40,8 @@ from threedpe.serving.messages import public_message
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.serving.style_sessions import KEPT_TRAINERS, KeptTrainers, StyleSession, TuneUpdate
 from threedpe.styles import Style
-from threedpe.video_editing import ClipPlan, EditedFrame, FrameEditor, VideoSettings, edit_segment
+from threedpe.frame_editing import EditedFrame, FrameEditor, VideoSettings
+from threedpe.video_editing import ClipPlan, edit_segment
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from threedpe.serving.live import LiveReference, LiveSessions
 from threedpe.serving.style_sessions import StyleSession
 from threedpe.ui.common import EXAMPLE_REFERENCE, FRAME_STRENGTH, UIContext, strength_slider, validated_upload
 from threedpe.ui.status import listen, refusal, show_errors
-from threedpe.video_editing import FrameEditor, VideoSettings
+from threedpe.frame_editing import FrameEditor, VideoSettings
 
 # The browser sends the newest camera frame this often; gradio keeps only the latest while one is being edited, so a
 # short interval costs no backlog and lets the next frame start at most this long after an edit ends.

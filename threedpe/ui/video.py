@@ -15,7 +15,8 @@ from threedpe.ui.common import (EXAMPLE_REFERENCE, FRAME_STRENGTH, UIContext, ac
 from threedpe.ui.gallery import GalleryTab, Publishing
 from threedpe.ui.status import listen, refusal, show_errors
 from threedpe.video import VideoError
-from threedpe.video_editing import SMOOTHING, VideoSettings, plan_clip
+from threedpe.frame_editing import SMOOTHING, VideoSettings
+from threedpe.video_editing import plan_clip
 
 VIDEO_HOW = """
 **Edit a portrait clip frame by frame.** Upload a clip of one face (any common format; a phone's vertical clip is
