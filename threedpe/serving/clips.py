@@ -23,7 +23,8 @@ from PIL import Image
 
 from threedpe.files import atomic_write
 from threedpe.images import ImageInput
-from threedpe.serving.runner import EDIT_RECORD, on_zero_gpu
+from threedpe.serving.edits import EDIT_RECORD
+from threedpe.serving.runner import on_zero_gpu
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.styles import Style
 from threedpe.video import VideoError, probe_video, read_frames, run_ffmpeg

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from threedpe.gallery import Gallery, GalleryError, Published, Record
 from threedpe.images import load_image
-from threedpe.serving.runner import EDIT_RECORD, strength_suffix
+from threedpe.serving.edits import EDIT_RECORD, strength_suffix
 
 
 def latest_edit(session: Path) -> Path:

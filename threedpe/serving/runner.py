@@ -1,21 +1,20 @@
 """The app's units of GPU work, without any UI: loading the editor, editing, and re-rendering edits kept as CPU arrays.
 
-The app stores a finished edit as a :class:`StoredEdit` (tri-planes as a CPU numpy array) in the session's
-``gr.State``; the free-view sliders, the orbit video and the mesh re-render from it without re-encoding the photo.
+The app stores a finished edit as a :class:`~threedpe.serving.edits.StoredEdit` (tri-planes as a CPU numpy array) in
+the session's ``gr.State``; the free-view sliders, the orbit video and the mesh re-render from it without re-encoding the photo.
 Every method of :class:`EditRunner` is a unit of GPU work that the app wraps in ``@spaces.GPU``; their arguments and
 results are small picklable values (ZeroGPU ships them to a forked worker), the models stay module-level, and the
 files they write are named for what they hold (``views.png``, ``view_yaw30_pitch0.png``, ``orbit.mp4``, ...).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import threading
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -30,12 +29,12 @@ from threedpe.weights import CheckpointError
 from threedpe.training.customize import CustomizeError, StyleTrainer
 from threedpe.training.samples import StyleSample, SyntheticSamples, load_generator
 from threedpe.diffusion import EditSettings
-from threedpe.files import atomic_write
 from threedpe.images import ImageInput, load_image
 from threedpe.models.editor import ReconstructionModel
 from threedpe.models.generator import TriPlaneGenerator
-from threedpe.pipeline import EditResult, PortraitEditor, Unedited, check_strength, reference_notes
+from threedpe.pipeline import EditResult, PortraitEditor, check_strength, reference_notes
 from threedpe.precision import recommended_precision
+from threedpe.serving.edits import EditFiles, StoredEdit, strength_suffix, view_name
 from threedpe.serving.messages import public_message
 from threedpe.serving.sessions import StopFlag, stopped_if_gone
 from threedpe.serving.style_sessions import KEPT_TRAINERS, KeptTrainers, StyleSession, TuneUpdate
@@ -46,7 +45,6 @@ from threedpe.video_editing import ClipPlan, edit_segment
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 25_000_000  # larger photos are refused before decoding
-EDIT_RECORD = "edit.json"  # in each edit's folder: what publishing needs besides the files
 
 
 @dataclass(frozen=True)
@@ -108,102 +106,6 @@ def load_text_model(editor: PortraitEditor) -> str | None:
         return (f"Text edits are unavailable: InstructPix2Pix could not be loaded "
                 f"({public_message(str(error)).splitlines()[0][:300]}).")
     return None
-
-
-@dataclass
-class StoredEdit:
-    """A finished edit as plain CPU data: ``planes`` (1, 96, P, P) float32 at strength 1, the aligned input and the
-    reference (RGB images), seconds per stage, notes for the user, the anchor's label (text edits), what produced it
-    (the instruction of a text edit, the settings, a style's name), and ``id``, which names the edit's folder of output
-    files. ``strength``: the edit strength its views, video and mesh render at; what other strengths need without a
-    new encode: the editor's E_low / E_high features of the photo (``branches``, kept from the edit while strengths
-    are available) until the first change away from 1 turns them into the ``unedited`` tri-planes, kept instead."""
-
-    planes: np.ndarray
-    image: Image.Image
-    reference: Image.Image
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    anchor: str | None = None
-    instruction: str | None = None
-    settings: dict = field(default_factory=dict)
-    style: str | None = None
-    execution: str = ""  # how the editor ran, e.g. "cpu fp32, ..., folded channels-last SR"
-    precision: str = "exact"  # the editor's precision for this edit, kept by its views, video and mesh
-    strength: float = 1.0
-    branches: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-    unedited: np.ndarray | None = field(default=None, repr=False)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-
-    @classmethod
-    def from_result(cls, result: EditResult, **details) -> StoredEdit:
-        """``result`` (at any strength) as CPU data, with what its other strengths need."""
-        def cpu(tensor: torch.Tensor | None) -> np.ndarray | None:
-            return None if tensor is None else tensor.detach().float().cpu().numpy()
-
-        unedited = result.unedited or Unedited(None)
-        edited = result.planes if result.edited_planes is None else result.edited_planes
-        return cls(planes=cpu(edited), image=result.image, reference=result.reference, timings=dict(result.timings),
-                   notes=list(result.warnings), anchor=result.anchor, execution=result.execution,
-                   precision=result.editor.precision, strength=result.strength,
-                   branches=tuple(map(cpu, unedited.branches)) if unedited.branches else None,
-                   unedited=cpu(unedited.planes), **details)
-
-    def result(self, editor: PortraitEditor) -> EditResult:
-        """An ``EditResult`` that renders these tri-planes at this edit's strength with ``editor`` (no re-encoding;
-        the first strength other than 1 runs Live3D's final encoder on the kept features)."""
-        def device(array: np.ndarray | None) -> torch.Tensor | None:
-            return None if array is None else torch.from_numpy(array).to(editor.device)
-
-        branches = tuple(map(device, self.branches)) if self.branches else None
-        result = EditResult(planes=device(self.planes), image=self.image, reference=self.reference, editor=editor,
-                            unedited=Unedited(branches, device(self.unedited)))
-        return result if self.strength == 1.0 else result.with_strength(self.strength)
-
-    def timed(self, **seconds: float) -> StoredEdit:
-        """A copy with more stage timings (the stored planes are shared, not copied)."""
-        return replace(self, timings={**self.timings, **seconds})
-
-    def folder(self, session: Path) -> Path:
-        """This edit's output folder inside the session's folder (never re-creating a session folder that was removed
-        when its visitor left: that raises ``FileNotFoundError``)."""
-        folder = session / self.id
-        folder.mkdir(exist_ok=True)
-        return folder
-
-    def save_record(self, session: Path) -> None:
-        """What publishing needs besides the files (instruction, style, settings with the strength, which names the
-        strip, video and mesh files, and timings), as ``edit.json`` in the edit's folder; rewritten when the video,
-        mesh or strength changes."""
-        record = {"instruction": self.instruction, "style": self.style, "anchor": self.anchor,
-                  "settings": {**self.settings, "strength": self.strength},
-                  "timings": {key: round(value, 3) for key, value in self.timings.items()}}
-        atomic_write(self.folder(session) / EDIT_RECORD, lambda file: file.write(json.dumps(record).encode()))
-
-
-@dataclass
-class EditFiles:
-    """What the page shows right after an edit: the stored edit and its image files (aligned input, reference,
-    3-view strip, frontal view, depth)."""
-
-    edit: StoredEdit
-    aligned: Path
-    reference: Path
-    views: Path
-    view: Path
-    depth: Path
-
-
-def view_name(yaw: float, pitch: float, preview: bool = False, strength: float = 1.0) -> str:
-    """File name of a free view, e.g. ``view_yaw30_pitch-10.png`` (degrees from frontal; ``..._strength0.5`` at
-    another strength than 1; ``..._preview.png`` for a draft)."""
-    return f"view_yaw{yaw:g}_pitch{pitch:g}{strength_suffix(strength)}{'_preview' if preview else ''}.png"
-
-
-def strength_suffix(strength: float) -> str:
-    """What the names of an edit's files at ``strength`` end with before the extension: ``""`` at 1, else e.g.
-    ``_strength0.5`` (``views_strength0.5.png``, ``orbit_strength0.5.mp4``, ...)."""
-    return "" if strength == 1.0 else f"_strength{strength:g}"
 
 
 def check_upload(path: str, reference: bool = False) -> list[str]:

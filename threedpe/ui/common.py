@@ -26,7 +26,8 @@ from threedpe.devices import resolve_device
 from threedpe.pipeline import STRENGTH_RANGE, USER_ERRORS, PortraitEditor, check_strength
 from threedpe.precision import check_precision, native_bf16_label
 from threedpe.serving.messages import disabled_reason, public_message, timings_line
-from threedpe.serving.runner import EditFiles, EditRunner, OutputSettings, StoredEdit, check_upload
+from threedpe.serving.edits import EditFiles, StoredEdit
+from threedpe.serving.runner import EditRunner, OutputSettings, check_upload
 from threedpe.serving.sessions import RateLimiter, SessionFiles
 from threedpe.ui.status import STOPPED, listen, refusal, show_errors
 

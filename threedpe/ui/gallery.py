@@ -11,7 +11,7 @@ from gradio.events import Dependency
 
 from threedpe.serving.messages import record_markdown
 from threedpe.serving.publishing import frontal_view, latest_edit, permalink, publish_edit, record_id
-from threedpe.serving.runner import StoredEdit
+from threedpe.serving.edits import StoredEdit
 from threedpe.ui.common import ResultPanel, UIContext, require_edit, set_in_browser
 from threedpe.ui.status import listen, show_errors
 
