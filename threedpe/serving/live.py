@@ -54,7 +54,8 @@ class LiveReference:
 class LiveStats:
     """A stream's figures: frames ``edited``, camera frames ``dropped`` (never edited: they arrived while another
     was being edited), the achieved ``fps`` (edited frames per second over the last :data:`FPS_WINDOW_S`, or
-    the last two frames when they are further apart; None before two frames), the last frame's ``status`` (``EditedFrame.status``) and ``notes`` about the reference."""
+    the last two frames when they are further apart; None before two frames), the last frame's ``status``
+    (``EditedFrame.status``) and ``notes`` about the reference."""
 
     edited: int
     dropped: int
@@ -107,8 +108,9 @@ class LiveStream:
 
 class LiveSessions:
     """The live streams of the page's browser sessions. ``prepare(reference, settings, fps)`` makes a stream's frame
-    editor and notes; ``edit(frame_editor, frame, precision)`` edits one frame (both GPU calls in the app); ``stream_every``:
-    seconds between the camera frames the browser sends (their rate is the stream's fps); ``clock``: seconds."""
+    editor and notes; ``edit(frame_editor, frame, precision)`` edits one frame (both GPU calls in the app);
+    ``stream_every``: seconds between the camera frames the browser sends (their rate is the stream's fps);
+    ``clock``: seconds."""
 
     def __init__(self, prepare: Prepare, edit: EditFrame, stream_every: float,
                  clock: Callable[[], float] = time.monotonic):
@@ -122,8 +124,9 @@ class LiveSessions:
     def frame(self, session: str, frame: np.ndarray, reference: LiveReference, settings: VideoSettings,
               precision: str | None = None) -> LiveFrame:
         """Edit the newest camera frame (H, W, 3) uint8 of ``session``'s stream (in ``precision``, None: the
-        editor's), preparing its reference first when it is new or changed (a change of ``settings`` alone keeps the tracker and the prepared reference). A frame
-        that arrives while the session's previous one is still being edited is answered at once with no image."""
+        editor's), preparing its reference first when it is new or changed (a change of ``settings`` alone keeps the
+        tracker and the prepared reference). A frame that arrives while the session's previous one is still being
+        edited is answered at once with no image."""
         now = self.clock()
         with self._lock:
             stream = self._streams.get(session)

@@ -20,8 +20,8 @@ def latest_edit(session: Path) -> Path:
 
 def publish_edit(gallery: Gallery, folder: Path, session_hash: str | None, share_photo: bool = False) -> Published:
     """Publish the edit whose files are in ``folder`` (strip at the chosen strength, and the video, mesh and reference
-    when made; a clip edit's strip and video are the ones its record names); the aligned photo only as a thumbnail and only when
-    ``share_photo``."""
+    when made; a clip edit's strip and video are the ones its record names); the aligned photo only as a thumbnail
+    and only when ``share_photo``."""
     record = json.loads((folder / EDIT_RECORD).read_text())
     suffix = strength_suffix(record["settings"].get("strength", 1.0))  # the files at the edit's last strength
 

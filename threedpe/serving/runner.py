@@ -1,7 +1,8 @@
 """The app's units of GPU work, without any UI: loading the editor, editing, and re-rendering edits kept as CPU arrays.
 
 The app stores a finished edit as a :class:`~threedpe.serving.edits.StoredEdit` (tri-planes as a CPU numpy array) in
-the session's ``gr.State``; the free-view sliders, the orbit video and the mesh re-render from it without re-encoding the photo.
+the session's ``gr.State``; the free-view sliders, the orbit video and the mesh re-render from it without re-encoding
+the photo.
 Every method of :class:`EditRunner` is a unit of GPU work that the app wraps in ``@spaces.GPU``; their arguments and
 results are small picklable values (ZeroGPU ships them to a forked worker), the models stay module-level, and the
 files they write are named for what they hold (``views.png``, ``view_yaw30_pitch0.png``, ``orbit.mp4``, ...).
